@@ -1,0 +1,1 @@
+"""The per-host agent: runs trainers, watches them, reports. It never decides placement."""

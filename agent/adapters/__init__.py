@@ -1,0 +1,15 @@
+"""Trainer adapters: one small module per trainer behind one interface (DESIGN §6)."""
+
+from __future__ import annotations
+
+from agent.adapters.base import Adapter, LaunchContext, Launch, OutputParser, Sink
+from agent.adapters.command import CommandAdapter
+
+ADAPTERS: dict[str, Adapter] = {"command": CommandAdapter()}
+
+
+def adapter_for(trainer: str) -> Adapter:
+    return ADAPTERS[trainer]
+
+
+__all__ = ["Adapter", "LaunchContext", "Launch", "OutputParser", "Sink", "adapter_for"]

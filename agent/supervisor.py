@@ -1,0 +1,122 @@
+"""The agent's supervisor: turns start/stop commands into trainer runs and keeps track of them.
+
+It only refuses what it cannot honour (a GPU already in use here); it never places jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from nats.js import JetStreamContext
+
+from agent.publisher import publish_retrying
+from agent.run import TrainerRun
+from shared import events as ev
+from shared import subjects
+from shared.clock import now_s
+from shared.commands import AnyCommand, StartJob, StopJob
+
+log = logging.getLogger("trainyard.agent.supervisor")
+
+
+class Supervisor:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        host: str,
+        work_dir: Path,
+        *,
+        max_line_bytes: int,
+        batch_max_bytes: int,
+    ) -> None:
+        self.js = js
+        self.host = host
+        self.work_dir = work_dir
+        self.state_dir = work_dir / "state"
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.max_line_bytes = max_line_bytes
+        self.batch_max_bytes = batch_max_bytes
+        self.runs: dict[tuple[str, int], TrainerRun] = {}
+        self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
+
+    def run_dir(self, job_id: str, attempt: int) -> Path:
+        return self.work_dir / "runs" / job_id / str(attempt)
+
+    def state_path(self, job_id: str, attempt: int) -> Path:
+        return self.state_dir / f"{job_id}.{attempt}.json"
+
+    def busy_gpus(self) -> dict[int, str]:
+        return {
+            gpu: run.job_id
+            for run in self.runs.values()
+            if not run.finished.is_set()
+            for gpu in run.command.gpu_ids
+        }
+
+    def running_jobs(self) -> list[str]:
+        return sorted(run.job_id for run in self.runs.values() if not run.finished.is_set())
+
+    async def handle(self, command: AnyCommand) -> None:
+        match command:
+            case StartJob():
+                await self._start(command)
+            case StopJob():
+                self._stop(command)
+
+    async def _start(self, command: StartJob) -> None:
+        key = (command.job_id, command.attempt)
+        # Idempotent: a redelivered or duplicated start never spawns a second trainer.
+        if key in self.runs or self.state_path(*key).exists():
+            log.info("start %s/%s already handled; ignored", *key)
+            return
+        clash = {g: j for g, j in self.busy_gpus().items() if g in command.gpu_ids}
+        if clash:
+            reason = ", ".join(f"GPU {g} is busy with {j}" for g, j in sorted(clash.items()))
+            await publish_retrying(
+                self.js,
+                subjects.job_event(command.job_id, "refused"),
+                ev.encode(
+                    ev.JobRefused(
+                        job_id=command.job_id, attempt=command.attempt, ts_s=now_s(),
+                        host=self.host, reason=f"host {self.host} refused: {reason}",
+                    )
+                ),
+                f"{command.job_id}:{command.attempt}:refused",
+            )
+            return
+        run = TrainerRun(
+            self.js, self.host, command, self.run_dir(*key), self.state_path(*key),
+            max_line_bytes=self.max_line_bytes, batch_max_bytes=self.batch_max_bytes,
+        )
+        self.runs[key] = run
+        task = asyncio.create_task(run.run(), name=f"run-{command.job_id}-{command.attempt}")
+        self._tasks[key] = task
+        task.add_done_callback(lambda t, key=key: self._forget(key, t))
+        await run.launched.wait()
+
+    def _forget(self, key: tuple[str, int], task: asyncio.Task[None]) -> None:
+        self._tasks.pop(key, None)
+        self.runs.pop(key, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("run %s/%s crashed", *key, exc_info=task.exception())
+
+    def _stop(self, command: StopJob) -> None:
+        run = self.runs.get((command.job_id, command.attempt))
+        if run is None:
+            log.info("stop for %s/%s: not running here; nothing to do", command.job_id, command.attempt)
+            return
+        run.stop(command.force, command.grace_s)
+
+    async def shutdown(self, stop_trainers: bool) -> None:
+        """Stop watching. Trainers keep running in their own sessions unless asked otherwise."""
+        if stop_trainers:
+            for run in list(self.runs.values()):
+                run.stop(force=False, grace_s=10.0)
+            waits = [run.finished.wait() for run in self.runs.values()]
+            if waits:
+                await asyncio.wait_for(asyncio.gather(*waits), timeout=15.0)
+        for task in list(self._tasks.values()):
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)

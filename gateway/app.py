@@ -1,0 +1,191 @@
+"""The Litestar application: routes of the main API, mapped onto the service layer."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+import msgspec
+from litestar import Litestar, Request, get, post
+from litestar.config.app import ExperimentalFeatures  # noqa: F401  (kept for future toggles)
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+from litestar.params import Parameter
+from litestar.types import Guard
+
+from gateway import views
+from gateway.auth import TokenStore, caller_role, make_auth_guard
+from gateway.errors import (
+    BadRequest,
+    InvalidField,
+    ServiceError,
+    field_of_validation_error,
+    http_error_handler,
+    service_error_handler,
+    unexpected_error_handler,
+)
+from gateway.queries import LEVELS, LOG_KINDS
+from gateway.runtime import GatewayRuntime
+from shared import subjects
+from shared.jobstate import JobStatus
+
+PREFIX = "/api/v1/training"
+MAX_QUERY_LIST = 50
+
+Limit = Annotated[int, Parameter(ge=1, le=10_000)]
+
+
+class StopRequest(msgspec.Struct, forbid_unknown_fields=True):
+    force: bool = False
+    grace_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] | None = None
+
+
+_stop_decoder = msgspec.json.Decoder(StopRequest)
+
+
+def _csv(value: str | None, what: str) -> list[str]:
+    items = [v.strip() for v in (value or "").split(",") if v.strip()]
+    if len(items) > MAX_QUERY_LIST:
+        raise InvalidField(f"at most {MAX_QUERY_LIST} values in {what}", field=what)
+    return items
+
+
+def _since(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidField("since must be epoch seconds or an ISO 8601 time", field="since") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed.timestamp()
+
+
+def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
+    requires = make_auth_guard(tokens)
+    viewer: list[Guard] = [requires("viewer")]
+    operator: list[Guard] = [requires("operator")]
+
+    def svc():
+        return runtime.service
+
+    @post(f"{PREFIX}/jobs", guards=operator, status_code=201)
+    async def create_job(request: Request) -> views.SubmitResponse:
+        body = await request.body()
+        return await svc().submit(body, role=caller_role(request))
+
+    @get(f"{PREFIX}/jobs", guards=viewer)
+    async def list_jobs(
+        status: str | None = None, trainer: str | None = None, host: str | None = None,
+        q: Annotated[str | None, Parameter(max_length=200)] = None,
+        limit: Annotated[int, Parameter(ge=1, le=1000)] = 50,
+        offset: Annotated[int, Parameter(ge=0, le=10_000_000)] = 0,
+    ) -> views.JobList:
+        statuses = _csv(status, "status")
+        unknown = [s for s in statuses if s not in JobStatus.__members__.values()]
+        if unknown:
+            raise InvalidField(f"unknown status {unknown[0]!r}; one of: {', '.join(JobStatus)}", field="status")
+        return await svc().reader.list_jobs(status=statuses, trainer=trainer, host=host, q=q,
+                                            limit=limit, offset=offset)
+
+    @get(f"{PREFIX}/jobs/{{job_id:str}}", guards=viewer)
+    async def job_detail(job_id: str) -> views.JobDetail:
+        return await svc().detail(job_id)
+
+    @get(f"{PREFIX}/jobs/{{job_id:str}}/status", guards=viewer)
+    async def job_status(job_id: str) -> views.JobStatusView:
+        return svc().status_view(job_id)
+
+    @get(f"{PREFIX}/jobs/{{job_id:str}}/progress", guards=viewer)
+    async def job_progress(job_id: str) -> views.ProgressView:
+        return await svc().progress(job_id)
+
+    @get(f"{PREFIX}/jobs/{{job_id:str}}/metrics", guards=viewer)
+    async def job_metrics(
+        job_id: str, name: str | None = None, metric: str | None = None,
+        type: Annotated[str, Parameter(pattern="^(step|epoch)$")] = "step",
+        limit: Limit = 1000,
+        step_min: int | None = None, step_max: int | None = None,
+        downsample: Annotated[int | None, Parameter(ge=1, le=100_000)] = None,
+        attempt: int | None = None,
+    ) -> views.MetricSeries:
+        svc().state(job_id)
+        names = _csv(name, "name") + _csv(metric, "metric")
+        series = await svc().reader.metrics(job_id, names=names, by=type, limit=limit,
+                                            step_min=step_min, step_max=step_max,
+                                            downsample=downsample, attempt=attempt)
+        return views.MetricSeries(job_id=job_id, type=type, series=series)
+
+    @get(f"{PREFIX}/jobs/{{job_id:str}}/logs", guards=viewer)
+    async def job_logs(
+        job_id: str, type: str = "all", level: str | None = None,
+        tail: Annotated[int | None, Parameter(ge=1, le=10_000)] = None,
+        limit: Limit = 1000, since: str | None = None,
+        after_seq: Annotated[int | None, Parameter(ge=-1)] = None,
+        q: Annotated[str | None, Parameter(max_length=200)] = None, attempt: int | None = None,
+    ) -> views.LogPage:
+        svc().state(job_id)
+        if type not in (*LOG_KINDS, "all"):
+            raise InvalidField(f"type must be one of {', '.join((*LOG_KINDS, 'all'))}", field="type")
+        if level is not None and level.upper() not in LEVELS:
+            raise InvalidField(f"level must be one of {', '.join(LEVELS)}", field="level")
+        lines = await svc().reader.logs(job_id, kind=type, min_level=level.upper() if level else None,
+                                        tail=tail, limit=limit, since_s=_since(since),
+                                        after_seq=after_seq, q=q, attempt=attempt)
+        return views.LogPage(job_id=job_id, lines=lines,
+                             next_after_seq=lines[-1].seq if lines else after_seq)
+
+    @get(f"{PREFIX}/jobs/{{job_id:str}}/events", guards=viewer)
+    async def job_events(job_id: str, limit: Limit = 1000,
+                         after_seq: Annotated[int | None, Parameter(ge=0)] = None) -> list[views.EventView]:
+        svc().state(job_id)
+        return await svc().reader.events(job_id, limit, after_seq)
+
+    @post(f"{PREFIX}/jobs/{{job_id:str}}/stop", guards=operator, status_code=200)
+    async def stop_job(job_id: str, request: Request) -> views.StopResponse:
+        body = await request.body()
+        try:
+            stop = _stop_decoder.decode(body) if body.strip() else StopRequest()
+        except msgspec.ValidationError as exc:
+            raise InvalidField(str(exc), field=field_of_validation_error(exc)) from None
+        except msgspec.DecodeError as exc:
+            raise BadRequest(f"body is not a JSON object: {exc}") from None
+        return await svc().stop(job_id, force=stop.force, grace_s=stop.grace_s)
+
+    @get([f"{PREFIX}/health", "/health"], exclude_from_auth=True)
+    async def health() -> views.Health:
+        projector = runtime.projector
+        lag = {}
+        for stream in subjects.EVENT_STREAMS:
+            try:
+                info = await runtime.js.stream_info(stream)
+                lag[stream] = max(0, info.state.last_seq - projector.applied[stream])
+            except Exception:
+                lag[stream] = -1
+        nats_state = runtime.nats_state()
+        ok = nats_state == "connected" and projector.healthy
+        return views.Health(
+            status="ok" if ok else "degraded", nats=nats_state,
+            projector="ok" if projector.healthy else f"stopped: {projector.last_error}",
+            projector_lag=lag,
+        )
+
+    return Litestar(
+        route_handlers=[create_job, list_jobs, job_detail, job_status, job_progress, job_metrics,
+                        job_logs, job_events, stop_job, health],
+        exception_handlers={
+            ServiceError: service_error_handler,
+            HTTPException: http_error_handler,
+            Exception: unexpected_error_handler,
+        },
+        request_max_body_size=1024 * 1024,
+        openapi_config=OpenAPIConfig(title="trainyard", version="0.1.0", path="/docs"),
+        on_startup=[runtime.start],
+        on_shutdown=[runtime.stop],
+        debug=False,
+    )

@@ -1,0 +1,98 @@
+"""API tokens: `Authorization: Bearer <token>`, roles viewer < operator < admin.
+
+Tokens are stored hashed (SHA-256) in `<data-dir>/tokens.json`; comparison is constant-time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from pathlib import Path
+
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.handlers.base import BaseRouteHandler
+
+ROLES = ("viewer", "operator", "admin")
+TOKENS_FILE = "tokens.json"
+ADMIN_TOKEN_FILE = "api-token"
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokenStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._roles: dict[str, str] = {}
+        if path.is_file():
+            self._roles = {h: r for h, r in json.loads(path.read_text()).items() if r in ROLES}
+
+    def __bool__(self) -> bool:
+        return bool(self._roles)
+
+    def role_of(self, token: str) -> str | None:
+        digest = _hash(token)
+        found = None
+        for known, role in self._roles.items():  # look at every entry: no early exit
+            if hmac.compare_digest(known, digest):
+                found = role
+        return found
+
+    def create(self, role: str) -> str:
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}")
+        token = f"ty_{secrets.token_urlsafe(32)}"
+        self._roles[_hash(token)] = role
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._roles, indent=1))
+        os.chmod(tmp, 0o600)
+        tmp.replace(self.path)
+        return token
+
+
+def ensure_admin_token(data_dir: Path) -> str:
+    """First run: create an admin token in `<data-dir>/api-token` (0600). Later runs reuse it."""
+    token_file = data_dir / ADMIN_TOKEN_FILE
+    if token_file.is_file():
+        return token_file.read_text().strip()
+    token = TokenStore(data_dir / TOKENS_FILE).create("admin")
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+def caller_role(connection: ASGIConnection) -> str:
+    return connection.scope.get("state", {}).get("role", "admin")  # type: ignore[no-any-return]
+
+
+def make_auth_guard(store: TokenStore | None):
+    """A guard factory: `requires(role)` checks the bearer token (or nothing when insecure)."""
+
+    def requires(role: str):
+        needed = ROLES.index(role)
+
+        def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+            if store is None:  # --insecure on loopback
+                connection.scope.setdefault("state", {})["role"] = "admin"
+                return
+            header = connection.headers.get("authorization", "")
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token:
+                raise NotAuthorizedException("missing bearer token (Authorization: Bearer <token>)",
+                                             headers={"WWW-Authenticate": "Bearer"})
+            have = store.role_of(token.strip())
+            if have is None:
+                raise NotAuthorizedException("invalid token", headers={"WWW-Authenticate": "Bearer"})
+            if ROLES.index(have) < needed:
+                raise PermissionDeniedException(f"this needs the {role} role; the token is {have}")
+            connection.scope.setdefault("state", {})["role"] = have
+
+        return guard
+
+    return requires

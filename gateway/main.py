@@ -1,0 +1,51 @@
+"""The gateway process: uvicorn serving the app, with its runtime started first."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from pathlib import Path
+
+import uvicorn
+
+from gateway.app import create_app
+from gateway.auth import TOKENS_FILE, TokenStore
+from gateway.runtime import GatewayRuntime
+from shared.config import GatewaySettings
+
+log = logging.getLogger("trainyard.gateway")
+
+
+class InsecureRefused(SystemExit):
+    pass
+
+
+def _is_loopback(bind: str) -> bool:
+    try:
+        return ipaddress.ip_address(bind).is_loopback
+    except ValueError:
+        return bind == "localhost"
+
+
+def token_store_for(settings: GatewaySettings) -> TokenStore | None:
+    store = TokenStore(Path(settings.data_dir) / TOKENS_FILE)
+    if store:
+        return store
+    if settings.insecure and _is_loopback(settings.bind):
+        log.warning("no API tokens and --insecure on loopback: every request is admin")
+        return None
+    raise InsecureRefused(
+        f"no API tokens in {Path(settings.data_dir) / TOKENS_FILE}: create one with "
+        "`trainyard token create --role admin`, or run on loopback with --insecure"
+    )
+
+
+def run_gateway(settings: GatewaySettings) -> None:
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    tokens = token_store_for(settings)
+    runtime = GatewayRuntime(settings)
+    app = create_app(runtime, tokens)
+    config = uvicorn.Config(app, host=settings.bind, port=settings.port, log_level="warning",
+                            access_log=False, lifespan="on", timeout_graceful_shutdown=5)
+    asyncio.run(uvicorn.Server(config).serve())

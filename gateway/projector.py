@@ -1,0 +1,467 @@
+"""The projector: the event streams into DuckDB (DESIGN §7).
+
+Each stream is read in natural batches; a whole batch is applied in one DuckDB transaction
+together with the last applied stream sequence, so a restart re-applies nothing (anything at or
+below the stored sequence is skipped) and skips nothing (reading resumes right after it).
+Rows go in through Arrow tables, never row by row.
+
+It also keeps, in memory, what the scheduler and the API need without a query: each job's
+state (from the same pure `evolve`), its placement needs, and each host's latest heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import duckdb
+import msgspec
+import pyarrow as pa
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from shared import events as ev
+from shared import subjects
+from shared.jobspec import JobRequest
+from shared.jobstate import IllegalTransition, JobState, JobStatus, evolve
+from shared.pullfeed import PullFeed
+
+log = logging.getLogger("trainyard.projector")
+
+_spec_encoder = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True)
+class JobNeeds:
+    """What the scheduler must know about a job; fixed at submit."""
+
+    priority: int
+    submit_seq: int
+    gpus: int
+    gpu_ids: tuple[int, ...]
+    host: str | None
+    min_gpu_memory_gb: float | None
+    spec: JobRequest
+
+
+@dataclass
+class BatchResult:
+    last_seq: int
+    states: dict[str, JobState] = field(default_factory=dict)
+    needs: dict[str, JobNeeds] = field(default_factory=dict)
+    heartbeats: dict[str, ev.HostHeartbeat] = field(default_factory=dict)
+    jobs_changed: bool = False
+
+
+def _arrow(columns: dict[str, list | pa.Array]) -> pa.Table:
+    return pa.table(
+        {name: v if isinstance(v, pa.Array) else pa.array(v) for name, v in columns.items()}
+    )
+
+
+def _insert(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, list]) -> None:
+    if not columns or not len(next(iter(columns.values()))):
+        return
+    arrow_rows = _arrow(columns)  # noqa: F841 (DuckDB reads it by name)
+    names = ", ".join(columns)
+    con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM arrow_rows")
+
+
+def _replace_by_key(con: duckdb.DuckDBPyConnection, table: str, keys: tuple[str, ...], columns: dict[str, list]) -> None:
+    """Upsert for tables with one row per key: delete the keys, insert the new rows."""
+    if not len(next(iter(columns.values()))):
+        return
+    arrow_rows = _arrow(columns)  # noqa: F841 (DuckDB reads it by name)
+    match = " AND ".join(f"{table}.{k} = arrow_rows.{k}" for k in keys)
+    con.execute(f"DELETE FROM {table} WHERE EXISTS (SELECT 1 FROM arrow_rows WHERE {match})")
+    names = ", ".join(columns)
+    con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM arrow_rows")
+
+
+class Projector:
+    def __init__(self, con: duckdb.DuckDBPyConnection, replica: str, *, batch: int = 2048) -> None:
+        self.con = con
+        self.replica = replica
+        self.batch = batch
+        self.applied: dict[str, int] = {s: 0 for s in subjects.EVENT_STREAMS}
+        self.states: dict[str, JobState] = {}
+        self.needs: dict[str, JobNeeds] = {}
+        self.heartbeats: dict[str, ev.HostHeartbeat] = {}
+        self.on_jobs_changed: list[Callable[[], None]] = []
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="projector")
+        self._changed = asyncio.Condition()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._feeds: list[PullFeed] = []
+        self.healthy = False
+        self.last_error = ""
+        self._load()
+
+    # ---- start-up ----------------------------------------------------------------------------
+    def _load(self) -> None:
+        for stream, seq in self.con.execute("SELECT stream, last_seq FROM projector_offsets").fetchall():
+            self.applied[stream] = int(seq)
+        rows = self.con.execute(
+            """SELECT job_id, status, attempt, host, gpu_ids, submitted_s, started_s, finished_s,
+                      exit_code, signal, reason, stop_requested, pid, run_dir, stdout_path,
+                      stderr_path, last_lines, priority, submit_seq, gpus, requested_gpu_ids,
+                      requested_host, min_gpu_memory_gb, spec
+               FROM jobs"""
+        ).fetchall()
+        decode_spec = msgspec.json.Decoder(JobRequest).decode
+        for r in rows:
+            self.states[r[0]] = JobState(
+                job_id=r[0], status=JobStatus(r[1]), attempt=r[2], host=r[3],
+                gpu_ids=tuple(r[4] or ()), submitted_s=r[5], started_s=r[6], finished_s=r[7],
+                exit_code=r[8], signal=r[9], reason=r[10] or "", stop_requested=bool(r[11]),
+                pid=r[12], run_dir=r[13], stdout_path=r[14], stderr_path=r[15],
+                last_lines=tuple(r[16] or ()),
+            )
+            self.needs[r[0]] = JobNeeds(
+                priority=r[17], submit_seq=r[18], gpus=r[19], gpu_ids=tuple(r[20] or ()),
+                host=r[21], min_gpu_memory_gb=r[22], spec=decode_spec(r[23]),
+            )
+        for beat in self.con.execute(
+            "SELECT host, last_seen_s, agent_started_s, heartbeat_interval_s, cpu_percent, "
+            "memory_total_mb, memory_used_mb, disk_free_mb, running_jobs, gpu_note FROM hosts"
+        ).fetchall():
+            self.heartbeats[beat[0]] = ev.HostHeartbeat(
+                host=beat[0], ts_s=beat[1], agent_started_s=beat[2], interval_s=beat[3],
+                cpu_percent=beat[4] or 0.0, memory_total_mb=beat[5] or 0, memory_used_mb=beat[6] or 0,
+                disk_free_mb=beat[7] or 0, running_jobs=list(beat[8] or []), gpu_note=beat[9] or "",
+                gpus=self._load_gpus(beat[0]),
+            )
+
+    def _load_gpus(self, host: str) -> list[ev.GpuState]:
+        rows = self.con.execute(
+            "SELECT gpu_index, uuid, name, memory_total_mb, memory_used_mb, utilization_pct, "
+            "temperature_c, power_w, pids, simulated FROM gpus WHERE host = ? ORDER BY gpu_index",
+            [host],
+        ).fetchall()
+        return [
+            ev.GpuState(
+                index=r[0], uuid=r[1], name=r[2], memory_total_mb=r[3], memory_used_mb=r[4] or 0,
+                utilization_pct=r[5], temperature_c=r[6], power_w=r[7], pids=list(r[8] or []),
+                simulated=r[9],
+            )
+            for r in rows
+        ]
+
+    async def start(self, nc: Client, js: JetStreamContext) -> None:
+        for stream in subjects.EVENT_STREAMS:
+            consumer = subjects.projector_consumer(self.replica, stream)
+            await self._reset_consumer(js, stream, consumer)
+            feed = PullFeed(nc, stream, consumer, batch=self.batch)
+            await feed.start()
+            self._feeds.append(feed)
+            self._tasks.append(
+                asyncio.create_task(self._follow(stream, feed), name=f"projector-{stream}")
+            )
+        self.healthy = True
+
+    async def _reset_consumer(self, js: JetStreamContext, stream: str, consumer: str) -> None:
+        """Point this replica's consumer right after the sequence DuckDB holds. The DuckDB file
+        is the checkpoint, so a fresh file (rebuild) replays from the start."""
+        try:
+            await js.delete_consumer(stream, consumer)
+        except NotFoundError:
+            pass
+        start = self.applied[stream] + 1
+        config = ConsumerConfig(
+            durable_name=consumer,
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start,
+            max_waiting=16,
+        )
+        await js.add_consumer(stream, config)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for feed in self._feeds:
+            await feed.stop()
+        self._writer.shutdown(wait=True)
+
+    # ---- the loop ----------------------------------------------------------------------------
+    async def _follow(self, stream: str, feed: PullFeed) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            msgs = await feed.next_batch(max_msgs=self.batch)
+            if stream == subjects.JOB_STREAM:
+                await self._wait_for_logs_of_exits(msgs)
+            try:
+                result = await loop.run_in_executor(self._writer, self.apply, stream, msgs)
+            except Exception as exc:
+                # A bug or a DuckDB fault: nothing of the batch was committed. Say so and stop
+                # this stream here rather than skip events; /health reports it.
+                self.healthy = False
+                self.last_error = f"{stream}: {exc}"
+                log.exception("projector stopped on %s", stream)
+                raise
+            await self._merge(stream, result)
+
+    async def _wait_for_logs_of_exits(self, msgs: list[Msg]) -> None:
+        needed = 0
+        for msg in msgs:
+            if msg.subject.endswith(".exited"):
+                try:
+                    event = ev.decode_job_event(msg.data)
+                except msgspec.DecodeError:
+                    continue
+                if isinstance(event, ev.JobExited):
+                    needed = max(needed, event.log_stream_seq)
+        if needed:
+            try:
+                await self.wait_applied(subjects.LOG_STREAM, needed, timeout_s=5.0)
+            except TimeoutError:
+                log.warning("log stream behind seq %s; showing the exit anyway", needed)
+
+    async def _merge(self, stream: str, result: BatchResult) -> None:
+        self.states.update(result.states)
+        self.needs.update(result.needs)
+        self.heartbeats.update(result.heartbeats)
+        async with self._changed:
+            self.applied[stream] = max(self.applied[stream], result.last_seq)
+            self._changed.notify_all()
+        if result.jobs_changed or result.heartbeats:
+            for callback in self.on_jobs_changed:
+                callback()
+
+    async def wait_applied(self, stream: str, seq: int, timeout_s: float) -> None:
+        async with self._changed:
+            await asyncio.wait_for(
+                self._changed.wait_for(lambda: self.applied[stream] >= seq), timeout_s
+            )
+
+    # ---- applying a batch (writer thread) ----------------------------------------------------
+    def apply(self, stream: str, msgs: list[Msg]) -> BatchResult:
+        fresh = [(m.metadata.sequence.stream, m) for m in msgs]
+        fresh = [(seq, m) for seq, m in fresh if seq > self.applied[stream]]
+        result = BatchResult(last_seq=fresh[-1][0] if fresh else self.applied[stream])
+        if not fresh:
+            return result
+        con = self.con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            if stream == subjects.JOB_STREAM:
+                self._apply_job_events(con, fresh, result)
+            elif stream == subjects.LOG_STREAM:
+                self._apply_logs(con, fresh)
+            elif stream == subjects.HOST_STREAM:
+                self._apply_host_events(con, fresh, result)
+            con.execute(
+                "INSERT INTO projector_offsets VALUES (?, ?) "
+                "ON CONFLICT (stream) DO UPDATE SET last_seq = excluded.last_seq",
+                [stream, result.last_seq],
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return result
+
+    def _apply_logs(self, con: duckdb.DuckDBPyConnection, fresh: list[tuple[int, Msg]]) -> None:
+        cols: dict[str, list] = {k: [] for k in ("job_id", "attempt", "seq", "ts_s", "stream", "level", "kind", "text")}
+        for _, msg in fresh:
+            try:
+                batch = ev.decode_job_event(msg.data)
+            except msgspec.DecodeError:
+                log.error("undecodable log batch on %s skipped", msg.subject)
+                continue
+            if not isinstance(batch, ev.LogBatch):
+                continue
+            n = len(batch.text)
+            cols["job_id"].extend([batch.job_id] * n)
+            cols["attempt"].extend([batch.attempt] * n)
+            cols["seq"].extend(range(batch.first_seq, batch.first_seq + n))
+            cols["ts_s"].extend(batch.line_ts_s)
+            cols["stream"].extend(batch.stream)
+            cols["level"].extend(batch.level)
+            cols["kind"].extend(batch.kind)
+            cols["text"].extend(batch.text)
+        _insert(con, "logs", cols)
+
+    def _apply_job_events(
+        self, con: duckdb.DuckDBPyConnection, fresh: list[tuple[int, Msg]], result: BatchResult
+    ) -> None:
+        events_cols: dict[str, list] = {k: [] for k in ("stream_seq", "job_id", "attempt", "type", "ts_s", "data", "applied", "note")}
+        metric_cols: dict[str, list] = {k: [] for k in ("job_id", "attempt", "seq", "step", "epoch", "name", "value", "ts_s")}
+        ckpt_cols: dict[str, list] = {k: [] for k in ("job_id", "attempt", "path", "step", "ts_s")}
+        new_jobs: dict[str, list] = {k: [] for k in (
+            "job_id", "submit_seq", "name", "description", "trainer", "priority", "gpus",
+            "requested_gpu_ids", "requested_host", "min_gpu_memory_gb", "max_retries",
+            "submitted_by", "spec", "status", "attempt", "submitted_s")}
+        progress: dict[str, ev.JobProgress] = {}
+        states = result.states
+        for seq, msg in fresh:
+            try:
+                event = ev.decode_job_event(msg.data)
+            except msgspec.DecodeError as exc:
+                job_id = msg.subject.split(".")[2] if msg.subject.count(".") >= 3 else ""
+                self._event_row(events_cols, seq, job_id, 0, "undecodable", 0.0, msg.data, False, str(exc))
+                continue
+            if isinstance(event, ev.MetricsRecorded):
+                n = len(event.name)
+                metric_cols["job_id"].extend([event.job_id] * n)
+                metric_cols["attempt"].extend([event.attempt] * n)
+                metric_cols["seq"].extend(range(event.first_seq, event.first_seq + n))
+                metric_cols["step"].extend(event.step)
+                metric_cols["epoch"].extend(event.epoch)
+                metric_cols["name"].extend(event.name)
+                metric_cols["value"].extend(event.value)
+                metric_cols["ts_s"].extend(event.point_ts_s)
+                continue
+            applied, note = True, None
+            if isinstance(event, ev.LIFECYCLE):
+                before = states.get(event.job_id) or self.states.get(event.job_id)
+                try:
+                    after = evolve(before, event)
+                except IllegalTransition as exc:
+                    applied, note = False, str(exc)
+                else:
+                    states[event.job_id] = after
+                    result.jobs_changed = True
+                    if isinstance(event, ev.JobSubmitted):
+                        self._new_job_row(new_jobs, seq, event, after, result)
+            elif isinstance(event, ev.JobProgress):
+                progress[event.job_id] = event
+            elif isinstance(event, ev.CheckpointSaved):
+                for key, value in (("job_id", event.job_id), ("attempt", event.attempt),
+                                   ("path", event.path), ("step", event.step), ("ts_s", event.ts_s)):
+                    ckpt_cols[key].append(value)
+            self._event_row(events_cols, seq, event.job_id, event.attempt, ev.tag_of(type(event)),
+                            event.ts_s, msg.data, applied, note)
+        _insert(con, "jobs", new_jobs)
+        self._update_job_rows(con, states)
+        _insert(con, "job_events", events_cols)
+        _insert(con, "metrics", metric_cols)
+        _insert(con, "checkpoints", ckpt_cols)
+        if progress:
+            p = list(progress.values())
+            _replace_by_key(con, "progress", ("job_id",), {
+                "job_id": [e.job_id for e in p], "attempt": [e.attempt for e in p],
+                "step": [e.step for e in p], "total_steps": [e.total_steps for e in p],
+                "epoch": [e.epoch for e in p], "total_epochs": [e.total_epochs for e in p],
+                "percent": [e.percent for e in p], "rate_steps_s": [e.rate_steps_s for e in p],
+                "eta_s": [e.eta_s for e in p], "estimated": [e.estimated for e in p],
+                "ts_s": [e.ts_s for e in p],
+            })
+
+    @staticmethod
+    def _event_row(cols: dict[str, list], seq: int, job_id: str, attempt: int, type_: str,
+                   ts_s: float, data: bytes, applied: bool, note: str | None) -> None:
+        cols["stream_seq"].append(seq)
+        cols["job_id"].append(job_id)
+        cols["attempt"].append(attempt)
+        cols["type"].append(type_)
+        cols["ts_s"].append(ts_s)
+        cols["data"].append(data.decode("utf-8", "replace"))
+        cols["applied"].append(applied)
+        cols["note"].append(note)
+
+    @staticmethod
+    def _new_job_row(cols: dict[str, list], seq: int, event: ev.JobSubmitted, state: JobState,
+                     result: BatchResult) -> None:
+        spec = event.spec
+        gpus = spec.gpu_count()
+        values = {
+            "job_id": event.job_id, "submit_seq": seq, "name": spec.name,
+            "description": spec.description, "trainer": spec.trainer, "priority": spec.priority,
+            "gpus": gpus, "requested_gpu_ids": list(spec.gpu_ids) if spec.gpu_ids else None,
+            "requested_host": spec.host, "min_gpu_memory_gb": spec.min_gpu_memory_gb,
+            "max_retries": spec.max_retries, "submitted_by": event.submitted_by,
+            "spec": _spec_encoder.encode(spec).decode(), "status": state.status.value,
+            "attempt": state.attempt, "submitted_s": event.ts_s,
+        }
+        for key, value in values.items():
+            cols[key].append(value)
+        result.needs[event.job_id] = JobNeeds(
+            priority=spec.priority, submit_seq=seq, gpus=gpus,
+            gpu_ids=tuple(spec.gpu_ids or ()), host=spec.host,
+            min_gpu_memory_gb=spec.min_gpu_memory_gb, spec=spec,
+        )
+
+    @staticmethod
+    def _update_job_rows(con: duckdb.DuckDBPyConnection, states: dict[str, JobState]) -> None:
+        if not states:
+            return
+        s = list(states.values())
+        u = pa.table({  # noqa: F841 (read by DuckDB by name)
+            "job_id": [x.job_id for x in s], "status": [x.status.value for x in s],
+            "attempt": pa.array([x.attempt for x in s], pa.int32()), "host": [x.host for x in s],
+            "gpu_ids": pa.array([list(x.gpu_ids) for x in s], pa.list_(pa.int32())),
+            "started_s": pa.array([x.started_s for x in s], pa.float64()),
+            "finished_s": pa.array([x.finished_s for x in s], pa.float64()),
+            "exit_code": pa.array([x.exit_code for x in s], pa.int32()),
+            "signal": pa.array([x.signal for x in s], pa.int32()),
+            "reason": [x.reason for x in s], "stop_requested": [x.stop_requested for x in s],
+            "pid": pa.array([x.pid for x in s], pa.int32()),
+            "run_dir": pa.array([x.run_dir for x in s], pa.string()),
+            "stdout_path": pa.array([x.stdout_path for x in s], pa.string()),
+            "stderr_path": pa.array([x.stderr_path for x in s], pa.string()),
+            "last_lines": pa.array([list(x.last_lines) for x in s], pa.list_(pa.string())),
+        })
+        con.execute(
+            """UPDATE jobs SET status = u.status, attempt = u.attempt, host = u.host,
+                   gpu_ids = u.gpu_ids, started_s = u.started_s, finished_s = u.finished_s,
+                   exit_code = u.exit_code, signal = u.signal, reason = u.reason,
+                   stop_requested = u.stop_requested, pid = u.pid, run_dir = u.run_dir,
+                   stdout_path = u.stdout_path, stderr_path = u.stderr_path,
+                   last_lines = u.last_lines
+               FROM u WHERE jobs.job_id = u.job_id"""
+        )
+
+    def _apply_host_events(
+        self, con: duckdb.DuckDBPyConnection, fresh: list[tuple[int, Msg]], result: BatchResult
+    ) -> None:
+        latest: dict[str, ev.HostHeartbeat] = {}
+        samples: dict[str, list] = {k: [] for k in ("host", "gpu_index", "ts_s", "memory_used_mb", "utilization_pct", "temperature_c", "power_w")}
+        for _, msg in fresh:
+            try:
+                beat = ev.decode_heartbeat(msg.data)
+            except msgspec.DecodeError:
+                log.error("undecodable host event on %s skipped", msg.subject)
+                continue
+            latest[beat.host] = beat
+            for g in beat.gpus:
+                for key, value in (("host", beat.host), ("gpu_index", g.index), ("ts_s", beat.ts_s),
+                                   ("memory_used_mb", g.memory_used_mb), ("utilization_pct", g.utilization_pct),
+                                   ("temperature_c", g.temperature_c), ("power_w", g.power_w)):
+                    samples[key].append(value)
+        beats = list(latest.values())
+        _replace_by_key(con, "hosts", ("host",), {
+            "host": [b.host for b in beats], "last_seen_s": [b.ts_s for b in beats],
+            "agent_started_s": [b.agent_started_s for b in beats],
+            "heartbeat_interval_s": [b.interval_s for b in beats],
+            "cpu_percent": [b.cpu_percent for b in beats],
+            "memory_total_mb": [b.memory_total_mb for b in beats],
+            "memory_used_mb": [b.memory_used_mb for b in beats],
+            "disk_free_mb": [b.disk_free_mb for b in beats],
+            "running_jobs": pa.array([b.running_jobs for b in beats], pa.list_(pa.string())),
+            "gpu_count": [len(b.gpus) for b in beats], "gpu_note": [b.gpu_note for b in beats],
+        })
+        gpu_rows = [(b, g) for b in beats for g in b.gpus]
+        con.execute(
+            "DELETE FROM gpus WHERE host IN (SELECT unnest(?::VARCHAR[]))", [[b.host for b in beats]]
+        )
+        if gpu_rows:
+            _insert(con, "gpus", {
+                "host": [b.host for b, _ in gpu_rows], "gpu_index": [g.index for _, g in gpu_rows],
+                "uuid": [g.uuid for _, g in gpu_rows], "name": [g.name for _, g in gpu_rows],
+                "memory_total_mb": [g.memory_total_mb for _, g in gpu_rows],
+                "memory_used_mb": [g.memory_used_mb for _, g in gpu_rows],
+                "utilization_pct": pa.array([g.utilization_pct for _, g in gpu_rows], pa.float64()),
+                "temperature_c": pa.array([g.temperature_c for _, g in gpu_rows], pa.float64()),
+                "power_w": pa.array([g.power_w for _, g in gpu_rows], pa.float64()),
+                "pids": [g.pids for _, g in gpu_rows], "simulated": [g.simulated for _, g in gpu_rows],
+                "ts_s": [b.ts_s for b, _ in gpu_rows],
+            })
+        _insert(con, "gpu_samples", samples)
+        result.heartbeats.update(latest)

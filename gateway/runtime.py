@@ -1,0 +1,67 @@
+"""The gateway's moving parts, started and stopped in order: NATS, DuckDB, projector, scheduler."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from nats.aio.client import Client
+
+from gateway.projector import Projector
+from gateway.queries import Reader
+from gateway.scheduler import Scheduler
+from gateway.schema import open_db
+from gateway.service import JobService
+from shared import provision
+from shared.config import GatewaySettings
+from shared.natsconn import connect
+
+log = logging.getLogger("trainyard.gateway")
+
+DB_FILE = "trainyard.duckdb"
+
+
+def default_allowed_roots(settings: GatewaySettings) -> list[str]:
+    return settings.allowed_roots or [str(Path(settings.data_dir).resolve()), os.getcwd()]
+
+
+class GatewayRuntime:
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.nc: Client | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        data_dir = Path(s.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.nc = await connect(s.nats_url, f"gateway-{s.replica}")
+        self.js = self.nc.jetstream()
+        await provision.ensure_streams(self.js, log_max_age_s=s.log_max_age_s, log_max_bytes=s.log_max_bytes)
+        await provision.ensure_lease_bucket(self.js)
+        self.con = open_db(str(data_dir / DB_FILE))
+        self.projector = Projector(self.con, s.replica, batch=s.projector_batch)
+        await self.projector.start(self.nc, self.js)
+        self.scheduler = Scheduler(self.js, self.projector, host_timeout_s=s.host_timeout_s,
+                                   interval_s=s.scheduler_interval_s)
+        self.scheduler.start()
+        self.reader = Reader(self.con)
+        self.service = JobService(self.js, self.projector, self.scheduler, self.reader,
+                                  allowed_roots=default_allowed_roots(s),
+                                  ryw_timeout_s=s.read_your_writes_timeout_s)
+
+    async def stop(self) -> None:
+        if self.nc is None:
+            return
+        await self.scheduler.stop()
+        await self.projector.stop()
+        self.reader.close()
+        await self.nc.drain()
+        self.con.close()
+
+    def nats_state(self) -> str:
+        if self.nc is None:
+            return "not connected"
+        if self.nc.is_connected:
+            return "connected"
+        return "reconnecting" if self.nc.is_reconnecting else "disconnected"

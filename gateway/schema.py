@@ -1,0 +1,87 @@
+"""The DuckDB schema of the projection. Users query it with SQL; README documents it.
+
+Tables that hold one row per key (jobs, progress, hosts, gpus) are kept unique by the
+projector, their only writer, without PRIMARY KEY constraints: DuckDB turns an UPDATE of a
+list column into delete+insert, which trips an index on the key.
+
+Times are seconds since the epoch in DOUBLE columns named `*_s` (`to_timestamp(ts_s)` in SQL).
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+DDL = """
+CREATE TABLE IF NOT EXISTS projector_offsets (
+    stream VARCHAR PRIMARY KEY,
+    last_seq UBIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id VARCHAR NOT NULL,
+    submit_seq UBIGINT NOT NULL,
+    name VARCHAR, description VARCHAR, trainer VARCHAR NOT NULL,
+    priority INTEGER NOT NULL, gpus INTEGER NOT NULL,
+    requested_gpu_ids INTEGER[], requested_host VARCHAR, min_gpu_memory_gb DOUBLE,
+    max_retries INTEGER NOT NULL, submitted_by VARCHAR, spec VARCHAR NOT NULL,
+    status VARCHAR NOT NULL, attempt INTEGER NOT NULL,
+    host VARCHAR, gpu_ids INTEGER[],
+    submitted_s DOUBLE NOT NULL, started_s DOUBLE, finished_s DOUBLE,
+    exit_code INTEGER, signal INTEGER, reason VARCHAR, stop_requested BOOLEAN,
+    pid INTEGER, run_dir VARCHAR, stdout_path VARCHAR, stderr_path VARCHAR,
+    last_lines VARCHAR[], updated_s DOUBLE
+);
+CREATE TABLE IF NOT EXISTS job_events (
+    stream_seq UBIGINT PRIMARY KEY,
+    job_id VARCHAR NOT NULL, attempt INTEGER NOT NULL, type VARCHAR NOT NULL,
+    ts_s DOUBLE NOT NULL, data VARCHAR NOT NULL,
+    applied BOOLEAN NOT NULL, note VARCHAR
+);
+CREATE TABLE IF NOT EXISTS logs (
+    job_id VARCHAR NOT NULL, attempt INTEGER NOT NULL, seq BIGINT NOT NULL, ts_s DOUBLE NOT NULL,
+    stream VARCHAR NOT NULL, level VARCHAR NOT NULL, kind VARCHAR NOT NULL, text VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    job_id VARCHAR NOT NULL, attempt INTEGER NOT NULL, seq BIGINT NOT NULL,
+    step BIGINT, epoch DOUBLE, name VARCHAR NOT NULL, value DOUBLE NOT NULL, ts_s DOUBLE NOT NULL
+);
+CREATE TABLE IF NOT EXISTS progress (
+    job_id VARCHAR NOT NULL, attempt INTEGER NOT NULL,
+    step BIGINT, total_steps BIGINT, epoch DOUBLE, total_epochs INTEGER, percent DOUBLE,
+    rate_steps_s DOUBLE, eta_s DOUBLE, estimated BOOLEAN NOT NULL, ts_s DOUBLE NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    job_id VARCHAR NOT NULL, attempt INTEGER NOT NULL, path VARCHAR NOT NULL, step BIGINT,
+    ts_s DOUBLE NOT NULL
+);
+CREATE TABLE IF NOT EXISTS hosts (
+    host VARCHAR NOT NULL, last_seen_s DOUBLE NOT NULL, agent_started_s DOUBLE NOT NULL,
+    heartbeat_interval_s DOUBLE NOT NULL, cpu_percent DOUBLE, memory_total_mb BIGINT,
+    memory_used_mb BIGINT, disk_free_mb BIGINT, running_jobs VARCHAR[], gpu_count INTEGER,
+    gpu_note VARCHAR
+);
+CREATE TABLE IF NOT EXISTS gpus (
+    host VARCHAR NOT NULL, gpu_index INTEGER NOT NULL, uuid VARCHAR, name VARCHAR,
+    memory_total_mb BIGINT, memory_used_mb BIGINT, utilization_pct DOUBLE, temperature_c DOUBLE,
+    power_w DOUBLE, pids INTEGER[], simulated BOOLEAN NOT NULL, ts_s DOUBLE NOT NULL
+);
+CREATE TABLE IF NOT EXISTS gpu_samples (
+    host VARCHAR NOT NULL, gpu_index INTEGER NOT NULL, ts_s DOUBLE NOT NULL,
+    memory_used_mb BIGINT, utilization_pct DOUBLE, temperature_c DOUBLE, power_w DOUBLE
+);
+CREATE TABLE IF NOT EXISTS exports (
+    job_id VARCHAR NOT NULL, attempt INTEGER NOT NULL, status VARCHAR NOT NULL, path VARCHAR,
+    ts_s DOUBLE NOT NULL
+);
+"""
+
+# Tables a rebuild must reproduce exactly (hosts/gpus hold "latest" rows and compare too).
+PROJECTED_TABLES = (
+    "jobs", "job_events", "logs", "metrics", "progress", "checkpoints",
+    "hosts", "gpus", "gpu_samples", "exports",
+)
+
+
+def open_db(path: str) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(path)
+    con.execute(DDL)
+    return con

@@ -1,0 +1,201 @@
+"""The service layer: what every route set (main API, seed compatibility, CLI) calls.
+
+Writes become events on JetStream; the service then waits (briefly) until the projector shows
+them, so a client that submits and immediately reads sees its own write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import msgspec
+from nats.js import JetStreamContext
+
+from gateway import views
+from gateway.errors import BadRequest, Conflict, InvalidField, NotFound, ServiceError, field_of_validation_error
+from gateway.paths import PathNotAllowed, confine
+from gateway.projector import Projector
+from gateway.queries import Reader
+from gateway.scheduler import Scheduler
+from shared import events as ev
+from shared import subjects
+from shared.clock import now_s
+from shared.commands import StopJob
+from shared.ids import is_valid_token, new_job_id
+from shared.jobspec import TRAINERS, CommandJob, JobRequest
+from shared.jobstate import TERMINAL, JobState, JobStatus
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+class Forbidden(ServiceError):
+    status_code = 403
+    code = "forbidden"
+
+
+class _TrainerPeek(msgspec.Struct):
+    trainer: str | None = None
+
+
+_peek = msgspec.json.Decoder(_TrainerPeek)
+_request_decoders = {"command": msgspec.json.Decoder(CommandJob)}
+
+
+def decode_job_request(body: bytes) -> JobRequest:
+    try:
+        trainer = _peek.decode(body).trainer
+    except msgspec.ValidationError as exc:
+        raise InvalidField(str(exc), field=field_of_validation_error(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"body is not a JSON object: {exc}") from None
+    if trainer is None:
+        raise InvalidField(f"'trainer' is required (one of: {', '.join(TRAINERS)})", field="trainer")
+    decoder = _request_decoders.get(trainer)
+    if decoder is None:
+        raise InvalidField(f"unknown trainer {trainer!r}; one of: {', '.join(TRAINERS)}", field="trainer")
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise InvalidField(str(exc), field=field_of_validation_error(exc)) from None
+
+
+class JobService:
+    def __init__(self, js: JetStreamContext, projector: Projector, scheduler: Scheduler,
+                 reader: Reader, *, allowed_roots: list[str], ryw_timeout_s: float) -> None:
+        self.js = js
+        self.projector = projector
+        self.scheduler = scheduler
+        self.reader = reader
+        self.allowed_roots = allowed_roots
+        self.ryw_timeout_s = ryw_timeout_s
+
+    # ---- writes ------------------------------------------------------------------------------
+    async def _publish(self, subject: str, event: msgspec.Struct, msg_id: str) -> int:
+        try:
+            ack = await self.js.publish(subject, ev.encode(event), headers={"Nats-Msg-Id": msg_id}, timeout=5.0)
+        except Exception as exc:
+            from gateway.errors import Unavailable
+
+            raise Unavailable(f"could not record the request in JetStream: {exc}") from None
+        return ack.seq
+
+    async def _published_and_seen(self, subject: str, event: msgspec.Struct, msg_id: str) -> None:
+        seq = await self._publish(subject, event, msg_id)
+        try:
+            await self.projector.wait_applied(subjects.JOB_STREAM, seq, self.ryw_timeout_s)
+        except TimeoutError:
+            pass  # recorded; the projection will show it shortly
+
+    def _check_paths(self, spec: JobRequest) -> JobRequest:
+        if isinstance(spec, CommandJob) and spec.cwd is not None:
+            try:
+                cwd = confine(spec.cwd, self.allowed_roots, "cwd")
+            except PathNotAllowed as exc:
+                raise InvalidField(str(exc), field="cwd") from None
+            spec = msgspec.structs.replace(spec, cwd=cwd)
+        return spec
+
+    async def submit(self, body: bytes, *, role: str, user: str = "") -> views.SubmitResponse:
+        if len(body) > MAX_BODY_BYTES:
+            raise BadRequest("body too large")
+        spec = decode_job_request(body)
+        if spec.trainer == "command" and role != "admin":
+            raise Forbidden("'command' jobs run arbitrary programs and need the admin role")
+        if spec.host is not None and not is_valid_token(spec.host):
+            raise InvalidField("host is not a valid host name", field="host")
+        spec = self._check_paths(spec)
+        job_id = new_job_id()
+        event = ev.JobSubmitted(job_id=job_id, attempt=0, ts_s=now_s(), spec=spec, submitted_by=user)
+        await self._published_and_seen(subjects.job_event(job_id, "submitted"), event, f"{job_id}:0:submitted")
+        state = self.projector.states.get(job_id)
+        status = state.status.value if state else "queued"
+        position = self.scheduler.queue_position(job_id) if status == "queued" else None
+        return views.SubmitResponse(
+            job_id=job_id, status=status, queue_position=position,
+            message="job accepted" if position is None else f"job queued at position {position}",
+        )
+
+    async def stop(self, job_id: str, *, force: bool, grace_s: float | None, user: str = "") -> views.StopResponse:
+        state = self.state(job_id)
+        if state.status in TERMINAL:
+            raise Conflict(f"job {job_id} already ended ({state.status.value}); nothing to stop")
+        placed = self.scheduler.placement(job_id)
+        grace = grace_s if grace_s is not None else self.projector.needs[job_id].spec.stop_grace_s
+        ts = now_s()
+        if state.status in (JobStatus.PENDING, JobStatus.QUEUED) and placed is None:
+            event = ev.JobCancelled(job_id=job_id, attempt=state.attempt, ts_s=ts,
+                                    reason=f"stopped by {user or 'request'} before it started")
+            await self._published_and_seen(subjects.job_event(job_id, "cancelled"), event,
+                                           f"{job_id}:{state.attempt}:cancelled")
+        else:
+            attempt = placed.attempt if placed else state.attempt
+            host = placed.host if placed else state.host
+            assert host is not None
+            nonce = time.time_ns()
+            request = ev.JobStopRequested(job_id=job_id, attempt=attempt, ts_s=ts, force=force,
+                                          grace_s=grace, requested_by=user)
+            await self._publish(subjects.job_event(job_id, "stop_requested"), request,
+                                f"{job_id}:{attempt}:stop_requested:{nonce}")
+            command = StopJob(job_id=job_id, attempt=attempt, ts_s=ts, force=force, grace_s=grace)
+            seq = await self._publish(subjects.cmd(host, "stop"), command, f"{job_id}:{attempt}:stop:{nonce}")
+            del seq
+            try:
+                await asyncio.wait_for(self._until_status_moves(job_id), self.ryw_timeout_s)
+            except TimeoutError:
+                pass
+        now = self.state(job_id)
+        return views.StopResponse(job_id=job_id, status=now.status.value,
+                                  message="force stop sent" if force else f"stop sent (SIGKILL after {grace:g}s)")
+
+    async def _until_status_moves(self, job_id: str) -> None:
+        while self.state(job_id).status in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING):
+            await asyncio.sleep(0.005)
+
+    # ---- reads -------------------------------------------------------------------------------
+    def state(self, job_id: str) -> JobState:
+        state = self.projector.states.get(job_id) if is_valid_token(job_id) else None
+        if state is None:
+            raise NotFound(f"no job {job_id!r}")
+        return state
+
+    def status_view(self, job_id: str) -> views.JobStatusView:
+        s = self.state(job_id)
+        return views.JobStatusView(
+            job_id=job_id, status=s.status.value, attempt=s.attempt, host=s.host,
+            gpu_ids=list(s.gpu_ids), exit_code=s.exit_code, signal=s.signal, reason=s.reason,
+            started_s=s.started_s, finished_s=s.finished_s,
+            queue_position=self.scheduler.queue_position(job_id) if s.status is JobStatus.QUEUED else None,
+            waiting_reason=self.scheduler.waiting.get(job_id),
+        )
+
+    async def progress(self, job_id: str) -> views.ProgressView:
+        s = self.state(job_id)
+        row = await self.reader.progress_row(job_id)
+        latest = await self.reader.latest_metrics(job_id, s.attempt)
+        if row is None or row[0] != s.attempt:
+            return views.ProgressView(job_id=job_id, status=s.status.value, attempt=s.attempt,
+                                      latest_metrics=latest)
+        return views.ProgressView(
+            job_id=job_id, status=s.status.value, attempt=row[0], step=row[1], total_steps=row[2],
+            epoch=row[3], total_epochs=row[4], percent=row[5], rate_steps_s=row[6], eta_s=row[7],
+            estimated=row[8], updated_s=row[9], latest_metrics=latest,
+        )
+
+    async def detail(self, job_id: str) -> views.JobDetail:
+        self.state(job_id)
+        job = await self.reader.job_detail_rows(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}")
+        progress = await self.progress(job_id)
+        return views.JobDetail(
+            job_id=job_id, name=job["name"] or "", description=job["description"] or "",
+            trainer=job["trainer"], status=job["status"], priority=job["priority"], gpus=job["gpus"],
+            attempt=job["attempt"], host=job["host"], gpu_ids=list(job["gpu_ids"] or []),
+            submitted_s=job["submitted_s"], started_s=job["started_s"], finished_s=job["finished_s"],
+            exit_code=job["exit_code"], signal=job["signal"], reason=job["reason"] or "",
+            last_lines=list(job["last_lines"] or []), pid=job["pid"], run_dir=job["run_dir"],
+            stdout_path=job["stdout_path"], stderr_path=job["stderr_path"],
+            spec=msgspec.json.decode(job["spec"]), status_history=job["history"],
+            progress=progress, checkpoints=job["checkpoints"],
+        )

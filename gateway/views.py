@@ -1,0 +1,150 @@
+"""Response shapes of the main API, as msgspec Structs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class JobSummary(msgspec.Struct, kw_only=True):
+    job_id: str
+    name: str
+    trainer: str
+    status: str
+    priority: int
+    gpus: int
+    attempt: int
+    host: str | None
+    gpu_ids: list[int]
+    submitted_s: float
+    started_s: float | None
+    finished_s: float | None
+    exit_code: int | None
+    reason: str
+
+
+class JobList(msgspec.Struct, kw_only=True):
+    jobs: list[JobSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class JobStatusView(msgspec.Struct, kw_only=True):
+    job_id: str
+    status: str
+    attempt: int
+    host: str | None
+    gpu_ids: list[int]
+    exit_code: int | None
+    signal: int | None
+    reason: str
+    started_s: float | None
+    finished_s: float | None
+    queue_position: int | None = None
+    waiting_reason: str | None = None
+
+
+class ProgressView(msgspec.Struct, kw_only=True):
+    job_id: str
+    status: str
+    attempt: int
+    step: int | None = None
+    total_steps: int | None = None
+    epoch: float | None = None
+    total_epochs: int | None = None
+    percent: float | None = None
+    rate_steps_s: float | None = None
+    eta_s: float | None = None
+    estimated: bool = False
+    updated_s: float | None = None
+    latest_metrics: dict[str, float] = {}
+
+
+class MetricPoint(msgspec.Struct, array_like=False, kw_only=True):
+    step: int | None
+    epoch: float | None
+    value: float
+    ts_s: float
+
+
+class MetricSeries(msgspec.Struct, kw_only=True):
+    job_id: str
+    type: str
+    series: dict[str, list[MetricPoint]]
+
+
+class LogLine(msgspec.Struct, kw_only=True):
+    seq: int
+    attempt: int
+    ts_s: float
+    stream: str
+    level: str
+    kind: str
+    text: str
+
+
+class LogPage(msgspec.Struct, kw_only=True):
+    job_id: str
+    lines: list[LogLine]
+    next_after_seq: int | None
+
+
+class EventView(msgspec.Struct, kw_only=True):
+    stream_seq: int
+    type: str
+    attempt: int
+    ts_s: float
+    applied: bool
+    note: str | None
+    data: Any
+
+
+class JobDetail(msgspec.Struct, kw_only=True):
+    job_id: str
+    name: str
+    description: str
+    trainer: str
+    status: str
+    priority: int
+    gpus: int
+    attempt: int
+    host: str | None
+    gpu_ids: list[int]
+    submitted_s: float
+    started_s: float | None
+    finished_s: float | None
+    exit_code: int | None
+    signal: int | None
+    reason: str
+    last_lines: list[str]
+    pid: int | None
+    run_dir: str | None
+    stdout_path: str | None
+    stderr_path: str | None
+    spec: Any
+    status_history: list[dict[str, Any]]
+    progress: ProgressView | None
+    checkpoints: list[dict[str, Any]]
+
+
+class SubmitResponse(msgspec.Struct, kw_only=True):
+    job_id: str
+    status: str
+    message: str
+    queue_position: int | None = None
+    estimated_wait_s: float | None = None
+
+
+class StopResponse(msgspec.Struct, kw_only=True):
+    job_id: str
+    status: str
+    message: str
+
+
+class Health(msgspec.Struct, kw_only=True):
+    status: str
+    nats: str
+    projector: str
+    projector_lag: dict[str, int]

@@ -1,0 +1,36 @@
+"""Commands the gateway sends to one host's agent on `ty.cmd.<host>.<verb>`."""
+
+from __future__ import annotations
+
+import msgspec
+
+from shared.jobspec import JobRequest
+
+
+class Command(msgspec.Struct, kw_only=True, tag_field="verb"):
+    job_id: str
+    attempt: int
+    ts_s: float
+
+
+class StartJob(Command, tag="start"):
+    spec: JobRequest
+    gpu_ids: list[int] = []
+
+
+class StopJob(Command, tag="stop"):
+    force: bool = False
+    grace_s: float = 30.0
+
+
+AnyCommand = StartJob | StopJob
+
+_decoder = msgspec.json.Decoder(AnyCommand)
+
+
+def decode_command(data: bytes) -> AnyCommand:
+    return _decoder.decode(data)
+
+
+def verb_of(command: Command) -> str:
+    return type(command).__struct_config__.tag  # type: ignore[return-value]

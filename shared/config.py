@@ -1,0 +1,88 @@
+"""Configuration: defaults in code -> trainyard.toml -> TRAINYARD_* environment -> flags.
+
+Nothing is read at import time: entry points call `load_settings(...)` and pass the result down.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+
+
+class GatewaySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    data_dir: str = "./trainyard-data"
+    bind: str = "127.0.0.1"
+    port: int = 8000
+    nats_url: str = DEFAULT_NATS_URL
+    replica: str = "g1"
+    insecure: bool = False
+    allowed_roots: list[str] = []
+    # How long a write waits for the projector to show it before answering anyway.
+    read_your_writes_timeout_s: float = 2.0
+    log_max_age_s: float = 30 * 86400.0
+    log_max_bytes: int = 20 * 1024**3
+    projector_batch: int = 2048
+    scheduler_interval_s: float = 1.0
+    host_timeout_s: float = 15.0
+
+
+class AgentSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    host: str = ""
+    work_dir: str = "./trainyard-work"
+    nats_url: str = DEFAULT_NATS_URL
+    heartbeat_interval_s: float = 3.0
+    simulate_gpus: str = ""
+    allowed_roots: list[str] = []
+    # Lines longer than this are cut, with a visible marker, so one message stays < max_payload.
+    max_line_bytes: int = 4 * 1024 * 1024
+    # A published batch of log lines or metric points stays below this.
+    batch_max_bytes: int = 1024 * 1024
+    stop_trainers_on_exit: bool = False
+
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+
+def _env_value(field_type: Any, raw: str) -> Any:
+    if typing.get_origin(field_type) is list:
+        return [part for part in raw.split(os.pathsep) if part]
+    if field_type is bool:
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    return raw
+
+
+def load_settings(
+    cls: type[T],
+    *,
+    toml_path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    section: str | None = None,
+) -> T:
+    """Merge the four layers; a later layer wins field by field. Unknown keys are ignored
+    in the shared TOML file (it holds sections for both sides) but types are checked."""
+    merged: dict[str, Any] = {}
+    if toml_path is not None and toml_path.is_file():
+        data = tomllib.loads(toml_path.read_text())
+        if section and isinstance(data.get(section), dict):
+            data = {**{k: v for k, v in data.items() if not isinstance(v, dict)}, **data[section]}
+        merged.update(data)
+    env = os.environ if env is None else env
+    hints = typing.get_type_hints(cls)
+    for name in cls.__struct_fields__:
+        raw = env.get(f"TRAINYARD_{name.upper()}")
+        if raw is not None:
+            merged[name] = _env_value(hints[name], raw)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            merged[key] = value
+    known = {k: v for k, v in merged.items() if k in cls.__struct_fields__}
+    return msgspec.convert(known, cls, strict=False)

@@ -1,0 +1,207 @@
+"""Every event on the event streams, as msgspec Structs in one tagged union (DESIGN §3).
+
+Rules for changing this file: new fields get defaults and go last; nothing is renamed or
+retyped in place, because the streams keep old events forever. Unknown fields are ignored on
+decode, so an older reader survives a newer writer.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from shared.jobspec import JobRequest
+
+Outcome = Literal["succeeded", "failed", "stopped"]
+
+
+class JobEvent(msgspec.Struct, kw_only=True, tag_field="type"):
+    job_id: str
+    attempt: int = 0
+    ts_s: float
+
+
+# ---- lifecycle (these move the state machine) ---------------------------------------------
+
+
+class JobSubmitted(JobEvent, tag="submitted"):
+    spec: JobRequest
+    submitted_by: str = ""
+
+
+class JobHeld(JobEvent, tag="held"):
+    reason: str = ""
+
+
+class JobReleased(JobEvent, tag="released"):
+    pass
+
+
+class JobScheduled(JobEvent, tag="scheduled"):
+    host: str
+    gpu_ids: list[int] = []
+
+
+class JobRefused(JobEvent, tag="refused"):
+    host: str
+    reason: str
+
+
+class JobStarted(JobEvent, tag="started"):
+    host: str
+    pid: int
+    run_dir: str
+    stdout_path: str
+    stderr_path: str
+
+
+class JobStopRequested(JobEvent, tag="stop_requested"):
+    force: bool = False
+    grace_s: float = 30.0
+    requested_by: str = ""
+
+
+class JobCancelled(JobEvent, tag="cancelled"):
+    """A job stopped before any agent ran it."""
+
+    reason: str
+
+
+class JobExited(JobEvent, tag="exited"):
+    outcome: Outcome
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str = ""
+    last_lines: list[str] = []
+    # Stream sequence of the attempt's last log batch: the projector shows the exit only once
+    # those lines are queryable, so "succeeded" never comes before the job's own output.
+    log_stream_seq: int = 0
+
+
+class JobLost(JobEvent, tag="lost"):
+    reason: str
+
+
+# ---- observations (they do not move the state machine) ------------------------------------
+
+
+class JobProgress(JobEvent, tag="progress"):
+    step: int | None = None
+    total_steps: int | None = None
+    epoch: float | None = None
+    total_epochs: int | None = None
+    percent: float | None = None
+    rate_steps_s: float | None = None
+    eta_s: float | None = None
+    # True when total/percent/ETA were derived by trainyard rather than printed by the trainer.
+    estimated: bool = False
+
+
+class MetricsRecorded(JobEvent, tag="metrics"):
+    """A batch of metric points, column-wise so the projector inserts it in one statement."""
+
+    first_seq: int
+    step: list[int | None]
+    epoch: list[float | None]
+    name: list[str]
+    value: list[float]
+    point_ts_s: list[float]
+
+
+class CheckpointSaved(JobEvent, tag="checkpoint"):
+    path: str
+    step: int | None = None
+
+
+class LogBatch(JobEvent, tag="logs"):
+    """Consecutive log lines of one attempt, column-wise; line i has seq `first_seq + i`."""
+
+    first_seq: int
+    line_ts_s: list[float]
+    stream: list[str]
+    level: list[str]
+    kind: list[str]
+    text: list[str]
+
+
+LIFECYCLE = (
+    JobSubmitted,
+    JobHeld,
+    JobReleased,
+    JobScheduled,
+    JobRefused,
+    JobStarted,
+    JobStopRequested,
+    JobCancelled,
+    JobExited,
+    JobLost,
+)
+
+AnyJobEvent = (
+    JobSubmitted
+    | JobHeld
+    | JobReleased
+    | JobScheduled
+    | JobRefused
+    | JobStarted
+    | JobStopRequested
+    | JobCancelled
+    | JobExited
+    | JobLost
+    | JobProgress
+    | MetricsRecorded
+    | CheckpointSaved
+    | LogBatch
+)
+
+
+# ---- hosts ------------------------------------------------------------------------------
+
+
+class GpuState(msgspec.Struct, kw_only=True):
+    index: int
+    uuid: str
+    name: str
+    memory_total_mb: int
+    memory_used_mb: int = 0
+    utilization_pct: float | None = None
+    temperature_c: float | None = None
+    power_w: float | None = None
+    pids: list[int] = []
+    simulated: bool = False
+
+
+class HostHeartbeat(msgspec.Struct, kw_only=True, tag_field="type", tag="heartbeat"):
+    host: str
+    ts_s: float
+    agent_started_s: float
+    interval_s: float
+    cpu_percent: float
+    memory_total_mb: int
+    memory_used_mb: int
+    disk_free_mb: int
+    gpus: list[GpuState] = []
+    running_jobs: list[str] = []
+    gpu_note: str = ""
+
+
+def tag_of(event_type: type[msgspec.Struct]) -> str:
+    return event_type.__struct_config__.tag  # type: ignore[return-value]
+
+
+_encoder = msgspec.json.Encoder()
+_job_decoder = msgspec.json.Decoder(AnyJobEvent)
+_host_decoder = msgspec.json.Decoder(HostHeartbeat)
+
+
+def encode(value: msgspec.Struct) -> bytes:
+    return _encoder.encode(value)
+
+
+def decode_job_event(data: bytes) -> AnyJobEvent:
+    return _job_decoder.decode(data)
+
+
+def decode_heartbeat(data: bytes) -> HostHeartbeat:
+    return _host_decoder.decode(data)

@@ -1,0 +1,78 @@
+"""What a user asks for: the job request, one Struct per trainer in a tagged union.
+
+The gateway decodes request bodies straight into `JobRequest`; the validated value is stored
+verbatim in the `JobSubmitted` event and handed to the agent in the start command, so the
+request, the event and the command can never disagree about a field.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+MAX_ARGV = 256
+MAX_ARG_BYTES = 8192
+MAX_ENV = 128
+MAX_TEXT = 2000
+
+Priority = Annotated[int, Meta(ge=0, le=10, description="0-10, higher runs first")]
+GpuCount = Annotated[int, Meta(ge=0, le=64)]
+GpuIndex = Annotated[int, Meta(ge=0, le=1023)]
+Arg = Annotated[str, Meta(min_length=0, max_length=MAX_ARG_BYTES)]
+EnvName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+EnvValue = Annotated[str, Meta(max_length=MAX_ARG_BYTES)]
+Text = Annotated[str, Meta(max_length=MAX_TEXT)]
+HostName = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+GraceSeconds = Annotated[float, Meta(ge=0, le=3600)]
+
+
+class JobRequestBase(
+    msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="trainer"
+):
+    """Fields every trainer accepts."""
+
+    name: Text = ""
+    description: Text = ""
+    priority: Priority = 5
+    gpus: GpuCount | None = None
+    gpu_ids: Annotated[list[GpuIndex], Meta(max_length=64)] | None = None
+    host: HostName | None = None
+    min_gpu_memory_gb: Annotated[float, Meta(ge=0, le=4096)] | None = None
+    max_retries: Annotated[int, Meta(ge=0, le=100)] = 0
+    env: Annotated[dict[EnvName, EnvValue], Meta(max_length=MAX_ENV)] = {}
+    hold: bool = False
+    stop_grace_s: GraceSeconds = 30.0
+
+    @property
+    def trainer(self) -> str:
+        """The union's tag: which adapter runs this job."""
+        return self.__struct_config__.tag  # type: ignore[return-value]
+
+    def gpu_count(self) -> int:
+        """GPUs this job needs: pinned ids win, then `gpus`, then the trainer's default."""
+        if self.gpu_ids:
+            return len(self.gpu_ids)
+        if self.gpus is not None:
+            return self.gpus
+        return self.default_gpus()
+
+    def default_gpus(self) -> int:
+        return 1
+
+
+class CommandJob(JobRequestBase, tag="command"):
+    """Any program, given as an argv list (never a shell string)."""
+
+    command: Annotated[list[Arg], Meta(min_length=1, max_length=MAX_ARGV)]
+    cwd: Annotated[str, Meta(max_length=4096)] | None = None
+
+    def default_gpus(self) -> int:
+        return 0
+
+
+# New trainers join this union; the tag (`trainer`) picks the Struct.
+JobRequest = CommandJob
+
+TRAINERS = ("command",)

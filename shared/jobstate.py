@@ -1,0 +1,187 @@
+"""The job state machine: a pure `evolve(state, event) -> state` over a transition table.
+
+The projector and the scheduler derive every job's status with it; the gateway runs it before
+publishing a lifecycle event so that an impossible request is refused (409) instead of written.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+from shared import events as ev
+
+
+class JobStatus(enum.StrEnum):
+    PENDING = "pending"
+    QUEUED = "queued"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    LOST = "lost"
+
+
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.LOST})
+ON_HOST = frozenset({JobStatus.SCHEDULED, JobStatus.RUNNING, JobStatus.STOPPING})
+ACTIVE = frozenset(JobStatus) - TERMINAL
+
+S = JobStatus
+# Marker: the target status is the outcome the event carries (JobExited).
+FROM_OUTCOME = "from-outcome"
+
+# status -> {event type -> next status}. Anything not listed is illegal.
+TRANSITIONS: dict[JobStatus, dict[type, JobStatus | str]] = {
+    S.PENDING: {
+        ev.JobReleased: S.QUEUED,
+        ev.JobCancelled: S.STOPPED,
+    },
+    S.QUEUED: {
+        ev.JobHeld: S.PENDING,
+        ev.JobScheduled: S.SCHEDULED,
+        ev.JobCancelled: S.STOPPED,
+    },
+    S.SCHEDULED: {
+        ev.JobStarted: S.RUNNING,
+        ev.JobRefused: S.QUEUED,
+        ev.JobStopRequested: S.STOPPING,
+        ev.JobExited: FROM_OUTCOME,  # e.g. the executable is missing on the host
+        ev.JobLost: S.LOST,
+    },
+    S.RUNNING: {
+        ev.JobStopRequested: S.STOPPING,
+        ev.JobExited: FROM_OUTCOME,
+        ev.JobLost: S.LOST,
+    },
+    S.STOPPING: {
+        ev.JobStarted: S.STOPPING,  # the start raced the stop; the agent stops it at once
+        ev.JobStopRequested: S.STOPPING,  # escalation: graceful, then force
+        ev.JobRefused: S.STOPPED,
+        ev.JobExited: FROM_OUTCOME,
+        ev.JobLost: S.LOST,
+    },
+    S.SUCCEEDED: {},
+    S.FAILED: {},
+    S.STOPPED: {},
+    S.LOST: {},
+}
+
+# Events an agent sends about one attempt; a stale attempt's report must not move a newer one.
+ATTEMPT_BOUND = (ev.JobStarted, ev.JobRefused, ev.JobExited, ev.JobLost)
+
+
+class JobStateError(Exception):
+    """Base of the state machine's errors."""
+
+
+class IllegalTransition(JobStateError):
+    """The event cannot happen in the job's current status."""
+
+    def __init__(self, status: JobStatus | None, event: msgspec.Struct) -> None:
+        self.status = status
+        self.event_type = ev.tag_of(type(event))
+        where = status.value if status else "no job"
+        super().__init__(f"'{self.event_type}' is not allowed when the job is {where}")
+
+
+class StaleAttempt(IllegalTransition):
+    """An agent reported on an attempt the job has already moved past."""
+
+    def __init__(self, status: JobStatus, event: ev.JobEvent, current_attempt: int) -> None:
+        super().__init__(status, event)
+        self.args = (
+            f"'{self.event_type}' for attempt {event.attempt} ignored: the job is on attempt "
+            f"{current_attempt}",
+        )
+
+
+class JobState(msgspec.Struct, frozen=True, kw_only=True):
+    job_id: str
+    status: JobStatus
+    attempt: int = 0
+    host: str | None = None
+    gpu_ids: tuple[int, ...] = ()
+    submitted_s: float = 0.0
+    started_s: float | None = None
+    finished_s: float | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str = ""
+    stop_requested: bool = False
+    pid: int | None = None
+    run_dir: str | None = None
+    stdout_path: str | None = None
+    stderr_path: str | None = None
+    last_lines: tuple[str, ...] = ()
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+def initial(event: ev.JobSubmitted) -> JobState:
+    return JobState(
+        job_id=event.job_id,
+        status=JobStatus.PENDING if event.spec.hold else JobStatus.QUEUED,
+        submitted_s=event.ts_s,
+    )
+
+
+def next_status(state: JobState | None, event: ev.JobEvent) -> JobStatus:
+    """The status `event` leads to, or IllegalTransition. Pure; touches nothing."""
+    if isinstance(event, ev.JobSubmitted):
+        if state is not None:
+            raise IllegalTransition(state.status, event)
+        return initial(event).status
+    if state is None:
+        raise IllegalTransition(None, event)
+    target = TRANSITIONS[state.status].get(type(event))
+    if target is None:
+        raise IllegalTransition(state.status, event)
+    if isinstance(event, ATTEMPT_BOUND) and event.attempt != state.attempt:
+        raise StaleAttempt(state.status, event, state.attempt)
+    if target == FROM_OUTCOME:
+        assert isinstance(event, ev.JobExited)
+        return JobStatus(event.outcome)
+    return JobStatus(target)
+
+
+def evolve(state: JobState | None, event: ev.JobEvent) -> JobState:
+    """Apply one lifecycle event. Observations (progress, metrics, logs) leave state alone."""
+    if not isinstance(event, ev.LIFECYCLE):
+        if state is None:
+            raise IllegalTransition(None, event)
+        return state
+    status = next_status(state, event)
+    if isinstance(event, ev.JobSubmitted):
+        return initial(event)
+    assert state is not None
+    replace = msgspec.structs.replace
+    match event:
+        case ev.JobScheduled(host=host, gpu_ids=gpu_ids, attempt=attempt):
+            return replace(
+                state, status=status, host=host, gpu_ids=tuple(gpu_ids), attempt=attempt,
+                reason="", stop_requested=False, pid=None, run_dir=None, exit_code=None,
+                signal=None, started_s=None, finished_s=None, last_lines=(),
+            )
+        case ev.JobRefused(reason=reason):
+            return replace(state, status=status, host=None, gpu_ids=(), reason=reason)
+        case ev.JobStarted(ts_s=ts, pid=pid, run_dir=run_dir):
+            return replace(
+                state, status=status, started_s=ts, pid=pid, run_dir=run_dir,
+                stdout_path=event.stdout_path, stderr_path=event.stderr_path,
+            )
+        case ev.JobStopRequested():
+            return replace(state, status=status, stop_requested=True)
+        case ev.JobExited(exit_code=code, signal=sig, reason=reason, ts_s=ts):
+            return replace(
+                state, status=status, exit_code=code, signal=sig, reason=reason, finished_s=ts,
+                last_lines=tuple(event.last_lines),
+            )
+        case ev.JobCancelled(reason=reason, ts_s=ts) | ev.JobLost(reason=reason, ts_s=ts):
+            return replace(state, status=status, reason=reason, finished_s=ts)
+        case _:
+            return replace(state, status=status)

@@ -1,0 +1,77 @@
+"""Create streams and buckets if missing, update them if their config drifted. Idempotent:
+every process calls it at start."""
+
+from __future__ import annotations
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, NotFoundError
+
+from shared import subjects
+
+MAX_MSG_BYTES = 8 * 1024 * 1024
+DUPLICATE_WINDOW_S = 120.0
+
+
+def stream_configs(*, log_max_age_s: float, log_max_bytes: int) -> list[StreamConfig]:
+    common = dict(storage=StorageType.FILE, max_msg_size=MAX_MSG_BYTES, duplicate_window=DUPLICATE_WINDOW_S)
+    return [
+        StreamConfig(
+            name=subjects.CMD_STREAM,
+            subjects=["ty.cmd.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            **common,
+        ),
+        StreamConfig(
+            name=subjects.JOB_STREAM,
+            subjects=["ty.job.>"],
+            retention=RetentionPolicy.LIMITS,
+            **common,
+        ),
+        StreamConfig(
+            name=subjects.LOG_STREAM,
+            subjects=["ty.log.>"],
+            retention=RetentionPolicy.LIMITS,
+            max_age=log_max_age_s,
+            max_bytes=log_max_bytes,
+            discard=DiscardPolicy.OLD,
+            **common,
+        ),
+        StreamConfig(
+            name=subjects.HOST_STREAM,
+            subjects=["ty.host.>"],
+            retention=RetentionPolicy.LIMITS,
+            max_age=86400.0,
+            **common,
+        ),
+    ]
+
+
+async def ensure_streams(
+    js: JetStreamContext, *, log_max_age_s: float = 30 * 86400.0, log_max_bytes: int = -1
+) -> None:
+    for config in stream_configs(log_max_age_s=log_max_age_s, log_max_bytes=log_max_bytes):
+        try:
+            await js.stream_info(config.name)
+        except NotFoundError:
+            try:
+                await js.add_stream(config)
+                continue
+            except BadRequestError:
+                pass  # created meanwhile by another process: fall through to update
+        await js.update_stream(config)
+
+
+async def ensure_lease_bucket(js: JetStreamContext, ttl_s: float = 10.0) -> None:
+    try:
+        await js.key_value(subjects.LEASE_BUCKET)
+    except Exception:
+        await js.create_key_value(
+            KeyValueConfig(bucket=subjects.LEASE_BUCKET, ttl=ttl_s, storage=StorageType.FILE)
+        )

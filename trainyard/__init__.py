@@ -1,0 +1,1 @@
+"""The `trainyard` command: the composition root that starts gateways, agents and NATS."""

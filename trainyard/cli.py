@@ -1,0 +1,192 @@
+"""`trainyard` command line: start the parts (`up`, `gateway`, `agent`) and admin tasks."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+from shared.config import DEFAULT_NATS_URL, AgentSettings, GatewaySettings, load_settings
+
+
+def _config_path(args: argparse.Namespace) -> Path | None:
+    if getattr(args, "config", None):
+        return Path(args.config)
+    data_dir = getattr(args, "data_dir", None)
+    for candidate in ([Path(data_dir) / "trainyard.toml"] if data_dir else []) + [Path("trainyard.toml")]:
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _nats_url(args: argparse.Namespace) -> str | None:
+    return args.nats_url
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from gateway.main import run_gateway
+
+    settings = load_settings(
+        GatewaySettings, toml_path=_config_path(args), section="gateway",
+        overrides={"data_dir": args.data_dir, "port": args.port, "bind": args.bind,
+                   "nats_url": _nats_url(args), "insecure": args.insecure or None,
+                   "replica": args.replica},
+    )
+    run_gateway(settings)
+    return 0
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from agent.main import run_agent
+
+    settings = load_settings(
+        AgentSettings, toml_path=_config_path(args), section="agent",
+        overrides={"host": args.host, "work_dir": args.work_dir, "nats_url": _nats_url(args),
+                   "simulate_gpus": args.simulate_gpus,
+                   "heartbeat_interval_s": args.heartbeat_interval_s,
+                   "stop_trainers_on_exit": args.stop_trainers_on_exit or None},
+    )
+    if not settings.host:
+        print("trainyard agent: --host NAME is required (or TRAINYARD_HOST)", file=sys.stderr)
+        return 2
+    run_agent(settings)
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from gateway.auth import ensure_admin_token
+    from trainyard.stack import Stack, host_token
+
+    data_dir = Path(args.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    token = ensure_admin_token(data_dir)
+    nats_url = f"nats://127.0.0.1:{args.nats_port}"
+    api_url = f"http://{args.bind}:{args.port}"
+    stack = Stack()
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack.start_nats(data_dir, args.nats_port)
+        extra_gw = ["--bind", args.bind]
+        stack.start_gateway(data_dir, args.port, nats_url, *extra_gw)
+        agent_extra = []
+        if args.simulate_gpus:
+            agent_extra += ["--simulate-gpus", args.simulate_gpus]
+        if args.stop_trainers_on_exit:
+            agent_extra += ["--stop-trainers-on-exit"]
+        host = host_token(args.host or socket.gethostname())
+        stack.start_agent(host, data_dir / "work", nats_url, data_dir / "logs" / "agent.log", *agent_extra)
+        print(f"trainyard is up\n  API:    {api_url}/api/v1/training  (docs: {api_url}/docs)\n"
+              f"  token:  {token}   (saved in {data_dir / 'api-token'})\n"
+              f"  NATS:   {nats_url}  (agents on other hosts: trainyard agent --host NAME --nats-url ...)\n"
+              f"  agent:  {host}\n  data:   {data_dir}\n  logs:   {data_dir / 'logs'}\n"
+              "Ctrl-C stops trainyard" + (" and its trainers." if args.stop_trainers_on_exit
+                                          else "; running trainers keep running."), flush=True)
+        while not stopping:
+            for name, proc in stack.procs:
+                if proc.poll() is not None:
+                    print(f"trainyard: {name} exited with code {proc.returncode}; stopping "
+                          f"(see {data_dir / 'logs'})", file=sys.stderr)
+                    stopping = True
+            time.sleep(0.2)
+    except (RuntimeError, TimeoutError, FileNotFoundError) as exc:
+        print(f"trainyard up: {exc} (logs in {data_dir / 'logs'})", file=sys.stderr)
+        stack.stop()
+        return 1
+    print("trainyard: stopping ...", flush=True)
+    stack.stop(timeout_s=20.0)
+    print("trainyard: stopped", flush=True)
+    return 0
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from gateway.rebuild import run_rebuild
+
+    out = Path(args.out) if args.out else Path(args.data_dir) / "trainyard.rebuilt.duckdb"
+    try:
+        targets = run_rebuild(args.nats_url or DEFAULT_NATS_URL, out)
+    except FileExistsError as exc:
+        print(f"trainyard projector rebuild: {exc}", file=sys.stderr)
+        return 1
+    print(f"rebuilt {out} from streams up to {targets}")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from gateway.auth import TOKENS_FILE, TokenStore
+
+    data_dir = Path(args.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    token = TokenStore(data_dir / TOKENS_FILE).create(args.role)
+    print(token)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="trainyard", description="GPU training jobs over NATS JetStream")
+    p.add_argument("--log-level", default=os.environ.get("TRAINYARD_LOG_LEVEL", "INFO"))
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start nats-server, a gateway and a local agent")
+    up.add_argument("--data-dir", default="./trainyard-data")
+    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--bind", default="127.0.0.1")
+    up.add_argument("--nats-port", type=int, default=4222)
+    up.add_argument("--host", default=None, help="this machine's agent name (default: hostname)")
+    up.add_argument("--simulate-gpus", default=None, metavar="Nx80GB")
+    up.add_argument("--stop-trainers-on-exit", action="store_true")
+    up.set_defaults(func=cmd_up)
+
+    gw = sub.add_parser("gateway", help="run a gateway (API, projector, scheduler)")
+    gw.add_argument("--data-dir", default=None)
+    gw.add_argument("--port", type=int, default=None)
+    gw.add_argument("--bind", default=None)
+    gw.add_argument("--nats-url", default=None)
+    gw.add_argument("--replica", default=None)
+    gw.add_argument("--insecure", action="store_true", help="allow no tokens (loopback only)")
+    gw.add_argument("--config", default=None)
+    gw.set_defaults(func=cmd_gateway)
+
+    ag = sub.add_parser("agent", help="run a host agent")
+    ag.add_argument("--host", default=None)
+    ag.add_argument("--work-dir", default=None)
+    ag.add_argument("--nats-url", default=None)
+    ag.add_argument("--simulate-gpus", default=None, metavar="Nx80GB")
+    ag.add_argument("--heartbeat-interval-s", type=float, default=None)
+    ag.add_argument("--stop-trainers-on-exit", action="store_true")
+    ag.add_argument("--config", default=None)
+    ag.set_defaults(func=cmd_agent)
+
+    pr = sub.add_parser("projector", help="projector maintenance")
+    prs = pr.add_subparsers(dest="projector_command", required=True)
+    rb = prs.add_parser("rebuild", help="replay the streams into a fresh DuckDB file")
+    rb.add_argument("--data-dir", default="./trainyard-data")
+    rb.add_argument("--nats-url", default=os.environ.get("TRAINYARD_NATS_URL"))
+    rb.add_argument("--out", default=None)
+    rb.set_defaults(func=cmd_rebuild)
+
+    tk = sub.add_parser("token", help="API tokens")
+    tks = tk.add_subparsers(dest="token_command", required=True)
+    tc = tks.add_parser("create", help="create a token and print it")
+    tc.add_argument("--role", choices=("viewer", "operator", "admin"), default="viewer")
+    tc.add_argument("--data-dir", default="./trainyard-data")
+    tc.set_defaults(func=cmd_token)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
