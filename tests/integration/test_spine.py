@@ -1,0 +1,159 @@
+"""The spine end to end: REST -> JetStream -> agent -> trainer -> events -> DuckDB -> REST."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import Cluster, pid_alive, python_job
+
+
+def test_job_runs_and_reports_logs_progress_and_metrics(cluster: Cluster) -> None:
+    api = cluster.api
+    job = api.submit(python_job("numbered.py", "500"), name="numbered")
+    final = api.wait(job)
+    assert final["status"] == "succeeded" and final["exit_code"] == 0
+    lines = [l for l in api.logs(job) if l["stream"] == "stdout"]
+    assert [l["text"] for l in lines] == [f"line {i}" for i in range(500)]
+    seqs = [l["seq"] for l in api.logs(job)]
+    assert seqs == sorted(set(seqs)), "log sequence numbers are unique and ordered"
+    progress = api.client.get(f"/jobs/{job}/progress").json()
+    assert progress["step"] == 490 and progress["total_steps"] == 500
+    assert progress["latest_metrics"]["loss"] == 1.0 / 491
+    series = api.client.get(f"/jobs/{job}/metrics", params={"name": "loss"}).json()["series"]["loss"]
+    assert [p["step"] for p in series] == list(range(0, 500, 10))
+    events = [e["type"] for e in api.client.get(f"/jobs/{job}/events").json()]
+    assert events[:3] == ["submitted", "scheduled", "started"] and events[-1] == "exited"
+    detail = api.client.get(f"/jobs/{job}").json()
+    assert detail["name"] == "numbered" and detail["host"] == cluster.host
+    assert Path(detail["stdout_path"]).read_text().startswith("line 0\n")
+    listed = api.client.get("/jobs", params={"status": "succeeded", "q": "numbered"}).json()
+    assert job in [j["job_id"] for j in listed["jobs"]]
+
+
+def test_big_line_redraws_traceback_and_unterminated_last_line(cluster: Cluster) -> None:
+    api = cluster.api
+    job = api.submit(python_job("edge_lines.py"))
+    assert api.wait(job)["status"] == "succeeded"
+    lines = api.logs(job)
+    stdout = [l["text"] for l in lines if l["stream"] == "stdout"]
+    assert stdout == ["first line", "x" * (1024 * 1024), "bar done", "the end without newline"]
+    stderr = [(l["text"], l["level"]) for l in lines if l["stream"] == "stderr"]
+    assert [lvl for _, lvl in stderr] == ["ERROR", "ERROR", "ERROR"]
+    only_errors = api.logs(job, level="ERROR")
+    assert {l["stream"] for l in only_errors} == {"stderr"}
+    tail = api.logs(job, tail=2)
+    assert [l["text"] for l in tail][-2] == "the end without newline"
+
+
+def test_failed_job_records_exit_code_reason_and_last_lines(cluster: Cluster) -> None:
+    api = cluster.api
+    job = api.submit(python_job("fail.py"))
+    final = api.wait(job)
+    assert final["status"] == "failed" and final["exit_code"] == 3
+    assert "exited with code 3" in final["reason"]
+    detail = api.client.get(f"/jobs/{job}").json()
+    assert "ERROR: out of patience" in detail["last_lines"]
+    assert "working 39" in detail["last_lines"]
+
+
+def test_missing_executable_fails_at_once_with_reason(cluster: Cluster) -> None:
+    api = cluster.api
+    job = api.submit(["definitely-not-a-trainer-xyz"])
+    final = api.wait(job, timeout_s=10)
+    assert final["status"] == "failed"
+    assert final["reason"] == f"definitely-not-a-trainer-xyz not found on host {cluster.host}"
+
+
+def test_graceful_stop_kills_a_child_that_ignores_sigterm(cluster: Cluster, tmp_path: Path) -> None:
+    api = cluster.api
+    pid_file = tmp_path / "pids"
+    job = api.submit(python_job("stubborn.py", str(pid_file)))
+    api.wait(job, {"running"})
+    deadline = time.monotonic() + 10
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    parent, child = map(int, pid_file.read_text().split())
+    time.sleep(1.2)  # the agent snapshots descendants about once a second
+    r = api.client.post(f"/jobs/{job}/stop", json={"force": False, "grace_s": 1})
+    assert r.status_code == 200, r.text
+    final = api.wait(job, timeout_s=15)
+    assert final["status"] == "stopped"
+    deadline = time.monotonic() + 5
+    while (pid_alive(parent) or pid_alive(child)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_alive(parent), "trainer survived the stop"
+    assert not pid_alive(child), "the SIGTERM-ignoring child survived the stop"
+
+
+def test_stop_graceful_and_force(cluster: Cluster) -> None:
+    api = cluster.api
+    job = api.submit(python_job("sleeper.py"))
+    api.wait(job, {"running"})
+    r = api.client.post(f"/jobs/{job}/stop", json={"force": False, "grace_s": 30})
+    assert r.status_code == 200
+    final = api.wait(job)
+    assert final["status"] == "stopped" and final["exit_code"] == 0
+    assert any("got SIGTERM" in l["text"] for l in api.logs(job))
+    # Force: SIGKILL now; no body is needed for a plain stop (seed 002 sends none).
+    job2 = api.submit([sys.executable, "-c", "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(600)"])
+    api.wait(job2, {"running"})
+    assert api.client.post(f"/jobs/{job2}/stop", json={"force": True}).status_code == 200
+    final2 = api.wait(job2, timeout_s=10)
+    assert final2["status"] == "stopped" and final2["signal"] == 9
+    # Stopping a finished job is a conflict.
+    r = api.client.post(f"/jobs/{job2}/stop")
+    assert r.status_code == 409 and "already ended" in r.json()["detail"]
+
+
+def test_held_job_can_be_stopped_before_it_runs(cluster: Cluster) -> None:
+    api = cluster.api
+    job = api.submit([sys.executable, "-c", "print(1)"], hold=True)
+    assert api.status(job)["status"] == "pending"
+    r = api.client.post(f"/jobs/{job}/stop")
+    assert r.status_code == 200 and r.json()["status"] == "stopped"
+
+
+def test_bad_input_gets_named_errors_never_500(cluster: Cluster) -> None:
+    c = cluster.api.client
+    cases = [
+        (b"not json", 400, None),
+        (b"[]", 422, None),
+        (b'{"command": ["x"]}', 422, "trainer"),
+        (b'{"trainer": "nope", "command": ["x"]}', 422, "trainer"),
+        (b'{"trainer": "command"}', 422, None),
+        (b'{"trainer": "command", "command": []}', 422, "command"),
+        (b'{"trainer": "command", "command": ["x"], "priority": 11}', 422, "priority"),
+        (b'{"trainer": "command", "command": ["x"], "bogus": 1}', 422, None),
+        (b'{"trainer": "command", "command": ["x"], "env": {"1BAD": "v"}}', 422, None),
+        (b'{"trainer": "command", "command": ["x"], "cwd": "/etc"}', 422, "cwd"),
+        (b'{"trainer": "command", "command": ["x"], "host": "Bad Host!"}', 422, "host"),
+        (b'{"trainer": "command", "command": ["x"], "gpus": -1}', 422, "gpus"),
+    ]
+    for body, code, field in cases:
+        r = c.post("/jobs", content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == code, (body, r.status_code, r.text)
+        if field:
+            assert r.json().get("field") == field or field in r.json()["detail"], (body, r.text)
+    assert c.post("/jobs", content=b"{" + b" " * (2 * 1024 * 1024) + b"}").status_code == 413
+    assert c.get("/jobs/no_such_job/status").status_code == 404
+    assert c.get("/jobs/../../etc/passwd").status_code == 404
+    assert c.get("/jobs/NOT%20A%20TOKEN/logs").status_code == 404
+    assert c.post("/jobs/no_such_job/stop").status_code == 404
+    assert c.get("/jobs", params={"limit": 0}).status_code == 400
+    assert c.get("/jobs", params={"status": "weird"}).status_code == 422
+    job = cluster.api.submit([sys.executable, "-c", "print(1)"])
+    assert c.get(f"/jobs/{job}/logs", params={"level": "LOUD"}).status_code == 422
+    assert c.post(f"/jobs/{job}/stop", json={"grace_s": -1}).status_code == 422
+
+
+def test_auth_is_required(cluster: Cluster) -> None:
+    import httpx
+
+    anon = httpx.Client(base_url=f"{cluster.url}/api/v1/training")
+    assert anon.get("/jobs").status_code == 401
+    assert anon.get("/jobs", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert anon.get("/health").status_code == 200
+    health = anon.get("/health").json()
+    assert health["status"] == "ok" and health["nats"] == "connected"

@@ -1,0 +1,103 @@
+"""Walk every (status, event) pair of the transition table: legal ones land where the table
+says, everything else raises IllegalTransition."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from shared import events as ev
+from shared.jobspec import CommandJob
+from shared.jobstate import (
+    TRANSITIONS,
+    IllegalTransition,
+    JobState,
+    JobStatus,
+    StaleAttempt,
+    evolve,
+    next_status,
+)
+
+J = "job_1"
+SPEC = CommandJob(command=["true"])
+
+
+def sample(event_type: type, attempt: int = 1, **extra) -> ev.JobEvent:
+    base = dict(job_id=J, attempt=attempt, ts_s=1.0)
+    fields = {
+        ev.JobSubmitted: dict(spec=SPEC),
+        ev.JobHeld: {}, ev.JobReleased: {},
+        ev.JobScheduled: dict(host="h", gpu_ids=[0]),
+        ev.JobRefused: dict(host="h", reason="busy"),
+        ev.JobStarted: dict(host="h", pid=1, run_dir="/r", stdout_path="/r/o", stderr_path="/r/e"),
+        ev.JobStopRequested: {}, ev.JobCancelled: dict(reason="x"),
+        ev.JobExited: dict(outcome="failed", exit_code=1), ev.JobLost: dict(reason="gone"),
+    }[event_type]
+    return event_type(**base, **{**fields, **extra})
+
+
+def state(status: JobStatus) -> JobState:
+    return JobState(job_id=J, status=status, attempt=1, host="h")
+
+
+LIFECYCLE_NO_SUBMIT = [t for t in ev.LIFECYCLE if t is not ev.JobSubmitted]
+
+
+@pytest.mark.parametrize(("status", "event_type"), list(itertools.product(JobStatus, LIFECYCLE_NO_SUBMIT)))
+def test_every_pair(status: JobStatus, event_type: type) -> None:
+    event = sample(event_type)
+    target = TRANSITIONS[status].get(event_type)
+    if target is None:
+        with pytest.raises(IllegalTransition) as err:
+            evolve(state(status), event)
+        assert status.value in str(err.value)
+        return
+    after = evolve(state(status), event)
+    expected = JobStatus.FAILED if event_type is ev.JobExited else target
+    assert after.status == expected
+
+
+@pytest.mark.parametrize("status", list(JobStatus))
+def test_submit_only_creates(status: JobStatus) -> None:
+    with pytest.raises(IllegalTransition):
+        evolve(state(status), sample(ev.JobSubmitted, attempt=0))
+
+
+def test_submit_creates_queued_or_pending() -> None:
+    assert evolve(None, sample(ev.JobSubmitted, attempt=0)).status is JobStatus.QUEUED
+    held = ev.JobSubmitted(job_id=J, attempt=0, ts_s=1.0, spec=CommandJob(command=["x"], hold=True))
+    assert evolve(None, held).status is JobStatus.PENDING
+
+
+@pytest.mark.parametrize("event_type", LIFECYCLE_NO_SUBMIT)
+def test_nothing_happens_to_an_unknown_job(event_type: type) -> None:
+    with pytest.raises(IllegalTransition):
+        evolve(None, sample(event_type))
+
+
+def test_exit_outcome_decides_terminal_status() -> None:
+    for outcome in ("succeeded", "failed", "stopped"):
+        after = evolve(state(JobStatus.RUNNING), sample(ev.JobExited, outcome=outcome))
+        assert after.status.value == outcome and after.is_terminal
+
+
+def test_stale_attempt_is_fenced() -> None:
+    running_2 = JobState(job_id=J, status=JobStatus.RUNNING, attempt=2, host="h")
+    with pytest.raises(StaleAttempt):
+        next_status(running_2, sample(ev.JobExited, attempt=1))
+
+
+def test_full_life_keeps_facts() -> None:
+    s = evolve(None, sample(ev.JobSubmitted, attempt=0))
+    s = evolve(s, sample(ev.JobScheduled))
+    assert (s.host, s.gpu_ids, s.attempt) == ("h", (0,), 1)
+    s = evolve(s, sample(ev.JobStarted))
+    assert s.pid == 1 and s.run_dir == "/r"
+    s = evolve(s, sample(ev.JobExited, outcome="failed", exit_code=7, last_lines=["boom"]))
+    assert (s.status, s.exit_code, s.last_lines) == (JobStatus.FAILED, 7, ("boom",))
+
+
+def test_observations_do_not_move_state() -> None:
+    s = state(JobStatus.RUNNING)
+    assert evolve(s, ev.JobProgress(job_id=J, attempt=1, ts_s=2.0, step=3)) is s
