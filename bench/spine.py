@@ -1,0 +1,168 @@
+"""Benchmark of the spine, in one run on this machine (DESIGN §9):
+
+  (a) raw JetStream: async publish + pull consume of line-sized messages
+  (b) trainyard end to end: trainer stdout -> rows queryable in DuckDB, log lines and metric points
+  (c) submit -> first log line visible through the API, beside the bare start of the same process
+  (d) stop (trainer exits on SIGTERM) -> terminal status visible
+
+Run: .venv/bin/python -m bench.spine [--lines 500000] [--runs 20]
+It starts its own nats-server, gateway and agent on free ports in a temp dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import nats
+
+from gateway.auth import TOKENS_FILE, TokenStore
+from trainyard.stack import Stack, free_port
+
+LINE = "line 0000000 some trainer output text"
+
+
+async def raw_jetstream(url: str, count: int, size: int) -> tuple[float, float]:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await js.add_stream(name="BENCH_RAW", subjects=["bench.raw"])
+    payload = b"x" * size
+    t0 = time.perf_counter()
+    # Async publish: a window of 500 publishes in flight, each acknowledged by the server.
+    window = 500
+    for start in range(0, count, window):
+        await asyncio.gather(*(js.publish("bench.raw", payload) for _ in range(min(window, count - start))))
+    publish_rate = count / (time.perf_counter() - t0)
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    sub = await js.pull_subscribe("bench.raw", durable="bench", stream="BENCH_RAW",
+                                  config=ConsumerConfig(ack_policy=AckPolicy.ALL, max_ack_pending=-1))
+    got = 0
+    t0 = time.perf_counter()
+    while got < count:
+        msgs = await sub.fetch(batch=min(2000, count - got), timeout=5)
+        got += len(msgs)
+        for m in msgs[-1:]:
+            await m.ack()  # AckAll: one ack per batch
+    consume_rate = count / (time.perf_counter() - t0)
+    await js.delete_stream("BENCH_RAW")
+    await nc.close()
+    return publish_rate, consume_rate
+
+
+def wait_status(api: httpx.Client, job: str, statuses: set[str], timeout_s: float = 300) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        st = api.get(f"/jobs/{job}/status").json()
+        if st["status"] in statuses:
+            return st
+        time.sleep(0.002)
+    raise TimeoutError(f"{job} not in {statuses}")
+
+
+def submit(api: httpx.Client, command: list[str]) -> str:
+    r = api.post("/jobs", json={"trainer": "command", "command": command, "gpus": 0})
+    r.raise_for_status()
+    return r.json()["job_id"]
+
+
+def throughput(api: httpx.Client, script: str, units: int) -> float:
+    """Units per second from the trainer's start to the moment its exit is visible; the exit is
+    shown only once every line before it is queryable (the projector waits for it)."""
+    job = submit(api, [sys.executable, "-c", script])
+    st = wait_status(api, job, {"succeeded", "failed"})
+    done = time.time()
+    assert st["status"] == "succeeded", st
+    return units / (done - st["started_s"])
+
+
+def first_line_latency(api: httpx.Client) -> float:
+    t0 = time.perf_counter()
+    job = submit(api, [sys.executable, "-c", "print('hello', flush=True); import time; time.sleep(0.5)"])
+    while True:
+        lines = api.get(f"/jobs/{job}/logs", params={"type": "train"}).json()["lines"]
+        if any(l["text"] == "hello" for l in lines):
+            return time.perf_counter() - t0
+        time.sleep(0.001)
+
+
+def bare_start() -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", "print('hello', flush=True); import time; time.sleep(0.5)"],
+                            stdout=subprocess.PIPE)
+    proc.stdout.readline()
+    elapsed = time.perf_counter() - t0
+    proc.kill()
+    proc.wait()
+    return elapsed
+
+
+def stop_latency(api: httpx.Client) -> float:
+    job = submit(api, [sys.executable, "-c", "import time\nprint('up', flush=True)\nwhile True: time.sleep(0.01)"])
+    wait_status(api, job, {"running"})
+    time.sleep(0.2)
+    t0 = time.perf_counter()
+    api.post(f"/jobs/{job}/stop", json={"force": False, "grace_s": 30})
+    wait_status(api, job, {"stopped", "failed", "succeeded"})
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lines", type=int, default=500_000)
+    ap.add_argument("--metric-lines", type=int, default=100_000)
+    ap.add_argument("--raw", type=int, default=100_000)
+    ap.add_argument("--runs", type=int, default=20)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="ty-bench-"))
+    stack = Stack()
+    nats_port, port = free_port(), free_port()
+    url = f"nats://127.0.0.1:{nats_port}"
+    try:
+        stack.start_nats(tmp / "nats", nats_port)
+        (tmp / "gw").mkdir()
+        token = TokenStore(tmp / "gw" / TOKENS_FILE).create("admin")
+        stack.start_agent("bench", tmp / "work", url, tmp / "agent.log")
+        stack.start_gateway(tmp / "gw", port, url)
+        api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1/training",
+                           headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        wait_status(api, submit(api, [sys.executable, "-c", "print(1)"]), {"succeeded"}, 30)
+
+        pub, con = asyncio.run(raw_jetstream(url, args.raw, len(LINE)))
+        raw = min(pub, con)
+        lines_s = throughput(api, f"import sys\nw=sys.stdout.write\nfor i in range({args.lines}): w('line %07d some trainer output text\\n' % i)", args.lines)
+        metric_script = ("import sys\nw=sys.stdout.write\n"
+                         f"for i in range({args.metric_lines}): "
+                         "w('@trainyard {\"step\": %d, \"metrics\": {\"loss\": 0.5, \"lr\": 0.0001, \"grad_norm\": 1.5, \"acc\": 0.9, \"tok_s\": 1234.0}}\\n' % i)")
+        points_s = throughput(api, metric_script, args.metric_lines * 5)
+        firsts = sorted(first_line_latency(api) for _ in range(args.runs))
+        bares = sorted(bare_start() for _ in range(args.runs))
+        stops = sorted(stop_latency(api) for _ in range(max(5, args.runs // 2)))
+
+        p50 = statistics.median
+        rows = [
+            ("(a) raw JetStream, %d-byte msgs: publish / consume" % len(LINE), f"{pub:,.0f} / {con:,.0f} msg/s", ""),
+            ("(b) log lines, stdout -> queryable", f"{lines_s:,.0f} lines/s", f"{lines_s / raw:.2f}x raw; budget >= 200,000"),
+            ("(b) metric points, stdout -> queryable", f"{points_s:,.0f} points/s", f"{points_s / raw:.2f}x raw; budget >= 200,000"),
+            ("(c) submit -> first line via API, p50 / p90", f"{p50(firsts)*1e3:.1f} / {firsts[int(len(firsts)*0.9)]*1e3:.1f} ms", ""),
+            ("(c) bare start of the same process, p50", f"{p50(bares)*1e3:.1f} ms",
+             f"overhead {(p50(firsts)-p50(bares))*1e3:.1f} ms; budget <= 30"),
+            ("(d) stop -> terminal status visible, p50 / max", f"{p50(stops)*1e3:.1f} / {stops[-1]*1e3:.1f} ms", "budget <= 100"),
+        ]
+        width = max(len(r[0]) for r in rows)
+        print(f"\n{'measure':<{width}}  {'figure':<28}  note")
+        for name, fig, note in rows:
+            print(f"{name:<{width}}  {fig:<28}  {note}")
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    main()
