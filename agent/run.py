@@ -86,7 +86,6 @@ class Reporter:
         self._checkpoint_wake = asyncio.Event()
         self.last_lines: collections.deque[str] = collections.deque(maxlen=LAST_LINES)
         self._rate_anchor: tuple[float, int] | None = None
-        self._checkpoint_count = 0
 
     # ---- Sink ------------------------------------------------------------------------------
     def logs(self, stream: str, texts: list[str], levels: list[str], kinds: list[str]) -> None:
@@ -145,7 +144,6 @@ class Reporter:
             self._checkpoint_wake.clear()
             while self._checkpoints:
                 event = self._checkpoints[0]
-                self._checkpoint_count += 1
                 await publish_retrying(
                     self._js, subjects.job_event(self.job_id, "checkpoint"), ev.encode(event),
                     f"{self.job_id}:{self.attempt}:checkpoint:{event.path}",

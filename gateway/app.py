@@ -7,7 +7,6 @@ from typing import Annotated
 
 import msgspec
 from litestar import Litestar, Request, get, post
-from litestar.config.app import ExperimentalFeatures  # noqa: F401  (kept for future toggles)
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.params import Parameter

@@ -13,7 +13,15 @@ import msgspec
 from nats.js import JetStreamContext
 
 from gateway import views
-from gateway.errors import BadRequest, Conflict, InvalidField, NotFound, ServiceError, field_of_validation_error
+from gateway.errors import (
+    BadRequest,
+    Conflict,
+    InvalidField,
+    NotFound,
+    ServiceError,
+    Unavailable,
+    field_of_validation_error,
+)
 from gateway.paths import PathNotAllowed, confine
 from gateway.projector import Projector
 from gateway.queries import Reader
@@ -75,8 +83,6 @@ class JobService:
         try:
             ack = await self.js.publish(subject, ev.encode(event), headers={"Nats-Msg-Id": msg_id}, timeout=5.0)
         except Exception as exc:
-            from gateway.errors import Unavailable
-
             raise Unavailable(f"could not record the request in JetStream: {exc}") from None
         return ack.seq
 
@@ -138,8 +144,7 @@ class JobService:
             await self._publish(subjects.job_event(job_id, "stop_requested"), request,
                                 f"{job_id}:{attempt}:stop_requested:{nonce}")
             command = StopJob(job_id=job_id, attempt=attempt, ts_s=ts, force=force, grace_s=grace)
-            seq = await self._publish(subjects.cmd(host, "stop"), command, f"{job_id}:{attempt}:stop:{nonce}")
-            del seq
+            await self._publish(subjects.cmd(host, "stop"), command, f"{job_id}:{attempt}:stop:{nonce}")
             try:
                 await asyncio.wait_for(self._until_status_moves(job_id), self.ryw_timeout_s)
             except TimeoutError:
