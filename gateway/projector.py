@@ -235,10 +235,12 @@ class Projector:
                 callback()
 
     async def wait_applied(self, stream: str, seq: int, timeout_s: float) -> None:
+        await self.wait_until(lambda: self.applied[stream] >= seq, timeout_s)
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout_s: float) -> None:
+        """Wait until `predicate` holds; it is re-checked after every applied batch."""
         async with self._changed:
-            await asyncio.wait_for(
-                self._changed.wait_for(lambda: self.applied[stream] >= seq), timeout_s
-            )
+            await asyncio.wait_for(self._changed.wait_for(predicate), timeout_s)
 
     # ---- applying a batch (writer thread) ----------------------------------------------------
     def apply(self, stream: str, msgs: list[Msg]) -> BatchResult:

@@ -6,7 +6,6 @@ them, so a client that submits and immediately reads sees its own write.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import msgspec
@@ -145,17 +144,15 @@ class JobService:
                                 f"{job_id}:{attempt}:stop_requested:{nonce}")
             command = StopJob(job_id=job_id, attempt=attempt, ts_s=ts, force=force, grace_s=grace)
             await self._publish(subjects.cmd(host, "stop"), command, f"{job_id}:{attempt}:stop:{nonce}")
+            moving = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING)
             try:
-                await asyncio.wait_for(self._until_status_moves(job_id), self.ryw_timeout_s)
+                await self.projector.wait_until(lambda: self.state(job_id).status not in moving,
+                                                self.ryw_timeout_s)
             except TimeoutError:
                 pass
         now = self.state(job_id)
         return views.StopResponse(job_id=job_id, status=now.status.value,
                                   message="force stop sent" if force else f"stop sent (SIGKILL after {grace:g}s)")
-
-    async def _until_status_moves(self, job_id: str) -> None:
-        while self.state(job_id).status in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING):
-            await asyncio.sleep(0.005)
 
     # ---- reads -------------------------------------------------------------------------------
     def state(self, job_id: str) -> JobState:
