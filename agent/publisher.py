@@ -11,9 +11,12 @@ reconnect is deduplicated by the server.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
 
 import msgspec
 from nats.js import JetStreamContext
@@ -23,6 +26,7 @@ from shared import events as ev
 log = logging.getLogger("trainyard.agent.publish")
 
 ROW_OVERHEAD_BYTES = 48
+T = TypeVar("T")
 
 
 async def publish_retrying(
@@ -76,29 +80,32 @@ class ColumnBatcher:
     def add(self, size: int, *values: object) -> None:
         for name, value in zip(self._names, values):
             self._cols[name].append(value)
-        self._sizes.append(size + ROW_OVERHEAD_BYTES)
+        self._sizes.append(size)
         self.added += 1
         self._idle.clear()
         self._wake.set()
 
-    def extend(self, sizes: list[int], columns: tuple[list, ...]) -> None:
-        """Bulk add: one list per column, all the same length."""
-        if not sizes:
+    def extend(self, sizes: Iterable[int], columns: tuple[list, ...]) -> None:
+        """Bulk add: one list per column, all the same length; `sizes` the payload bytes of
+        each row (a `map(len, texts)` is fine: it is consumed here, in C)."""
+        before = len(self._sizes)
+        self._sizes.extend(sizes)
+        added = len(self._sizes) - before
+        if not added:
             return
         for name, values in zip(self._names, columns):
             self._cols[name].extend(values)
-        self._sizes.extend(s + ROW_OVERHEAD_BYTES for s in sizes)
-        self.added += len(sizes)
+        self.added += added
         self._idle.clear()
         self._wake.set()
 
     def _cut(self) -> int:
-        total = 0
-        for count, size in enumerate(self._sizes):
-            total += size
-            if total > self._max_bytes and count > 0:
-                return count
-        return len(self._sizes)
+        """How many pending rows fit in one message (at least one). Sums in C: a backlog of a
+        million short lines is cut without a Python loop over it."""
+        most = max(1, self._max_bytes // ROW_OVERHEAD_BYTES)  # no more rows than this can fit
+        window = itertools.islice(self._sizes, most)
+        totals = list(itertools.accumulate(map(ROW_OVERHEAD_BYTES.__add__, window)))
+        return max(1, bisect.bisect_right(totals, self._max_bytes))
 
     async def run(self) -> None:
         while True:
@@ -124,24 +131,30 @@ class ColumnBatcher:
         await self._idle.wait()
 
 
-class LatestSlot:
-    """Keeps only the newest value; publishes it whenever the previous publish was acked."""
+class LatestSlot(Generic[T]):
+    """Keeps only the newest reading; publishes it whenever the previous publish was acked.
 
-    def __init__(self, js: JetStreamContext, subject: str, id_prefix: str) -> None:
+    The message is built from the reading only when it leaves (`build`), so a trainer that
+    reports progress on every line pays for one message per round trip, not one per line.
+    """
+
+    def __init__(self, js: JetStreamContext, subject: str, id_prefix: str, build: Callable[[T], msgspec.Struct]) -> None:
         self._js = js
         self._subject = subject
         self._id_prefix = id_prefix
-        self._value: msgspec.Struct | None = None
+        self._build = build
+        self._value: T | None = None
         # Ids stay unique across agent restarts: start from the clock, count up.
         self._count = time.time_ns()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def set(self, value: msgspec.Struct) -> None:
+    def set(self, value: T) -> None:
         self._value = value
-        self._idle.clear()
-        self._wake.set()
+        if self._idle.is_set():
+            self._idle.clear()
+            self._wake.set()
 
     async def run(self) -> None:
         while True:
@@ -153,7 +166,7 @@ class LatestSlot:
             value, self._value = self._value, None
             self._count += 1
             await publish_retrying(
-                self._js, self._subject, ev.encode(value), f"{self._id_prefix}:{self._count}"
+                self._js, self._subject, ev.encode(self._build(value)), f"{self._id_prefix}:{self._count}"
             )
 
     async def drained(self) -> None:

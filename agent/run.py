@@ -14,7 +14,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 from nats.js import JetStreamContext
@@ -34,8 +36,20 @@ log = logging.getLogger("trainyard.agent.run")
 LAST_LINES = 30
 READ_CHUNK = 1 << 20
 POLL_MIN_S = 0.002
-POLL_MAX_S = 0.02
+POLL_MAX_S = 0.005  # a printed line waits at most this long to be read; ~200 cheap reads/s per job
 SNAPSHOT_EVERY_S = 1.0
+
+
+class ProgressReading(NamedTuple):
+    """What a parser said about progress, kept until the slot ships it."""
+
+    mono_s: float
+    ts_s: float
+    step: int | None
+    total_steps: int | None
+    epoch: float | None
+    total_epochs: int | None
+    estimated: bool
 
 
 class RunState(msgspec.Struct, kw_only=True):
@@ -80,7 +94,9 @@ class Reporter:
             ),
             max_bytes,
         )
-        self.progress_slot = LatestSlot(js, subjects.job_event(job_id, "progress"), f"{prefix}:progress")
+        self.progress_slot: LatestSlot[ProgressReading] = LatestSlot(
+            js, subjects.job_event(job_id, "progress"), f"{prefix}:progress", self._progress_event
+        )
         self._js = js
         self._checkpoints: list[ev.CheckpointSaved] = []
         self._checkpoint_wake = asyncio.Event()
@@ -91,16 +107,20 @@ class Reporter:
     def logs(self, stream: str, texts: list[str], levels: list[str], kinds: list[str]) -> None:
         n = len(texts)
         ts = now_s()
-        self.log_batcher.extend(
-            [len(t) for t in texts], ([ts] * n, [stream] * n, levels, kinds, texts)
-        )
+        self.log_batcher.extend(map(len, texts), ([ts] * n, [stream] * n, levels, kinds, texts))
         self.last_lines.extend(texts[-LAST_LINES:])
 
     def system(self, text: str, level: str = "INFO") -> None:
         self.logs("system", [f"trainyard: {text}"], [level], ["system"])
 
-    def metric(self, step: int | None, epoch: float | None, name: str, value: float) -> None:
-        self.metric_batcher.add(len(name) + 16, step, epoch, name, float(value), now_s())
+    def metrics(self, step: int | None, epoch: float | None, values: Mapping[str, float]) -> None:
+        n = len(values)
+        if n:
+            names = list(values)
+            self.metric_batcher.extend(
+                map(len, names),
+                ([step] * n, [epoch] * n, names, [float(v) for v in values.values()], [now_s()] * n),
+            )
 
     def progress(
         self,
@@ -111,24 +131,27 @@ class Reporter:
         total_epochs: int | None = None,
         estimated: bool = False,
     ) -> None:
-        now = time.monotonic()
-        rate = eta = percent = None
-        if step is not None:
-            if self._rate_anchor is None or step < self._rate_anchor[1]:
-                self._rate_anchor = (now, step)
-            t0, s0 = self._rate_anchor
-            if now > t0 and step > s0:
-                rate = (step - s0) / (now - t0)
-            if total_steps:
-                percent = min(100.0, 100.0 * step / total_steps)
-                if rate:
-                    eta = max(0.0, (total_steps - step) / rate)
         self.progress_slot.set(
-            ev.JobProgress(
-                job_id=self.job_id, attempt=self.attempt, ts_s=now_s(), step=step,
-                total_steps=total_steps, epoch=epoch, total_epochs=total_epochs,
-                percent=percent, rate_steps_s=rate, eta_s=eta, estimated=estimated,
-            )
+            ProgressReading(time.monotonic(), now_s(), step, total_steps, epoch, total_epochs, estimated)
+        )
+
+    def _progress_event(self, r: ProgressReading) -> ev.JobProgress:
+        """Rate and ETA from the first step seen (reset if the step goes back, e.g. a resume)."""
+        rate = eta = percent = None
+        if r.step is not None:
+            if self._rate_anchor is None or r.step < self._rate_anchor[1]:
+                self._rate_anchor = (r.mono_s, r.step)
+            t0, s0 = self._rate_anchor
+            if r.mono_s > t0 and r.step > s0:
+                rate = (r.step - s0) / (r.mono_s - t0)
+            if r.total_steps:
+                percent = min(100.0, 100.0 * r.step / r.total_steps)
+                if rate:
+                    eta = max(0.0, (r.total_steps - r.step) / rate)
+        return ev.JobProgress(
+            job_id=self.job_id, attempt=self.attempt, ts_s=r.ts_s, step=r.step,
+            total_steps=r.total_steps, epoch=r.epoch, total_epochs=r.total_epochs,
+            percent=percent, rate_steps_s=rate, eta_s=eta, estimated=r.estimated,
         )
 
     def checkpoint(self, path: str, step: int | None) -> None:

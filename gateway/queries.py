@@ -12,6 +12,7 @@ import duckdb
 import msgspec
 
 from gateway import views
+from shared.ids import job_key
 
 T = TypeVar("T")
 
@@ -66,7 +67,7 @@ class Reader:
         cond = " AND ".join(where)
 
         def fetch(c: duckdb.DuckDBPyConnection) -> views.JobList:
-            total = c.execute(f"SELECT count(*) FROM jobs WHERE {cond}", params).fetchone()[0]
+            total = c.execute(f"SELECT count(*) FROM jobs WHERE {cond}", params).fetchall()[0][0]
             rows = c.execute(
                 f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {cond} ORDER BY submit_seq DESC LIMIT ? OFFSET ?",
                 [*params, limit, offset],
@@ -85,8 +86,9 @@ class Reader:
             job["history"] = [
                 {"status_event": t, "attempt": a, "ts_s": ts}
                 for t, a, ts in c.execute(
-                    "SELECT type, attempt, ts_s FROM job_events WHERE job_id = ? AND applied "
-                    "AND type NOT IN ('progress', 'checkpoint') ORDER BY stream_seq", [job_id]
+                    "SELECT type, attempt, ts_s FROM job_events WHERE job_key = ? AND job_id = ? "
+                    "AND applied AND type NOT IN ('progress', 'checkpoint', 'metrics') ORDER BY stream_seq",
+                    [job_key(job_id), job_id],
                 ).fetchall()
             ]
             job["checkpoints"] = [
@@ -107,15 +109,16 @@ class Reader:
 
     async def latest_metrics(self, job_id: str, attempt: int) -> dict[str, float]:
         rows = await self.run(lambda c: c.execute(
-            "SELECT name, arg_max(value, seq) FROM metrics WHERE job_id = ? AND attempt = ? GROUP BY name",
-            [job_id, attempt]).fetchall())
+            "SELECT name, arg_max(value, seq) FROM metrics WHERE job_key = ? AND job_id = ? AND attempt = ? "
+            "GROUP BY name",
+            [job_key(job_id), job_id, attempt]).fetchall())
         return {name: value for name, value in rows}
 
     # ---- metrics ---------------------------------------------------------------------------
     async def metrics(self, job_id: str, *, names: list[str], by: str, limit: int,
                       step_min: int | None, step_max: int | None, downsample: int | None,
                       attempt: int | None) -> dict[str, list[views.MetricPoint]]:
-        where, params = ["job_id = ?"], [job_id]
+        where, params = ["job_key = ?", "job_id = ?"], [job_key(job_id), job_id]
         if names:
             where.append("name IN (SELECT unnest(?::VARCHAR[]))")
             params.append(names)
@@ -155,7 +158,7 @@ class Reader:
     async def logs(self, job_id: str, *, kind: str, min_level: str | None, tail: int | None,
                    limit: int, since_s: float | None, after_seq: int | None, q: str | None,
                    attempt: int | None) -> list[views.LogLine]:
-        where, params = ["job_id = ?"], [job_id]
+        where, params = ["job_key = ?", "job_id = ?"], [job_key(job_id), job_id]
         if kind != "all":
             where.append("kind = ?")
             params.append(kind)
@@ -189,8 +192,8 @@ class Reader:
 
     # ---- events ----------------------------------------------------------------------------
     async def events(self, job_id: str, limit: int, after_seq: int | None) -> list[views.EventView]:
-        params: list[Any] = [job_id]
-        cond = "job_id = ?"
+        params: list[Any] = [job_key(job_id), job_id]
+        cond = "job_key = ? AND job_id = ?"
         if after_seq is not None:
             cond += " AND stream_seq > ?"
             params.append(after_seq)

@@ -51,13 +51,17 @@ class GatewayRuntime:
                                   ryw_timeout_s=s.read_your_writes_timeout_s)
 
     async def stop(self) -> None:
-        if self.nc is None:
-            return
-        await self.scheduler.stop()
-        await self.projector.stop()
-        self.reader.close()
-        await self.nc.drain()
-        self.con.close()
+        """Undo whatever `start` got through, in reverse (a failed start calls this too)."""
+        if (scheduler := getattr(self, "scheduler", None)) is not None:
+            await scheduler.stop()
+        if (projector := getattr(self, "projector", None)) is not None:
+            await projector.stop()
+        if (reader := getattr(self, "reader", None)) is not None:
+            reader.close()
+        if self.nc is not None:
+            await self.nc.drain()
+        if (con := getattr(self, "con", None)) is not None:
+            con.close()
 
     def nats_state(self) -> str:
         if self.nc is None:

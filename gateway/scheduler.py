@@ -136,7 +136,7 @@ class Scheduler:
     def queue_position(self, job_id: str) -> int | None:
         """1-based place in the order the scheduler will consider queued jobs."""
         needs = self.projector.needs
-        queued = [j for j, s in self.projector.states.items()
+        queued = [j for j, s in self.projector.live_states.items()
                   if s.status is JobStatus.QUEUED and j not in self._inflight]
         if job_id not in queued:
             return None
@@ -182,7 +182,7 @@ class Scheduler:
     def snapshot(self) -> tuple[list[QueuedJob], dict[str, HostView]]:
         hosts = self.online_hosts()
         queue: list[QueuedJob] = []
-        states = self.projector.states
+        states = self.projector.live_states
         for job_id in list(self._inflight):
             if states[job_id].status is not JobStatus.QUEUED:
                 del self._inflight[job_id]  # the projection shows it now

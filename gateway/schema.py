@@ -9,9 +9,20 @@ Times are seconds since the epoch in DOUBLE columns named `*_s` (`to_timestamp(t
 
 from __future__ import annotations
 
+import logging
+import os
+from pathlib import Path
+
 import duckdb
 
+log = logging.getLogger("trainyard.schema")
+
+# Bump when the DDL changes. The projection is disposable: a file of another version is moved
+# aside and a fresh one replays the streams from the start.
+SCHEMA_VERSION = 2
+
 DDL = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS projector_offsets (
     stream VARCHAR PRIMARY KEY,
     last_seq UBIGINT NOT NULL
@@ -32,16 +43,16 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE TABLE IF NOT EXISTS job_events (
     stream_seq UBIGINT PRIMARY KEY,
-    job_id VARCHAR NOT NULL, attempt INTEGER NOT NULL, type VARCHAR NOT NULL,
+    job_id VARCHAR NOT NULL, job_key BIGINT NOT NULL, attempt INTEGER NOT NULL, type VARCHAR NOT NULL,
     ts_s DOUBLE NOT NULL, data VARCHAR NOT NULL,
     applied BOOLEAN NOT NULL, note VARCHAR
 );
 CREATE TABLE IF NOT EXISTS logs (
-    job_id VARCHAR NOT NULL, attempt INTEGER NOT NULL, seq BIGINT NOT NULL, ts_s DOUBLE NOT NULL,
+    job_id VARCHAR NOT NULL, job_key BIGINT NOT NULL, attempt INTEGER NOT NULL, seq BIGINT NOT NULL, ts_s DOUBLE NOT NULL,
     stream VARCHAR NOT NULL, level VARCHAR NOT NULL, kind VARCHAR NOT NULL, text VARCHAR NOT NULL
 );
 CREATE TABLE IF NOT EXISTS metrics (
-    job_id VARCHAR NOT NULL, attempt INTEGER NOT NULL, seq BIGINT NOT NULL,
+    job_id VARCHAR NOT NULL, job_key BIGINT NOT NULL, attempt INTEGER NOT NULL, seq BIGINT NOT NULL,
     step BIGINT, epoch DOUBLE, name VARCHAR NOT NULL, value DOUBLE NOT NULL, ts_s DOUBLE NOT NULL
 );
 CREATE TABLE IF NOT EXISTS progress (
@@ -81,7 +92,31 @@ PROJECTED_TABLES = (
 )
 
 
+def _version_of(path: str) -> int | None:
+    con = duckdb.connect(path)
+    try:
+        has_table = con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'schema_version'"
+        ).fetchall()[0][0]
+        if not has_table:
+            return None
+        return con.execute("SELECT max(version) FROM schema_version").fetchall()[0][0]
+    finally:
+        con.close()
+
+
 def open_db(path: str) -> duckdb.DuckDBPyConnection:
+    if path != ":memory:" and Path(path).exists():
+        found = _version_of(path)
+        if found != SCHEMA_VERSION:
+            aside = f"{path}.v{found or 1}.old"
+            log.warning("projection %s has schema version %s, not %s: moved to %s; replaying the "
+                        "streams into a fresh file", path, found, SCHEMA_VERSION, aside)
+            os.replace(path, aside)
+            if Path(path + ".wal").exists():
+                os.replace(path + ".wal", aside + ".wal")
     con = duckdb.connect(path)
     con.execute(DDL)
+    if not con.execute("SELECT count(*) FROM schema_version").fetchall()[0][0]:
+        con.execute("INSERT INTO schema_version VALUES (?)", [SCHEMA_VERSION])
     return con

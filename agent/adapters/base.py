@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -36,7 +37,7 @@ class Sink(Protocol):
 
     def logs(self, stream: str, texts: list[str], levels: list[str], kinds: list[str]) -> None: ...
 
-    def metric(self, step: int | None, epoch: float | None, name: str, value: float) -> None: ...
+    def metrics(self, step: int | None, epoch: float | None, values: Mapping[str, float]) -> None: ...
 
     def progress(
         self,

@@ -17,7 +17,7 @@ from pathlib import Path
 import msgspec
 
 from agent.adapters.base import Launch, LaunchContext, LaunchError, Sink
-from agent.lines import LevelClassifier, kind_of
+from agent.lines import LevelClassifier, kinds
 from shared.jobspec import CommandJob
 
 PREFIX = "@trainyard "
@@ -53,26 +53,34 @@ class CommandParser:
         self._classifiers: dict[str, LevelClassifier] = {}
 
     def feed(self, stream: str, lines: list[str], transient: str | None, sink: Sink) -> None:
+        if not lines:
+            return
+        text = "\n".join(lines)
+        if not (text.startswith(PREFIX) or "\n" + PREFIX in text):
+            self._log(stream, lines, text, sink)
+            return
+        # Reports among the lines: log the runs between them, in order.
+        run_start = 0
+        for index, line in enumerate(lines):
+            if line.startswith(PREFIX) and self._report(line, sink):
+                if index > run_start:
+                    run = lines[run_start:index]
+                    self._log(stream, run, "\n".join(run), sink, undecoded=True)
+                run_start = index + 1
+        if run_start < len(lines):
+            run = lines[run_start:]
+            self._log(stream, run, "\n".join(run), sink, undecoded=True)
+
+    def _log(self, stream: str, lines: list[str], text: str, sink: Sink, undecoded: bool = False) -> None:
         classifier = self._classifiers.get(stream)
         if classifier is None:
             classifier = self._classifiers[stream] = LevelClassifier()
-        level = classifier.level
-        texts: list[str] = []
-        levels: list[str] = []
-        kinds: list[str] = []
-        for line in lines:
-            if line.startswith(PREFIX):
-                if self._report(line, sink):
-                    continue
-                texts.append(line)
-                levels.append("WARNING")
-                kinds.append("train")
-                continue
-            texts.append(line)
-            levels.append(level(line))
-            kinds.append(kind_of(line))
-        if texts:
-            sink.logs(stream, texts, levels, kinds)
+        levels = classifier.levels(lines, text)
+        if undecoded:  # a report line that did not decode is shown, as a warning
+            for index, line in enumerate(lines):
+                if line.startswith(PREFIX):
+                    levels[index] = "WARNING"
+        sink.logs(stream, lines, levels, kinds(lines, text))
 
     @staticmethod
     def _report(line: str, sink: Sink) -> bool:
@@ -87,8 +95,7 @@ class CommandParser:
                 epoch=report.epoch,
                 total_epochs=report.total_epochs,
             )
-        for name, value in report.metrics.items():
-            sink.metric(report.step, report.epoch, name, value)
+        sink.metrics(report.step, report.epoch, report.metrics)
         if report.checkpoint:
             sink.checkpoint(report.checkpoint, report.step)
         if report.message:

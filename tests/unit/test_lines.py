@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from agent.lines import LevelClassifier, LineSplitter, kind_of
+from agent.lines import LevelClassifier, LineSplitter, kind_of, kinds
 
 
 def feed_all(chunks: list[bytes], max_chars: int = 1 << 20) -> tuple[list[str], list[str | None]]:
@@ -59,3 +59,40 @@ def test_levels_from_common_forms() -> None:
 def test_eval_kind() -> None:
     assert kind_of("{'eval_loss': 0.3}") == "eval"
     assert kind_of("step 3 loss 0.2") == "train"
+
+
+def classify_chunk(c: LevelClassifier, lines: list[str]) -> list[str]:
+    return c.levels(lines, "\n".join(lines))
+
+
+def test_levels_of_a_chunk_take_the_first_level_word_of_each_line() -> None:
+    lines = [
+        "plain",
+        "ERROR then INFO",  # the first word wins
+        "INFORMATION is not a level word",
+        "xERROR glued to a word is not one either",
+        "[Error] bracketed words count in any case",
+        "x" * 120 + " ERROR far into the line is message text",
+        "FutureWarning: soon",
+        "2024 | WARN | short form",
+    ]
+    assert classify_chunk(LevelClassifier(), lines) == [
+        "INFO", "ERROR", "INFO", "INFO", "ERROR", "INFO", "WARNING", "WARNING",
+    ]
+
+
+def test_traceback_spans_chunks_and_ends_at_its_exception_line() -> None:
+    c = LevelClassifier()
+    first = ["step 1", "Traceback (most recent call last):", '  File "train.py", line 3']
+    second = ["    main()", "ValueError: boom", "after the crash", "also Traceback (most recent call last): quoted"]
+    assert classify_chunk(c, first) == ["INFO", "ERROR", "ERROR"]
+    assert classify_chunk(c, second) == ["ERROR", "ERROR", "INFO", "INFO"]
+
+
+def test_eval_kind_in_a_chunk_with_non_ascii_text() -> None:
+    lines = ["Schritt 1 – Verlust 0.3", "Évaluation: eval_loss 0.2", "retrieval alone is not; eval as a word is"]
+    assert kinds(lines, "\n".join(lines)) == ["train", "eval", "eval"]
+
+
+def test_a_word_containing_eval_is_not_eval() -> None:
+    assert kind_of("retrieval step 3") == "train"
