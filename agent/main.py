@@ -59,7 +59,7 @@ class Agent:
         await provision.ensure_streams(js)
         await ensure_command_consumer(js, self.host)
         self.supervisor = Supervisor(
-            js, self.host, self.work_dir,
+            js, self.host, self.work_dir, self.gpus,
             max_line_bytes=self.settings.max_line_bytes,
             batch_max_bytes=self.settings.batch_max_bytes,
         )
@@ -77,6 +77,7 @@ class Agent:
         await asyncio.gather(*tasks, return_exceptions=True)
         stop_wait.cancel()
         await self.supervisor.shutdown(self.settings.stop_trainers_on_exit)
+        await self._publish_heartbeat(js, leaving=True)
         await feed.stop()
         await nc.drain()
         for task in done:
@@ -98,7 +99,7 @@ class Agent:
                 await self.supervisor.handle(command)
                 await msg.ack()
 
-    def heartbeat(self) -> ev.HostHeartbeat:
+    def heartbeat(self, leaving: bool = False) -> ev.HostHeartbeat:
         vm = psutil.virtual_memory()
         try:
             disk_free_mb = psutil.disk_usage(str(self.work_dir)).free // 2**20
@@ -121,20 +122,25 @@ class Agent:
             gpus=self.gpus.snapshot(busy),
             running_jobs=self.supervisor.running_jobs(),
             gpu_note=self.gpus.note,
+            jobs=self.supervisor.host_jobs(),
+            leaving=leaving,
         )
+
+    async def _publish_heartbeat(self, js: JetStreamContext, leaving: bool = False) -> None:
+        beat = self.heartbeat(leaving)
+        try:
+            await js.publish(
+                subjects.host_event(self.host, "heartbeat"), ev.encode(beat),
+                headers={"Nats-Msg-Id": f"{self.host}:hb:{time.time_ns()}"}, timeout=5.0,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a missed beat is fine; the next one comes soon
+            log.warning("heartbeat not published: %s", exc)
 
     async def _heartbeat_loop(self, js: JetStreamContext) -> None:
         while True:
-            beat = self.heartbeat()
-            try:
-                await js.publish(
-                    subjects.host_event(self.host, "heartbeat"), ev.encode(beat),
-                    headers={"Nats-Msg-Id": f"{self.host}:hb:{time.time_ns()}"}, timeout=5.0,
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a missed beat is fine; the next one comes soon
-                log.warning("heartbeat not published: %s", exc)
+            await self._publish_heartbeat(js)
             await asyncio.sleep(self.settings.heartbeat_interval_s)
 
 

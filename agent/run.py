@@ -261,6 +261,10 @@ class TrainerRun:
         self._exited = asyncio.Event()
         self._kill_deadline_task: asyncio.Task[None] | None = None
 
+    def pids(self) -> set[int]:
+        """Processes of this run known so far (the leader and recorded descendants)."""
+        return {ref.pid for ref in self.recorded}
+
     def _event_id(self, kind: str) -> str:
         return f"{self.job_id}:{self.attempt}:{kind}"
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from nats.js import JetStreamContext
 
+from agent.gpus import GpuInventory
 from agent.publisher import publish_retrying
 from agent.run import TrainerRun
 from shared import events as ev
@@ -27,12 +28,14 @@ class Supervisor:
         js: JetStreamContext,
         host: str,
         work_dir: Path,
+        gpus: GpuInventory,
         *,
         max_line_bytes: int,
         batch_max_bytes: int,
     ) -> None:
         self.js = js
         self.host = host
+        self.gpus = gpus
         self.work_dir = work_dir
         self.state_dir = work_dir / "state"
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -71,16 +74,15 @@ class Supervisor:
         if key in self.runs or self.state_path(*key).exists():
             log.info("start %s/%s already handled; ignored", *key)
             return
-        clash = {g: j for g, j in self.busy_gpus().items() if g in command.gpu_ids}
-        if clash:
-            reason = ", ".join(f"GPU {g} is busy with {j}" for g, j in sorted(clash.items()))
+        reason = self._why_refuse(command)
+        if reason:
             await publish_retrying(
                 self.js,
                 subjects.job_event(command.job_id, "refused"),
                 ev.encode(
                     ev.JobRefused(
                         job_id=command.job_id, attempt=command.attempt, ts_s=now_s(),
-                        host=self.host, reason=f"host {self.host} refused: {reason}",
+                        host=self.host, reason=f"host {self.host} refused it: {reason}",
                     )
                 ),
                 f"{command.job_id}:{command.attempt}:refused",
@@ -95,6 +97,35 @@ class Supervisor:
         self._tasks[key] = task
         task.add_done_callback(lambda t, key=key: self._forget(key, t))
         await run.launched.wait()
+
+    def _why_refuse(self, command: StartJob) -> str:
+        """Double-check the scheduler's placement against this host's own view (DESIGN §4):
+        the command must be fresh, the GPU must exist, not be used by another run here, and,
+        with NVML, carry no process that is not ours."""
+        age = now_s() - command.ts_s
+        if command.valid_for_s and age > command.valid_for_s:
+            return (f"the start command is {age:.0f}s old (valid for {command.valid_for_s:.0f}s); "
+                    "the job may have been placed elsewhere meanwhile")
+        present = {g.index: g for g in self.gpus.snapshot()}
+        missing = [g for g in command.gpu_ids if g not in present]
+        if missing:
+            return f"no GPU {', '.join(map(str, missing))} on this host (it has {len(present)})"
+        ours = self.busy_gpus()
+        clash = [f"GPU {g} is busy with {ours[g]}" for g in command.gpu_ids if g in ours]
+        own_pids = {pid for run in self.runs.values() for pid in run.pids()}
+        for g in command.gpu_ids:
+            foreign = [p for p in present[g].pids if p not in own_pids]
+            if foreign and g not in ours:
+                clash.append(f"GPU {g} has processes not started by trainyard (pids {', '.join(map(str, foreign))})")
+        return "; ".join(clash)
+
+    def host_jobs(self) -> list[ev.HostJob]:
+        return [
+            ev.HostJob(job_id=run.job_id, attempt=run.attempt, gpu_ids=list(run.command.gpu_ids),
+                       pid=run.proc.pid if run.proc else None)
+            for run in self.runs.values()
+            if not run.finished.is_set()
+        ]
 
     def _forget(self, key: tuple[str, int], task: asyncio.Task[None]) -> None:
         self._tasks.pop(key, None)

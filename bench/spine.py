@@ -16,15 +16,12 @@ import asyncio
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 import nats
 
-from gateway.auth import TOKENS_FILE, TokenStore
-from trainyard.stack import Stack, free_port
+from bench.common import bench_stack, print_table
 
 LINE = "line 0000000 some trainer output text"
 
@@ -124,18 +121,10 @@ def main() -> None:
     ap.add_argument("--raw", type=int, default=100_000)
     ap.add_argument("--runs", type=int, default=20)
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="ty-bench-"))
-    stack = Stack()
-    nats_port, port = free_port(), free_port()
-    url = f"nats://127.0.0.1:{nats_port}"
-    try:
-        stack.start_nats(tmp / "nats", nats_port)
-        (tmp / "gw").mkdir()
-        token = TokenStore(tmp / "gw" / TOKENS_FILE).create("admin")
-        stack.start_agent("bench", tmp / "work", url, tmp / "agent.log")
-        stack.start_gateway(tmp / "gw", port, url)
-        api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1/training",
-                           headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    with bench_stack("ty-bench-") as b:
+        url = b.nats_url
+        b.stack.start_agent("bench", b.tmp / "work", url, b.tmp / "agent.log")
+        api = b.start_gateway()
         wait_status(api, submit(api, [sys.executable, "-c", "print(1)"]), {"succeeded"}, 30)
 
         pub, con = asyncio.run(raw_jetstream(url, args.raw, len(LINE)))
@@ -159,12 +148,7 @@ def main() -> None:
              f"overhead {(p50(firsts)-p50(bares))*1e3:.1f} ms; budget <= 30"),
             ("(d) stop -> terminal status visible, p50 / max", f"{p50(stops)*1e3:.1f} / {stops[-1]*1e3:.1f} ms", "budget <= 100"),
         ]
-        width = max(len(r[0]) for r in rows)
-        print(f"\n{'measure':<{width}}  {'figure':<28}  note")
-        for name, fig, note in rows:
-            print(f"{name:<{width}}  {fig:<28}  {note}")
-    finally:
-        stack.stop()
+        print_table(rows, 28)
 
 
 if __name__ == "__main__":

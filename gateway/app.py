@@ -14,6 +14,7 @@ from litestar.types import Guard
 
 from gateway import views
 from gateway.auth import TokenStore, caller_role, make_auth_guard
+from gateway.cluster_routes import cluster_routes
 from gateway.errors import (
     BadRequest,
     InvalidField,
@@ -25,7 +26,6 @@ from gateway.errors import (
 )
 from gateway.queries import LEVELS, LOG_KINDS
 from gateway.runtime import GatewayRuntime
-from shared import subjects
 from shared.jobstate import JobStatus
 
 PREFIX = "/api/v1/training"
@@ -69,6 +69,7 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
     requires = make_auth_guard(tokens)
     viewer: list[Guard] = [requires("viewer")]
     operator: list[Guard] = [requires("operator")]
+    admin: list[Guard] = [requires("admin")]
 
     def svc():
         return runtime.service
@@ -159,13 +160,7 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
     @get([f"{PREFIX}/health", "/health"], exclude_from_auth=True)
     async def health() -> views.Health:
         projector = runtime.projector
-        lag = {}
-        for stream in subjects.EVENT_STREAMS:
-            try:
-                info = await runtime.js.stream_info(stream)
-                lag[stream] = max(0, info.state.last_seq - projector.applied[stream])
-            except Exception:
-                lag[stream] = -1
+        lag = await runtime.projector_lag()
         nats_state = runtime.nats_state()
         ok = nats_state == "connected" and projector.healthy
         return views.Health(
@@ -176,7 +171,8 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
 
     return Litestar(
         route_handlers=[create_job, list_jobs, job_detail, job_status, job_progress, job_metrics,
-                        job_logs, job_events, stop_job, health],
+                        job_logs, job_events, stop_job, health,
+                        *cluster_routes(runtime, PREFIX, viewer=viewer, operator=operator, admin=admin)],
         exception_handlers={
             ServiceError: service_error_handler,
             HTTPException: http_error_handler,

@@ -80,6 +80,7 @@ class PreparedBatch:
     submit_seqs: dict[str, int] = field(default_factory=dict)
     heartbeats: dict[str, ev.HostHeartbeat] = field(default_factory=dict)  # latest per host
     beats: list[ev.HostHeartbeat] = field(default_factory=list)  # all of them, for gpu_samples
+    controls: list[tuple[int, ev.AnyControl]] = field(default_factory=list)
     jobs_changed: bool = False
 
 
@@ -135,6 +136,7 @@ def _state_columns(state: JobState) -> dict[str, object]:
         "reason": state.reason, "stop_requested": state.stop_requested, "pid": state.pid,
         "run_dir": state.run_dir, "stdout_path": state.stdout_path,
         "stderr_path": state.stderr_path, "last_lines": list(state.last_lines),
+        "failures": state.failures, "updated_s": state.changed_s,
     }
 
 
@@ -144,6 +146,7 @@ class Projector:
         self.replica = replica
         self.batch = batch
         self.applied: dict[str, int] = {s: 0 for s in subjects.EVENT_STREAMS}
+        self.scheduler_paused = False  # the queue processor, as the last control event left it
         self.states: dict[str, JobState] = {}  # as committed to DuckDB: what the API shows
         self.live_states: dict[str, JobState] = {}  # ahead of the commit: what the scheduler uses
         self.needs: dict[str, JobNeeds] = {}
@@ -176,7 +179,7 @@ class Projector:
             """SELECT job_id, status, attempt, host, gpu_ids, submitted_s, started_s, finished_s,
                       exit_code, signal, reason, stop_requested, pid, run_dir, stdout_path,
                       stderr_path, last_lines, priority, submit_seq, gpus, requested_gpu_ids,
-                      requested_host, min_gpu_memory_gb, spec
+                      requested_host, min_gpu_memory_gb, spec, max_retries, failures, updated_s
                FROM jobs"""
         ).fetchall()
         decode_spec = msgspec.json.Decoder(JobRequest).decode
@@ -186,13 +189,18 @@ class Projector:
                 gpu_ids=tuple(r[4] or ()), submitted_s=r[5], started_s=r[6], finished_s=r[7],
                 exit_code=r[8], signal=r[9], reason=r[10] or "", stop_requested=bool(r[11]),
                 pid=r[12], run_dir=r[13], stdout_path=r[14], stderr_path=r[15],
-                last_lines=tuple(r[16] or ()),
+                last_lines=tuple(r[16] or ()), max_retries=r[24], failures=r[25] or 0,
+                changed_s=r[26] or 0.0,
             )
             self.needs[r[0]] = JobNeeds(
                 priority=r[17], submit_seq=r[18], gpus=r[19], gpu_ids=tuple(r[20] or ()),
                 host=r[21], min_gpu_memory_gb=r[22], spec=decode_spec(r[23]),
             )
         self.live_states = dict(self.states)
+        last = self.con.execute(
+            "SELECT type FROM scheduler_events ORDER BY stream_seq DESC LIMIT 1"
+        ).fetchall()
+        self.scheduler_paused = bool(last) and last[0][0] == "paused"
         for beat in self.con.execute(
             "SELECT host, last_seen_s, agent_started_s, heartbeat_interval_s, cpu_percent, "
             "memory_total_mb, memory_used_mb, disk_free_mb, running_jobs, gpu_note FROM hosts"
@@ -297,6 +305,9 @@ class Projector:
 
     def _announce(self, batch: PreparedBatch) -> None:
         """Make the evolved states live for the scheduler before the batch is written."""
+        if batch.controls:
+            self.scheduler_paused = isinstance(batch.controls[-1][1], ev.SchedulerPaused)
+            batch.jobs_changed = True
         self.needs.update(batch.needs)
         self.live_states.update(batch.states)
         self.heartbeats.update(batch.heartbeats)
@@ -340,6 +351,14 @@ class Projector:
 
     def _evolve_item(self, seq: int, msg: Msg, batch: PreparedBatch) -> JobItem:
         item = JobItem(seq, msg)
+        if msg.subject.startswith("ty.ctl."):
+            try:
+                batch.controls.append((seq, ev.decode_control(msg.data)))
+            except msgspec.DecodeError:
+                log.error("undecodable control event %s skipped", msg.subject)
+            item.applied = False  # not a job event: recorded in scheduler_events instead
+            item.note = "control"
+            return item
         if msg.subject.rpartition(".")[2] not in _LIFECYCLE_KINDS:
             return item  # metrics, progress, checkpoints: decoded by the writer
         try:
@@ -417,7 +436,15 @@ class Projector:
         ckpt_cols: dict[str, list] = {k: [] for k in ("job_id", "attempt", "path", "step", "ts_s")}
         new_jobs: dict[str, list] = {}
         progress: dict[str, ev.JobProgress] = {}
+        if batch.controls:
+            c = [(seq, e) for seq, e in batch.controls]
+            self.tables.insert(con, "scheduler_events", {
+                "stream_seq": [seq for seq, _ in c], "type": [ev.tag_of(type(e)) for _, e in c],
+                "ts_s": [e.ts_s for _, e in c], "by_role": [e.by for _, e in c], "reason": [e.reason for _, e in c],
+            })
         for item in batch.jobs:
+            if item.note == "control":
+                continue
             seq, msg, event = item.seq, item.msg, item.event
             if event is None and item.applied:
                 try:

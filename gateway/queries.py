@@ -114,6 +114,28 @@ class Reader:
             [job_key(job_id), job_id, attempt]).fetchall())
         return {name: value for name, value in rows}
 
+    async def progress_etas(self, job_ids: list[str]) -> dict[str, float]:
+        """Remaining seconds of running jobs whose trainers report an ETA (as of that report)."""
+        if not job_ids:
+            return {}
+        rows = await self.run(lambda c: c.execute(
+            "SELECT job_id, eta_s - (epoch(now()) - ts_s) FROM progress "
+            "WHERE job_id IN (SELECT unnest(?::VARCHAR[])) AND eta_s IS NOT NULL", [job_ids]).fetchall())
+        return {job_id: max(0.0, float(left)) for job_id, left in rows}
+
+    async def run_durations_by_trainer(self, last: int = 50) -> dict[str, list[float]]:
+        """Run times of each trainer's last succeeded jobs: the basis of queue wait estimates."""
+        rows = await self.run(lambda c: c.execute(
+            "SELECT trainer, finished_s - started_s FROM ("
+            "  SELECT trainer, started_s, finished_s, row_number() OVER "
+            "    (PARTITION BY trainer ORDER BY finished_s DESC) AS n FROM jobs "
+            "  WHERE status = 'succeeded' AND started_s IS NOT NULL AND finished_s IS NOT NULL"
+            ") WHERE n <= ?", [last]).fetchall())
+        out: dict[str, list[float]] = {}
+        for trainer, seconds in rows:
+            out.setdefault(trainer, []).append(float(seconds))
+        return out
+
     # ---- metrics ---------------------------------------------------------------------------
     async def metrics(self, job_id: str, *, names: list[str], by: str, limit: int,
                       step_min: int | None, step_max: int | None, downsample: int | None,

@@ -8,12 +8,14 @@ from pathlib import Path
 
 from nats.aio.client import Client
 
+from gateway.cluster import ClusterService
 from gateway.projector import Projector
 from gateway.queries import Reader
 from gateway.scheduler import Scheduler
 from gateway.schema import open_db
 from gateway.service import JobService
-from shared import provision
+from gateway.writes import EventWriter
+from shared import provision, subjects
 from shared.config import GatewaySettings
 from shared.natsconn import connect
 
@@ -42,11 +44,16 @@ class GatewayRuntime:
         self.con = open_db(str(data_dir / DB_FILE))
         self.projector = Projector(self.con, s.replica, batch=s.projector_batch)
         await self.projector.start(self.nc, self.js)
-        self.scheduler = Scheduler(self.js, self.projector, host_timeout_s=s.host_timeout_s,
-                                   interval_s=s.scheduler_interval_s)
-        self.scheduler.start()
+        self.scheduler = Scheduler(
+            self.nc, self.js, self.projector, replica=s.replica, host_timeout_s=s.host_timeout_s,
+            host_lost_grace_s=s.host_lost_grace_s, interval_s=s.scheduler_interval_s,
+            lease_ttl_s=s.scheduler_lease_ttl_s,
+        )
+        await self.scheduler.start()
         self.reader = Reader(self.con)
-        self.service = JobService(self.js, self.projector, self.scheduler, self.reader,
+        writer = EventWriter(self.js, self.projector, s.read_your_writes_timeout_s)
+        self.cluster = ClusterService(writer, self.projector, self.scheduler, self.reader, replica=s.replica)
+        self.service = JobService(writer, self.projector, self.scheduler, self.cluster, self.reader,
                                   allowed_roots=default_allowed_roots(s),
                                   ryw_timeout_s=s.read_your_writes_timeout_s)
 
@@ -62,6 +69,17 @@ class GatewayRuntime:
             await self.nc.drain()
         if (con := getattr(self, "con", None)) is not None:
             con.close()
+
+    async def projector_lag(self) -> dict[str, int]:
+        """Per event stream: how many events the projection is behind (-1: NATS unreachable)."""
+        lag = {}
+        for stream in subjects.EVENT_STREAMS:
+            try:
+                info = await self.js.stream_info(stream)
+                lag[stream] = max(0, info.state.last_seq - self.projector.applied[stream])
+            except Exception:
+                lag[stream] = -1
+        return lag
 
     def nats_state(self) -> str:
         if self.nc is None:

@@ -1,158 +1,206 @@
-"""The scheduler: places queued jobs on hosts' free GPUs by priority (DESIGN §4).
+"""The scheduler: places queued jobs on hosts' GPUs and watches the hosts (DESIGN §4, §5).
 
-`plan()` is pure: queue + hosts + what is busy -> assignments, plus why each other job waits.
-`Scheduler` runs it whenever the projection changes (and on a slow timer as a safety net),
-publishes `JobScheduled` and the host's `start` command, and remembers what it assigned until
-the projection shows it, so a job is never placed twice.
+Only the replica holding the lease (`lease.py`) acts. On every change of the projection (and on
+a one-second timer) the leader:
+
+1. declares the jobs of hosts that stopped heartbeating `lost` (or sends them back to the queue
+   while retries remain: the state machine decides), once the host has been offline longer than
+   `host_timeout_s + host_lost_grace_s`;
+2. fences a returning host: an attempt it still runs that the job has moved past (re-placed,
+   lost, finished) gets a force stop, so no job runs twice;
+3. unless the queue processor is paused, runs `placement.plan` and publishes `JobScheduled` and
+   the host's `start` command for each assignment, remembering it until the projection shows it.
+
+On becoming leader it re-sends the start command of every job still `scheduled`: a leader that
+died between the two publishes leaves no job stranded (the agent's dedupe makes a repeat harmless).
+Any replica can answer "where would this job go / why does it wait" by running the pure planner.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+import time
 
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from gateway.lease import SchedulerLease
+from gateway.placement import Assignment, HostView, QueuedJob, plan
+from gateway.projector import Projector
 from shared import events as ev
 from shared import subjects
 from shared.clock import now_s
-from shared.commands import StartJob
-from shared.jobstate import ON_HOST, JobStatus
-
-from gateway.projector import JobNeeds, Projector
+from shared.commands import StartJob, StopJob
+from shared.jobstate import ON_HOST, JobState, JobStatus
 
 log = logging.getLogger("trainyard.scheduler")
 
-
-@dataclass(frozen=True)
-class QueuedJob:
-    job_id: str
-    attempt: int  # the attempt the job is on now; placing it starts attempt + 1
-    needs: JobNeeds
+FENCE_REPEAT_S = 5.0
+# After an agent refuses a job, it is placed elsewhere, or on that host again only after this
+# long (by then a heartbeat shows what made the agent refuse).
+REFUSAL_BACKOFF_S = 5.0
 
 
-@dataclass
-class HostView:
-    host: str
-    gpu_memory_mb: dict[int, int]  # index -> total memory
-    busy: set[int] = field(default_factory=set)
-    running: int = 0
+class PassResult(msgspec.Struct):
+    """What a scheduling pass did; also the reply to a remote "process now"."""
 
-    def free(self) -> list[int]:
-        return sorted(set(self.gpu_memory_mb) - self.busy)
-
-
-@dataclass(frozen=True)
-class Assignment:
-    job_id: str
-    attempt: int
-    host: str
-    gpu_ids: tuple[int, ...]
-
-
-def _fits(job: JobNeeds, host: HostView, usable: list[int]) -> tuple[int, ...] | None:
-    if job.host and job.host != host.host:
-        return None
-    if job.min_gpu_memory_gb:
-        floor_mb = job.min_gpu_memory_gb * 1024
-        usable = [g for g in usable if host.gpu_memory_mb[g] >= floor_mb]
-    if job.gpu_ids:
-        return job.gpu_ids if set(job.gpu_ids) <= set(usable) else None
-    if job.gpus == 0:
-        return ()
-    return tuple(usable[: job.gpus]) if len(usable) >= job.gpus else None
-
-
-def plan(queue: list[QueuedJob], hosts: dict[str, HostView]) -> tuple[list[Assignment], dict[str, str]]:
-    """Assignments for this pass and, for each job left waiting, the reason.
-
-    Priority first, FIFO within a priority. The first GPU job that cannot be placed reserves the
-    host where it fits best; later jobs may only use GPUs it cannot use (backfill), so a large
-    job is never starved by a stream of small ones.
-    """
-    ordered = sorted(queue, key=lambda q: (-q.needs.priority, q.needs.submit_seq))
-    reserved: dict[str, set[int]] = {}
-    assignments: list[Assignment] = []
-    waiting: dict[str, str] = {}
-    for q in ordered:
-        best: tuple[int, str, tuple[int, ...]] | None = None
-        for view in hosts.values():
-            usable = [g for g in view.free() if g not in reserved.get(view.host, set())]
-            gpus = _fits(q.needs, view, usable)
-            if gpus is None:
-                continue
-            # Best fit: the host left with the fewest free GPUs, then the least loaded.
-            score = (len(usable) - len(gpus)) * 1000 + view.running
-            if best is None or score < best[0]:
-                best = (score, view.host, gpus)
-        if best is not None:
-            _, host, gpus = best
-            hosts[host].busy |= set(gpus)
-            hosts[host].running += 1
-            assignments.append(Assignment(q.job_id, q.attempt + 1, host, gpus))
-            continue
-        waiting[q.job_id] = _why_waiting(q.needs, hosts)
-        if q.needs.gpus > 0 and not reserved:
-            for view in hosts.values():
-                if _fits(q.needs, view, sorted(view.gpu_memory_mb)) is not None:
-                    reserved[view.host] = set(view.free())
-                    break
-    return assignments, waiting
-
-
-def _why_waiting(job: JobNeeds, hosts: dict[str, HostView]) -> str:
-    if not hosts:
-        return "no agent is online"
-    if job.host and job.host not in hosts:
-        return f"host {job.host} is not online"
-    need = f"{job.gpus} GPU{'s' if job.gpus != 1 else ''}"
-    if job.min_gpu_memory_gb:
-        need += f" with >= {job.min_gpu_memory_gb:g} GB"
-    if job.gpu_ids:
-        need = f"GPUs {','.join(map(str, job.gpu_ids))}" + (f" on {job.host}" if job.host else "")
-    largest = max(hosts.values(), key=lambda h: len(h.free()))
-    return f"needs {need}; largest free set is {len(largest.free())} on host {largest.host}"
+    leader: str
+    placed: list[dict[str, object]] = []
+    waiting: int = 0
+    paused: bool = False
 
 
 class Scheduler:
-    def __init__(self, js: JetStreamContext, projector: Projector, *, host_timeout_s: float,
-                 interval_s: float) -> None:
+    def __init__(self, nc: Client, js: JetStreamContext, projector: Projector, *, replica: str,
+                 host_timeout_s: float, host_lost_grace_s: float, interval_s: float,
+                 lease_ttl_s: float) -> None:
+        self.nc = nc
         self.js = js
         self.projector = projector
+        self.replica = replica
         self.host_timeout_s = host_timeout_s
+        self.host_lost_grace_s = host_lost_grace_s
         self.interval_s = interval_s
-        self.paused = False
+        self.lease = SchedulerLease(js, replica, lease_ttl_s)
+        self.lease.on_change.append(self._leadership_changed)
         self.waiting: dict[str, str] = {}
         self._inflight: dict[str, Assignment] = {}
+        self._lost_sent: set[tuple[str, int]] = set()
+        self._fenced: dict[tuple[str, str, int], float] = {}
+        self._resume_needed = False
         self._kick = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sub = None
         projector.on_jobs_changed.append(self.kick)
+
+    # ---- state other parts read ----------------------------------------------------------------
+    @property
+    def is_leader(self) -> bool:
+        return self.lease.is_leader
+
+    @property
+    def paused(self) -> bool:
+        return self.projector.scheduler_paused
 
     def placement(self, job_id: str) -> Assignment | None:
         """An assignment published but not yet visible in the projection."""
         return self._inflight.get(job_id)
 
+    def queued(self) -> list[QueuedJob]:
+        """Queued jobs in the order the scheduler considers them."""
+        states, needs = self.projector.live_states, self.projector.needs
+        now = now_s()
+        jobs = [
+            QueuedJob(j, s.attempt, needs[j],
+                      s.refused_host if s.refused_s and now - s.refused_s < REFUSAL_BACKOFF_S else None)
+            for j, s in states.items()
+            if s.status is JobStatus.QUEUED and j not in self._inflight
+        ]
+        jobs.sort(key=lambda q: (-q.needs.priority, q.needs.submit_seq))
+        return jobs
+
     def queue_position(self, job_id: str) -> int | None:
         """1-based place in the order the scheduler will consider queued jobs."""
-        needs = self.projector.needs
-        queued = [j for j, s in self.projector.live_states.items()
-                  if s.status is JobStatus.QUEUED and j not in self._inflight]
-        if job_id not in queued:
-            return None
-        queued.sort(key=lambda j: (-needs[j].priority, needs[j].submit_seq))
-        return queued.index(job_id) + 1
+        for position, q in enumerate(self.queued(), start=1):
+            if q.job_id == job_id:
+                return position
+        return None
 
+    def host_online(self, beat: ev.HostHeartbeat, now: float | None = None) -> bool:
+        if beat.leaving:
+            return False
+        return (now if now is not None else now_s()) - beat.ts_s <= self.host_timeout_s
+
+    def online_hosts(self) -> dict[str, HostView]:
+        now = now_s()
+        return {
+            b.host: HostView(b.host, {g.index: g.memory_total_mb for g in b.gpus})
+            for b in self.projector.heartbeats.values()
+            if self.host_online(b, now)
+        }
+
+    def snapshot(self) -> tuple[list[QueuedJob], dict[str, HostView]]:
+        """The queue and the online hosts with what is busy on them (placed, running, or
+        assigned but not yet projected)."""
+        hosts = self.online_hosts()
+        states = self.projector.live_states
+        for job_id in list(self._inflight):
+            if states[job_id].status is not JobStatus.QUEUED:
+                del self._inflight[job_id]  # the projection shows it now
+        placed = {a.job_id: a for a in self._inflight.values()}
+        for job_id, state in states.items():
+            if job_id in placed:
+                host, gpus = placed[job_id].host, placed[job_id].gpu_ids
+            elif state.status in ON_HOST and state.host is not None:
+                host, gpus = state.host, state.gpu_ids
+            else:
+                continue
+            if host in hosts:
+                hosts[host].busy |= set(gpus)
+                hosts[host].running += 1
+        for beat in self.projector.heartbeats.values():
+            view = hosts.get(beat.host)
+            if view is not None:
+                view.busy |= self._busy_by_report(beat, states)
+        return self.queued(), hosts
+
+    @staticmethod
+    def _busy_by_report(beat: ev.HostHeartbeat, states: dict[str, JobState]) -> set[int]:
+        """GPUs the agent reports in use that the projection does not explain: attempts the job
+        is no longer on here (a returning host, about to be fenced; a job unknown to trainyard)
+        and GPUs with processes trainyard did not start (NVML). A report older than the job's
+        last status change is ignored: it predates the exit, and waiting for the next
+        heartbeat would idle the GPU for an interval."""
+        busy: set[int] = set()
+        claimed: set[int] = set()
+        for hj in beat.jobs:
+            claimed |= set(hj.gpu_ids)
+            state = states.get(hj.job_id)
+            current = (state is not None and state.status in ON_HOST and state.host == beat.host
+                       and state.attempt == hj.attempt)
+            if not current and (state is None or beat.ts_s > state.changed_s):
+                busy |= set(hj.gpu_ids)
+        busy |= {g.index for g in beat.gpus if g.pids and g.index not in claimed}
+        return busy
+
+    def preview(self) -> tuple[list[QueuedJob], dict[str, str], dict[str, HostView]]:
+        """What a pass would do now, without doing it: the ordered queue, why each job waits
+        (jobs that would be placed now are missing from it) and the hosts after it."""
+        queue, hosts = self.snapshot()
+        _, waiting = plan(queue, hosts)
+        if self.paused:
+            waiting = {q.job_id: "the queue processor is stopped" for q in queue}
+        return queue, waiting, hosts
+
+    # ---- running ---------------------------------------------------------------------------------
     def kick(self) -> None:
         self._kick.set()
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="scheduler")
+    async def start(self) -> None:
+        self._sub = await self.nc.subscribe(subjects.SCHEDULE_NOW, cb=self._on_process_now)
+        self._tasks = [
+            asyncio.create_task(self.lease.run(), name="scheduler-lease"),
+            asyncio.create_task(self._loop(), name="scheduler"),
+        ]
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+        await self.lease.release()
+
+    def _leadership_changed(self, leader: bool) -> None:
+        self._inflight.clear()
+        self._lost_sent.clear()
+        self._fenced.clear()
+        self._resume_needed = leader
+        if leader:
+            self.kick()
 
     async def _loop(self) -> None:
         while True:
@@ -161,57 +209,36 @@ class Scheduler:
             except TimeoutError:
                 pass
             self._kick.clear()
-            if self.paused:
+            if not self.is_leader:
                 continue
             try:
-                await self.run_pass()
+                await self.maintain()
+                if not self.paused:
+                    await self.run_pass()
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("scheduling pass failed; next pass retries")
-
-    def online_hosts(self) -> dict[str, HostView]:
-        now = now_s()
-        views = {
-            b.host: HostView(b.host, {g.index: g.memory_total_mb for g in b.gpus})
-            for b in self.projector.heartbeats.values()
-            if now - b.ts_s <= self.host_timeout_s
-        }
-        return views
-
-    def snapshot(self) -> tuple[list[QueuedJob], dict[str, HostView]]:
-        hosts = self.online_hosts()
-        queue: list[QueuedJob] = []
-        states = self.projector.live_states
-        for job_id in list(self._inflight):
-            if states[job_id].status is not JobStatus.QUEUED:
-                del self._inflight[job_id]  # the projection shows it now
-        placed = {a.job_id: a for a in self._inflight.values()}
-        for job_id, state in list(states.items()):
-            placement = placed.get(job_id)
-            if placement is None and state.status in ON_HOST and state.host is not None:
-                host, gpus = state.host, state.gpu_ids
-            elif placement is not None:
-                host, gpus = placement.host, placement.gpu_ids
-            else:
-                if state.status is JobStatus.QUEUED:
-                    queue.append(QueuedJob(job_id, state.attempt, self.projector.needs[job_id]))
-                continue
-            if host in hosts:
-                hosts[host].busy |= set(gpus)
-                hosts[host].running += 1
-        return queue, hosts
+                log.exception("scheduling pass failed; the next one retries")
 
     async def run_pass(self) -> list[Assignment]:
         queue, hosts = self.snapshot()
         if not queue:
             self.waiting = {}
             return []
+        started = time.perf_counter()
         assignments, self.waiting = plan(queue, hosts)
+        elapsed_ms = (time.perf_counter() - started) * 1e3
+        if elapsed_ms > 20:
+            log.warning("scheduling pass over %d jobs / %d hosts took %.1f ms", len(queue), len(hosts), elapsed_ms)
         for a in assignments:
             self._inflight[a.job_id] = a
             await self._dispatch(a)
         return assignments
+
+    def _start_command(self, a: Assignment, ts: float) -> StartJob:
+        return StartJob(job_id=a.job_id, attempt=a.attempt, ts_s=ts,
+                        spec=self.projector.needs[a.job_id].spec, gpu_ids=list(a.gpu_ids),
+                        valid_for_s=self.host_timeout_s + self.host_lost_grace_s)
 
     async def _dispatch(self, a: Assignment) -> None:
         ts = now_s()
@@ -221,9 +248,95 @@ class Scheduler:
             subjects.job_event(a.job_id, "scheduled"), ev.encode(scheduled),
             headers={"Nats-Msg-Id": f"{a.job_id}:{a.attempt}:scheduled"},
         )
-        start = StartJob(job_id=a.job_id, attempt=a.attempt, ts_s=ts,
-                         spec=self.projector.needs[a.job_id].spec, gpu_ids=list(a.gpu_ids))
         await self.js.publish(
-            subjects.cmd(a.host, "start"), ev.encode(start),
+            subjects.cmd(a.host, "start"), ev.encode(self._start_command(a, ts)),
             headers={"Nats-Msg-Id": f"{a.job_id}:{a.attempt}:start"},
         )
+
+    # ---- hosts: loss, fencing, stranded starts ------------------------------------------------------
+    async def maintain(self) -> None:
+        now = now_s()
+        states = self.projector.live_states
+        beats = self.projector.heartbeats
+        if self._resume_needed:
+            self._resume_needed = False
+            for job_id, state in list(states.items()):
+                if state.status is JobStatus.SCHEDULED and state.host is not None:
+                    a = Assignment(job_id, state.attempt, state.host, state.gpu_ids)
+                    await self.js.publish(
+                        subjects.cmd(a.host, "start"), ev.encode(self._start_command(a, now)),
+                        headers={"Nats-Msg-Id": f"{job_id}:{a.attempt}:start"},
+                    )
+        deadline = self.host_timeout_s + self.host_lost_grace_s
+        for job_id, state in list(states.items()):
+            if state.status not in ON_HOST or state.host is None:
+                continue
+            beat = beats.get(state.host)
+            silent_s = now - beat.ts_s if beat else now - (state.started_s or state.submitted_s)
+            key = (job_id, state.attempt)
+            if silent_s > deadline and key not in self._lost_sent:
+                self._lost_sent.add(key)
+                reason = (f"host {state.host} sent no heartbeat for {silent_s:.0f}s "
+                          f"(offline after {self.host_timeout_s:g}s, lost after {deadline:g}s)")
+                log.warning("job %s attempt %s lost: %s", job_id, state.attempt, reason)
+                await self.js.publish(
+                    subjects.job_event(job_id, "lost"),
+                    ev.encode(ev.JobLost(job_id=job_id, attempt=state.attempt, ts_s=now,
+                                         reason=reason, host=state.host)),
+                    headers={"Nats-Msg-Id": f"{job_id}:{state.attempt}:lost"},
+                )
+        for beat in beats.values():
+            if not self.host_online(beat, now):
+                continue
+            for hj in beat.jobs:
+                state = states.get(hj.job_id)
+                current = (state is not None and state.status in ON_HOST
+                           and state.host == beat.host and state.attempt == hj.attempt)
+                pending = self._inflight.get(hj.job_id)
+                if current or (pending and (pending.host, pending.attempt) == (beat.host, hj.attempt)):
+                    continue
+                if state is not None and beat.ts_s <= state.changed_s:
+                    continue  # the report predates the job's last change: wait for a fresh one
+                key = (beat.host, hj.job_id, hj.attempt)
+                if now - self._fenced.get(key, 0.0) < FENCE_REPEAT_S:
+                    continue
+                self._fenced[key] = now
+                log.warning("host %s still runs %s attempt %s, which the job has moved past: stopping it",
+                            beat.host, hj.job_id, hj.attempt)
+                stop = StopJob(job_id=hj.job_id, attempt=hj.attempt, ts_s=now, force=True, grace_s=0.0)
+                await self.js.publish(
+                    subjects.cmd(beat.host, "stop"), ev.encode(stop),
+                    headers={"Nats-Msg-Id": f"{hj.job_id}:{hj.attempt}:fence:{int(now)}"},
+                )
+
+    # ---- "process the queue now" from any replica ----------------------------------------------------
+    async def process_now(self) -> PassResult:
+        """Run a pass now. On a replica that does not lead, ask the leader over NATS."""
+        if self.is_leader:
+            return await self._local_pass()
+        try:
+            reply = await self.nc.request(subjects.SCHEDULE_NOW, b"", timeout=3.0)
+        except Exception as exc:
+            raise LeaderUnavailable(
+                f"no gateway holds the scheduler lease right now ({exc.__class__.__name__})"
+            ) from None
+        return msgspec.json.decode(reply.data, type=PassResult)
+
+    async def _local_pass(self) -> PassResult:
+        await self.maintain()
+        placed = [] if self.paused else await self.run_pass()
+        return PassResult(
+            leader=self.lease.replica, paused=self.paused, waiting=len(self.waiting),
+            placed=[{"job_id": a.job_id, "attempt": a.attempt, "host": a.host, "gpu_ids": list(a.gpu_ids)}
+                    for a in placed],
+        )
+
+    async def _on_process_now(self, msg: Msg) -> None:
+        if not self.is_leader or not msg.reply:
+            return  # only the leader answers
+        result = await self._local_pass()
+        await msg.respond(msgspec.json.encode(result))
+
+
+class LeaderUnavailable(Exception):
+    """No replica answered for the scheduler."""

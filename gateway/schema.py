@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     submitted_s DOUBLE NOT NULL, started_s DOUBLE, finished_s DOUBLE,
     exit_code INTEGER, signal INTEGER, reason VARCHAR, stop_requested BOOLEAN,
     pid INTEGER, run_dir VARCHAR, stdout_path VARCHAR, stderr_path VARCHAR,
-    last_lines VARCHAR[], updated_s DOUBLE
+    last_lines VARCHAR[], updated_s DOUBLE, failures INTEGER
 );
 CREATE TABLE IF NOT EXISTS job_events (
     stream_seq UBIGINT PRIMARY KEY,
@@ -79,6 +79,10 @@ CREATE TABLE IF NOT EXISTS gpu_samples (
     host VARCHAR NOT NULL, gpu_index INTEGER NOT NULL, ts_s DOUBLE NOT NULL,
     memory_used_mb BIGINT, utilization_pct DOUBLE, temperature_c DOUBLE, power_w DOUBLE
 );
+CREATE TABLE IF NOT EXISTS scheduler_events (
+    stream_seq UBIGINT NOT NULL, type VARCHAR NOT NULL, ts_s DOUBLE NOT NULL,
+    by_role VARCHAR, reason VARCHAR
+);
 CREATE TABLE IF NOT EXISTS exports (
     job_id VARCHAR NOT NULL, attempt INTEGER NOT NULL, status VARCHAR NOT NULL, path VARCHAR,
     ts_s DOUBLE NOT NULL
@@ -88,7 +92,7 @@ CREATE TABLE IF NOT EXISTS exports (
 # Tables a rebuild must reproduce exactly (hosts/gpus hold "latest" rows and compare too).
 PROJECTED_TABLES = (
     "jobs", "job_events", "logs", "metrics", "progress", "checkpoints",
-    "hosts", "gpus", "gpu_samples", "exports",
+    "hosts", "gpus", "gpu_samples", "exports", "scheduler_events",
 )
 
 

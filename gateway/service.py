@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 
 import msgspec
-from nats.js import JetStreamContext
 
 from gateway import views
 from gateway.errors import (
@@ -18,13 +17,14 @@ from gateway.errors import (
     InvalidField,
     NotFound,
     ServiceError,
-    Unavailable,
     field_of_validation_error,
 )
+from gateway.cluster import ClusterService
 from gateway.paths import PathNotAllowed, confine
 from gateway.projector import Projector
 from gateway.queries import Reader
 from gateway.scheduler import Scheduler
+from gateway.writes import EventWriter
 from shared import events as ev
 from shared import subjects
 from shared.clock import now_s
@@ -68,29 +68,33 @@ def decode_job_request(body: bytes) -> JobRequest:
 
 
 class JobService:
-    def __init__(self, js: JetStreamContext, projector: Projector, scheduler: Scheduler,
-                 reader: Reader, *, allowed_roots: list[str], ryw_timeout_s: float) -> None:
-        self.js = js
+    def __init__(self, writer: EventWriter, projector: Projector, scheduler: Scheduler,
+                 cluster: ClusterService, reader: Reader, *, allowed_roots: list[str],
+                 ryw_timeout_s: float) -> None:
+        self.writer = writer
         self.projector = projector
         self.scheduler = scheduler
+        self.cluster = cluster
         self.reader = reader
         self.allowed_roots = allowed_roots
         self.ryw_timeout_s = ryw_timeout_s
 
     # ---- writes ------------------------------------------------------------------------------
-    async def _publish(self, subject: str, event: msgspec.Struct, msg_id: str) -> int:
-        try:
-            ack = await self.js.publish(subject, ev.encode(event), headers={"Nats-Msg-Id": msg_id}, timeout=5.0)
-        except Exception as exc:
-            raise Unavailable(f"could not record the request in JetStream: {exc}") from None
-        return ack.seq
-
-    async def _published_and_seen(self, subject: str, event: msgspec.Struct, msg_id: str) -> None:
-        seq = await self._publish(subject, event, msg_id)
-        try:
-            await self.projector.wait_applied(subjects.JOB_STREAM, seq, self.ryw_timeout_s)
-        except TimeoutError:
-            pass  # recorded; the projection will show it shortly
+    def _refuse_if_pinned_gpus_busy(self, spec: JobRequest) -> None:
+        """`if_busy: reject` with pinned GPUs: 409 now instead of waiting (seed 000's way)."""
+        if spec.if_busy != "reject" or not spec.gpu_ids:
+            return
+        _, hosts = self.scheduler.snapshot()
+        candidates = [h for h in hosts.values() if spec.host in (None, h.host)]
+        if not candidates:
+            raise Conflict(f"GPUs {spec.gpu_ids} requested with if_busy=reject, but "
+                           f"{'host ' + spec.host if spec.host else 'no host'} is online")
+        for view in candidates:
+            if set(spec.gpu_ids) <= set(view.gpu_memory_mb) and not set(spec.gpu_ids) & view.busy:
+                return
+        busy = sorted({(h.host, g) for h in candidates for g in spec.gpu_ids if g in h.busy})
+        where = ", ".join(f"GPU {g} on {h}" for h, g in busy) or "the GPUs do not exist there"
+        raise Conflict(f"requested GPUs are busy ({where}) and if_busy is 'reject'")
 
     def _check_paths(self, spec: JobRequest) -> JobRequest:
         if isinstance(spec, CommandJob) and spec.cwd is not None:
@@ -110,14 +114,16 @@ class JobService:
         if spec.host is not None and not is_valid_token(spec.host):
             raise InvalidField("host is not a valid host name", field="host")
         spec = self._check_paths(spec)
+        self._refuse_if_pinned_gpus_busy(spec)
         job_id = new_job_id()
         event = ev.JobSubmitted(job_id=job_id, attempt=0, ts_s=now_s(), spec=spec, submitted_by=user)
-        await self._published_and_seen(subjects.job_event(job_id, "submitted"), event, f"{job_id}:0:submitted")
-        state = self.projector.states.get(job_id)
+        await self.writer.publish_and_wait(subjects.job_event(job_id, "submitted"), event, f"{job_id}:0:submitted")
+        state = self.projector.live_states.get(job_id)
         status = state.status.value if state else "queued"
         position = self.scheduler.queue_position(job_id) if status == "queued" else None
+        wait = (await self.cluster.estimated_waits()).get(job_id) if position else None
         return views.SubmitResponse(
-            job_id=job_id, status=status, queue_position=position,
+            job_id=job_id, status=status, queue_position=position, estimated_wait_s=wait,
             message="job accepted" if position is None else f"job queued at position {position}",
         )
 
@@ -131,8 +137,8 @@ class JobService:
         if state.status in (JobStatus.PENDING, JobStatus.QUEUED) and placed is None:
             event = ev.JobCancelled(job_id=job_id, attempt=state.attempt, ts_s=ts,
                                     reason=f"stopped by {user or 'request'} before it started")
-            await self._published_and_seen(subjects.job_event(job_id, "cancelled"), event,
-                                           f"{job_id}:{state.attempt}:cancelled")
+            await self.writer.publish_and_wait(subjects.job_event(job_id, "cancelled"), event,
+                                               f"{job_id}:{state.attempt}:cancelled")
         else:
             attempt = placed.attempt if placed else state.attempt
             host = placed.host if placed else state.host
@@ -140,10 +146,10 @@ class JobService:
             nonce = time.time_ns()
             request = ev.JobStopRequested(job_id=job_id, attempt=attempt, ts_s=ts, force=force,
                                           grace_s=grace, requested_by=user)
-            await self._publish(subjects.job_event(job_id, "stop_requested"), request,
-                                f"{job_id}:{attempt}:stop_requested:{nonce}")
+            await self.writer.publish(subjects.job_event(job_id, "stop_requested"), request,
+                                      f"{job_id}:{attempt}:stop_requested:{nonce}")
             command = StopJob(job_id=job_id, attempt=attempt, ts_s=ts, force=force, grace_s=grace)
-            await self._publish(subjects.cmd(host, "stop"), command, f"{job_id}:{attempt}:stop:{nonce}")
+            await self.writer.publish(subjects.cmd(host, "stop"), command, f"{job_id}:{attempt}:stop:{nonce}")
             moving = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING)
             try:
                 await self.projector.wait_until(lambda: self.state(job_id).status not in moving,
@@ -168,7 +174,7 @@ class JobService:
             gpu_ids=list(s.gpu_ids), exit_code=s.exit_code, signal=s.signal, reason=s.reason,
             started_s=s.started_s, finished_s=s.finished_s,
             queue_position=self.scheduler.queue_position(job_id) if s.status is JobStatus.QUEUED else None,
-            waiting_reason=self.scheduler.waiting.get(job_id),
+            waiting_reason=self.scheduler.preview()[1].get(job_id) if s.status is JobStatus.QUEUED else None,
         )
 
     async def progress(self, job_id: str) -> views.ProgressView:

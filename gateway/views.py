@@ -148,3 +148,123 @@ class Health(msgspec.Struct, kw_only=True):
     nats: str
     projector: str
     projector_lag: dict[str, int]
+
+
+# ---- cluster: GPUs, hosts, queue ------------------------------------------------------------
+
+
+class GpuView(msgspec.Struct, kw_only=True):
+    host: str
+    index: int
+    uuid: str
+    name: str
+    state: str  # free | busy | offline
+    job_id: str | None
+    memory_total_mb: int
+    memory_used_mb: int
+    memory_free_mb: int
+    utilization_pct: float | None
+    temperature_c: float | None
+    power_w: float | None
+    pids: list[int]
+    simulated: bool
+    host_online: bool
+
+
+class GpuList(msgspec.Struct, kw_only=True):
+    gpus: list[GpuView]
+    total: int
+    free: int
+    busy: int
+    offline: int
+    simulated: bool
+
+
+class HostStatus(msgspec.Struct, kw_only=True):
+    host: str
+    status: str  # online | offline
+    last_seen_s: float
+    seconds_since_heartbeat: float
+    agent_started_s: float
+    heartbeat_interval_s: float
+    cpu_percent: float
+    memory_total_mb: int
+    memory_used_mb: int
+    disk_free_mb: int
+    gpus: int
+    gpus_free: int
+    simulated: bool
+    running_jobs: list[str]
+    note: str
+
+
+class QueueEntry(msgspec.Struct, kw_only=True):
+    job_id: str
+    name: str
+    position: int
+    priority: int
+    gpus: int
+    gpu_ids: list[int] | None
+    host: str | None
+    min_gpu_memory_gb: float | None
+    attempt: int
+    submitted_s: float
+    waiting_reason: str
+    estimated_wait_s: float | None
+
+
+class QueueView(msgspec.Struct, kw_only=True):
+    length: int
+    processor_running: bool
+    jobs: list[QueueEntry]
+
+
+class QueueJobStatus(msgspec.Struct, kw_only=True):
+    job_id: str
+    status: str
+    in_queue: bool
+    position: int | None
+    queue_length: int
+    priority: int
+    waiting_reason: str | None
+    estimated_wait_s: float | None
+
+
+class ProcessorStatus(msgspec.Struct, kw_only=True):
+    running: bool
+    status: str  # running | stopped
+    leader: str | None
+    this_replica: str
+    this_replica_leads: bool
+    leader_since_s: float | None
+    queue_length: int
+
+
+class ProcessResult(msgspec.Struct, kw_only=True):
+    leader: str
+    processor_running: bool
+    placed: list[dict[str, Any]]
+    still_waiting: int
+
+
+class QueueRemoval(msgspec.Struct, kw_only=True):
+    job_id: str
+    status: str
+    message: str
+
+
+class SystemStatus(msgspec.Struct, kw_only=True):
+    status: str
+    hosts_online: int
+    hosts_offline: int
+    gpus_total: int
+    gpus_free: int
+    gpus_busy: int
+    gpus_simulated: bool
+    jobs_running: int
+    queue_length: int
+    processor_running: bool
+    scheduler_leader: str | None
+    nats: str
+    projector: str
+    projector_lag: dict[str, int]

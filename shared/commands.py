@@ -16,6 +16,10 @@ class Command(msgspec.Struct, kw_only=True, tag_field="verb"):
 class StartJob(Command, tag="start"):
     spec: JobRequest
     gpu_ids: list[int] = []
+    # After this many seconds from `ts_s` the scheduler may have declared the attempt lost and
+    # placed the job elsewhere (a host that was away reads its old commands when it returns):
+    # the agent refuses a start this old instead of running a job twice. 0: no limit.
+    valid_for_s: float = 0.0
 
 
 class StopJob(Command, tag="stop"):

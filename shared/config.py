@@ -31,7 +31,12 @@ class GatewaySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=False)
     log_max_bytes: int = 20 * 1024**3
     projector_batch: int = 2048
     scheduler_interval_s: float = 1.0
+    # A host whose last heartbeat is older than this is offline; its jobs are declared lost
+    # (or retried) once it has been offline for `host_lost_grace_s` more.
     host_timeout_s: float = 15.0
+    host_lost_grace_s: float = 30.0
+    # One gateway schedules at a time; another takes over this long after it stops renewing.
+    scheduler_lease_ttl_s: float = 6.0
 
 
 class AgentSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):

@@ -80,7 +80,10 @@ class JobExited(JobEvent, tag="exited"):
 
 
 class JobLost(JobEvent, tag="lost"):
+    """The attempt's host stopped heartbeating past the grace period (sent by the scheduler)."""
+
     reason: str
+    host: str = ""
 
 
 # ---- observations (they do not move the state machine) ------------------------------------
@@ -172,6 +175,15 @@ class GpuState(msgspec.Struct, kw_only=True):
     simulated: bool = False
 
 
+class HostJob(msgspec.Struct, kw_only=True):
+    """An attempt an agent is running, as its heartbeat reports it."""
+
+    job_id: str
+    attempt: int
+    gpu_ids: list[int] = []
+    pid: int | None = None
+
+
 class HostHeartbeat(msgspec.Struct, kw_only=True, tag_field="type", tag="heartbeat"):
     host: str
     ts_s: float
@@ -184,6 +196,28 @@ class HostHeartbeat(msgspec.Struct, kw_only=True, tag_field="type", tag="heartbe
     gpus: list[GpuState] = []
     running_jobs: list[str] = []
     gpu_note: str = ""
+    jobs: list[HostJob] = []  # the same jobs with their attempts: lets the scheduler fence a returning host
+    leaving: bool = False  # the agent's last beat on a clean shutdown: offline at once
+
+
+# ---- scheduler control (subject `ty.ctl.scheduler.<type>` in the job stream) --------------
+
+
+class SchedulerControl(msgspec.Struct, kw_only=True, tag_field="type"):
+    ts_s: float
+    by: str = ""
+    reason: str = ""
+
+
+class SchedulerPaused(SchedulerControl, tag="paused"):
+    """The queue processor is stopped: nothing new is placed until it is resumed."""
+
+
+class SchedulerResumed(SchedulerControl, tag="resumed"):
+    pass
+
+
+AnyControl = SchedulerPaused | SchedulerResumed
 
 
 def tag_of(event_type: type[msgspec.Struct]) -> str:
@@ -193,6 +227,7 @@ def tag_of(event_type: type[msgspec.Struct]) -> str:
 _encoder = msgspec.json.Encoder()
 _job_decoder = msgspec.json.Decoder(AnyJobEvent)
 _host_decoder = msgspec.json.Decoder(HostHeartbeat)
+_control_decoder = msgspec.json.Decoder(AnyControl)
 
 
 def encode(value: msgspec.Struct) -> bytes:
@@ -205,3 +240,7 @@ def decode_job_event(data: bytes) -> AnyJobEvent:
 
 def decode_heartbeat(data: bytes) -> HostHeartbeat:
     return _host_decoder.decode(data)
+
+
+def decode_control(data: bytes) -> AnyControl:
+    return _control_decoder.decode(data)

@@ -7,7 +7,7 @@ request, the event and the command can never disagree about a field.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
@@ -44,6 +44,8 @@ class JobRequestBase(
     env: Annotated[dict[EnvName, EnvValue], Meta(max_length=MAX_ENV)] = {}
     hold: bool = False
     stop_grace_s: GraceSeconds = 30.0
+    # A pinned GPU that is busy: wait in the queue, or refuse the request (409, seed 000's way).
+    if_busy: Literal["queue", "reject"] = "queue"
 
     @property
     def trainer(self) -> str:

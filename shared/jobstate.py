@@ -116,6 +116,12 @@ class JobState(msgspec.Struct, frozen=True, kw_only=True):
     stdout_path: str | None = None
     stderr_path: str | None = None
     last_lines: tuple[str, ...] = ()
+    changed_s: float = 0.0  # time of the last lifecycle event applied
+    max_retries: int = 0
+    failures: int = 0  # attempts that failed or were lost; each one retried uses one of max_retries
+    # The last agent refusal: the scheduler avoids that host for a moment (not projected).
+    refused_host: str | None = None
+    refused_s: float | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -127,6 +133,18 @@ def initial(event: ev.JobSubmitted) -> JobState:
         job_id=event.job_id,
         status=JobStatus.PENDING if event.spec.hold else JobStatus.QUEUED,
         submitted_s=event.ts_s,
+        changed_s=event.ts_s,
+        max_retries=event.spec.max_retries,
+    )
+
+
+def _retries(state: JobState, target: JobStatus) -> bool:
+    """A failed or lost attempt goes back to the queue while retries remain (not when the user
+    asked it to stop)."""
+    return (
+        target in (JobStatus.FAILED, JobStatus.LOST)
+        and not state.stop_requested
+        and state.failures < state.max_retries
     )
 
 
@@ -145,7 +163,9 @@ def next_status(state: JobState | None, event: ev.JobEvent) -> JobStatus:
         raise StaleAttempt(state.status, event, state.attempt)
     if target == FROM_OUTCOME:
         assert isinstance(event, ev.JobExited)
-        return JobStatus(event.outcome)
+        target = JobStatus(event.outcome)
+    if _retries(state, JobStatus(target)):
+        return JobStatus.QUEUED
     return JobStatus(target)
 
 
@@ -159,6 +179,7 @@ def evolve(state: JobState | None, event: ev.JobEvent) -> JobState:
     if isinstance(event, ev.JobSubmitted):
         return initial(event)
     assert state is not None
+    state = msgspec.structs.replace(state, changed_s=event.ts_s)
     replace = msgspec.structs.replace
     match event:
         case ev.JobScheduled(host=host, gpu_ids=gpu_ids, attempt=attempt):
@@ -167,8 +188,9 @@ def evolve(state: JobState | None, event: ev.JobEvent) -> JobState:
                 reason="", stop_requested=False, pid=None, run_dir=None, exit_code=None,
                 signal=None, started_s=None, finished_s=None, last_lines=(),
             )
-        case ev.JobRefused(reason=reason):
-            return replace(state, status=status, host=None, gpu_ids=(), reason=reason)
+        case ev.JobRefused(reason=reason, host=host, ts_s=ts):
+            return replace(state, status=status, host=None, gpu_ids=(), reason=reason,
+                           refused_host=host, refused_s=ts)
         case ev.JobStarted(ts_s=ts, pid=pid, run_dir=run_dir):
             return replace(
                 state, status=status, started_s=ts, pid=pid, run_dir=run_dir,
@@ -176,6 +198,15 @@ def evolve(state: JobState | None, event: ev.JobEvent) -> JobState:
             )
         case ev.JobStopRequested():
             return replace(state, status=status, stop_requested=True)
+        case ev.JobExited(reason=reason) | ev.JobLost(reason=reason) if status is JobStatus.QUEUED:
+            failures = state.failures + 1
+            return replace(
+                state, status=status, host=None, gpu_ids=(), failures=failures,
+                reason=f"attempt {state.attempt}: {reason}; retry {failures} of {state.max_retries}",
+                last_lines=tuple(event.last_lines) if isinstance(event, ev.JobExited) else state.last_lines,
+                exit_code=event.exit_code if isinstance(event, ev.JobExited) else None,
+                signal=event.signal if isinstance(event, ev.JobExited) else None,
+            )
         case ev.JobExited(exit_code=code, signal=sig, reason=reason, ts_s=ts):
             return replace(
                 state, status=status, exit_code=code, signal=sig, reason=reason, finished_s=ts,

@@ -30,7 +30,7 @@ def stream_configs(*, log_max_age_s: float, log_max_bytes: int) -> list[StreamCo
         ),
         StreamConfig(
             name=subjects.JOB_STREAM,
-            subjects=["ty.job.>"],
+            subjects=["ty.job.>", "ty.ctl.>"],
             retention=RetentionPolicy.LIMITS,
             **common,
         ),

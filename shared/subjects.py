@@ -27,6 +27,15 @@ def job_log(job_id: str) -> str:
     return f"ty.log.{job_id}"
 
 
+def control(event_type: str) -> str:
+    """Scheduler control events; they live in the job stream, kept as long as the jobs."""
+    return f"ty.ctl.scheduler.{event_type}"
+
+
+# Core NATS (not stored): "run a scheduling pass now", answered by whichever gateway leads.
+SCHEDULE_NOW = "ty.sched.process"
+
+
 def host_event(host: str, event_type: str) -> str:
     return f"ty.host.{host}.{event_type}"
 

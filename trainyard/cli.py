@@ -35,7 +35,9 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         GatewaySettings, toml_path=_config_path(args), section="gateway",
         overrides={"data_dir": args.data_dir, "port": args.port, "bind": args.bind,
                    "nats_url": _nats_url(args), "insecure": args.insecure or None,
-                   "replica": args.replica},
+                   "replica": args.replica, "host_timeout_s": args.host_timeout_s,
+                   "host_lost_grace_s": args.host_lost_grace_s,
+                   "scheduler_lease_ttl_s": args.scheduler_lease_ttl_s},
     )
     run_gateway(settings)
     return 0
@@ -155,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     gw.add_argument("--nats-url", default=None)
     gw.add_argument("--replica", default=None)
     gw.add_argument("--insecure", action="store_true", help="allow no tokens (loopback only)")
+    gw.add_argument("--host-timeout-s", type=float, default=None,
+                    help="a host silent this long is offline (default 15)")
+    gw.add_argument("--host-lost-grace-s", type=float, default=None,
+                    help="then its jobs are lost (or retried) after this much more (default 30)")
+    gw.add_argument("--scheduler-lease-ttl-s", type=float, default=None,
+                    help="another gateway takes over scheduling this long after the leader dies (default 6)")
     gw.add_argument("--config", default=None)
     gw.set_defaults(func=cmd_gateway)
 

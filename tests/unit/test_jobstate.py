@@ -101,3 +101,41 @@ def test_full_life_keeps_facts() -> None:
 def test_observations_do_not_move_state() -> None:
     s = state(JobStatus.RUNNING)
     assert evolve(s, ev.JobProgress(job_id=J, attempt=1, ts_s=2.0, step=3)) is s
+
+
+def run_attempt(s: JobState, attempt: int) -> JobState:
+    s = evolve(s, sample(ev.JobScheduled, attempt=attempt))
+    return evolve(s, sample(ev.JobStarted, attempt=attempt))
+
+
+def test_a_failed_attempt_is_retried_until_max_retries_is_used_up() -> None:
+    s = evolve(None, ev.JobSubmitted(job_id=J, ts_s=0.0, spec=CommandJob(command=["x"], max_retries=2)))
+    s = run_attempt(s, 1)
+    s = evolve(s, sample(ev.JobExited, attempt=1, reason="exited with code 1", last_lines=["boom"]))
+    assert (s.status, s.failures, s.host, s.gpu_ids) == (JobStatus.QUEUED, 1, None, ())
+    assert s.reason == "attempt 1: exited with code 1; retry 1 of 2" and s.last_lines == ("boom",)
+    s = run_attempt(s, 2)
+    s = evolve(s, sample(ev.JobLost, attempt=2, reason="host h stopped heartbeating"))
+    assert (s.status, s.failures) == (JobStatus.QUEUED, 2)
+    s = run_attempt(s, 3)
+    s = evolve(s, sample(ev.JobExited, attempt=3, reason="exited with code 1"))
+    assert (s.status, s.attempt, s.failures) == (JobStatus.FAILED, 3, 2)
+
+
+def test_a_stopped_or_succeeded_attempt_is_never_retried() -> None:
+    s = evolve(None, ev.JobSubmitted(job_id=J, ts_s=0.0, spec=CommandJob(command=["x"], max_retries=3)))
+    s = run_attempt(s, 1)
+    done = evolve(s, sample(ev.JobExited, attempt=1, outcome="succeeded", exit_code=0))
+    assert done.status is JobStatus.SUCCEEDED
+    s = evolve(s, sample(ev.JobStopRequested, attempt=1))
+    assert evolve(s, sample(ev.JobLost, attempt=1)).status is JobStatus.LOST
+    assert evolve(s, sample(ev.JobExited, attempt=1)).status is JobStatus.FAILED
+
+
+def test_a_report_from_an_attempt_that_was_retried_is_fenced() -> None:
+    s = evolve(None, ev.JobSubmitted(job_id=J, ts_s=0.0, spec=CommandJob(command=["x"], max_retries=1)))
+    s = run_attempt(s, 1)
+    s = evolve(s, sample(ev.JobLost, attempt=1))
+    s = run_attempt(s, 2)
+    with pytest.raises(StaleAttempt):
+        evolve(s, sample(ev.JobExited, attempt=1, outcome="succeeded", exit_code=0))

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from gateway.projector import JobNeeds
-from gateway.scheduler import HostView, QueuedJob, plan
+from gateway.placement import HostView, QueuedJob, plan
 from shared.jobspec import CommandJob
 
 SPEC = CommandJob(command=["x"])
@@ -26,6 +26,10 @@ def test_priority_then_fifo() -> None:
 def test_gang_on_one_host_and_reason_when_waiting() -> None:
     assigned, waiting = plan([job("big", 1, gpus=3)], hosts(h1=2, h2=2))
     assert assigned == []
+    assert waiting["big"] == "needs 3 GPUs; no online host has that many GPUs"
+    views = hosts(h1=4, h2=2)
+    views["h1"].busy = {0, 1}
+    assigned, waiting = plan([job("big", 1, gpus=3)], views)
     assert waiting["big"] == "needs 3 GPUs; largest free set is 2 on host h1"
 
 

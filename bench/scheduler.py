@@ -1,0 +1,106 @@
+"""Scheduler benchmark (DESIGN §9: a pass over 1,000 queued jobs and 100 hosts in <= 20 ms).
+
+  (a) `plan()` over 1,000 queued jobs x 100 simulated hosts of 8 GPUs, in three situations:
+      every GPU busy, half of the hosts free, and all free; mixed shapes (1/2/4/8 GPUs, some
+      with a memory floor, some pinned).
+  (b) submit -> running latency through the whole stack with 10 agents (separate processes,
+      simulated GPUs, one nats-server, one gateway).
+
+Run: .venv/bin/python -m bench.scheduler [--agents 10] [--jobs 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+
+from bench.common import bench_stack, print_table
+from gateway.placement import HostView, QueuedJob, plan
+from gateway.projector import JobNeeds
+from shared.jobspec import CommandJob
+
+SPEC = CommandJob(command=["x"])
+
+
+def make_queue(n: int, rng: random.Random) -> list[QueuedJob]:
+    queue = []
+    for i in range(n):
+        gpus = rng.choice([1, 1, 1, 1, 2, 2, 4, 8])
+        pinned = rng.random() < 0.05
+        needs = JobNeeds(
+            priority=rng.randint(0, 10), submit_seq=i, gpus=gpus,
+            gpu_ids=tuple(rng.sample(range(8), gpus)) if pinned else (),
+            host=f"h{rng.randrange(100):03d}" if pinned else None,
+            min_gpu_memory_gb=60.0 if rng.random() < 0.1 else None, spec=SPEC,
+        )
+        queue.append(QueuedJob(f"job_{i}", 0, needs))
+    return queue
+
+
+def make_hosts(n: int, busy_fraction: float, rng: random.Random) -> dict[str, HostView]:
+    hosts = {}
+    for h in range(n):
+        view = HostView(f"h{h:03d}", {g: (81920 if h % 2 else 40960) for g in range(8)})
+        if rng.random() < busy_fraction:
+            view.busy = set(range(8))
+            view.running = 2
+        hosts[view.host] = view
+    return hosts
+
+
+def time_plan(busy_fraction: float, runs: int = 30) -> tuple[float, float, int]:
+    times, placed = [], 0
+    for r in range(runs):
+        rng = random.Random(r)
+        queue, hosts = make_queue(1000, rng), make_hosts(100, busy_fraction, rng)
+        t0 = time.perf_counter()
+        assignments, _ = plan(queue, hosts)
+        times.append(time.perf_counter() - t0)
+        placed = len(assignments)
+    times.sort()
+    return statistics.median(times) * 1e3, times[-1] * 1e3, placed
+
+
+def submit_to_running(agents: int, jobs: int) -> list[float]:
+    with bench_stack("ty-bench-sched-") as b:
+        for a in range(agents):
+            b.stack.start_agent(f"host-{a}", b.tmp / f"work{a}", b.nats_url, b.tmp / f"agent{a}.log",
+                                "--simulate-gpus", "2x80GB", "--heartbeat-interval-s", "1")
+        api = b.start_gateway()
+        deadline = time.monotonic() + 30
+        while api.get("/system/status").json()["hosts_online"] < agents:
+            if time.monotonic() > deadline:
+                raise TimeoutError("agents did not come online")
+            time.sleep(0.1)
+        latencies = []
+        for _ in range(jobs):
+            t0 = time.perf_counter()
+            job = api.post("/jobs", json={"trainer": "command", "gpus": 1,
+                                          "command": [sys.executable, "-c", "import time; time.sleep(0.2)"]}).json()["job_id"]
+            while api.get(f"/jobs/{job}/status").json()["status"] not in ("running", "succeeded", "failed"):
+                time.sleep(0.001)
+            latencies.append(time.perf_counter() - t0)
+        return sorted(latencies)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--agents", type=int, default=10)
+    ap.add_argument("--jobs", type=int, default=40)
+    args = ap.parse_args()
+    rows = []
+    for label, busy in (("all GPUs busy", 1.0), ("half the hosts busy", 0.5), ("all GPUs free", 0.0)):
+        p50, worst, placed = time_plan(busy)
+        rows.append((f"(a) plan(), 1,000 jobs x 100 hosts, {label}", f"{p50:.1f} / {worst:.1f} ms",
+                     f"p50 / max of 30; {placed} placed; budget <= 20 ms"))
+    lat = submit_to_running(args.agents, args.jobs)
+    rows.append((f"(b) submit -> running, {args.agents} agents",
+                 f"{statistics.median(lat)*1e3:.1f} / {lat[int(len(lat)*0.9)]*1e3:.1f} ms", "p50 / p90"))
+    print_table(rows, 22)
+
+
+if __name__ == "__main__":
+    main()
