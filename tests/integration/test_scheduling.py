@@ -227,6 +227,19 @@ def test_host_loss_retries_elsewhere_and_the_returning_host_is_fenced(gc: GpuClu
     assert hosts["d"] == "offline"
 
 
+def test_a_failing_job_is_retried_as_new_attempts_each_with_its_own_logs(gc: GpuCluster) -> None:
+    script = "import os, sys; print('attempt', os.environ['TRAINYARD_ATTEMPT']); sys.exit(3)"
+    job = gc.api.submit([sys.executable, "-c", script], gpus=1, max_retries=2)
+    final = gc.api.wait(job)
+    assert (final["status"], final["attempt"], final["exit_code"]) == ("failed", 3, 3)
+    for attempt in (1, 2, 3):
+        lines = [l["text"] for l in gc.api.logs(job, attempt=attempt, type="train")]
+        assert lines == [f"attempt {attempt}"]
+    history = [e["type"] for e in gc.api.client.get(f"/jobs/{job}/events").json()
+               if e["type"] in ("scheduled", "exited")]
+    assert history == ["scheduled", "exited"] * 3
+
+
 def test_concurrent_submits_over_several_agents_never_share_a_gpu(gc: GpuCluster) -> None:
     jobs: list[str] = []
     lock = threading.Lock()

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from gateway.projector import JobNeeds
-from gateway.placement import HostView, QueuedJob, plan
+from gateway.placement import HostView, QueuedJob, estimate_starts, plan
 from shared.jobspec import CommandJob
 
 SPEC = CommandJob(command=["x"])
@@ -53,3 +53,44 @@ def test_pinned_gpus_and_cpu_jobs() -> None:
     views = hosts(h1=2)
     assigned, _ = plan([job("pin", 1, gpu_ids=(1,)), job("cpu", 2, gpus=0)], views)
     assert {(a.job_id, a.gpu_ids) for a in assigned} == {("pin", (1,)), ("cpu", ())}
+
+
+def test_a_pinned_head_job_holds_back_only_its_own_gpus() -> None:
+    views = hosts(h1=4)
+    views["h1"].busy = {1}
+    q = [job("pinned", 1, gpu_ids=(1,)), job("small", 2)]
+    assigned, waiting = plan(q, views)
+    assert "pinned" in waiting and [(a.job_id, a.gpu_ids) for a in assigned] == [("small", (0,))]
+
+
+def test_a_refused_job_goes_elsewhere_or_waits() -> None:
+    views = hosts(h1=1, h2=1)
+    refused = QueuedJob("r", 1, job("r", 1).needs, avoid_host="h1")
+    assigned, _ = plan([refused], views)
+    assert [a.host for a in assigned] == ["h2"]
+    views = hosts(h1=1)
+    assigned, waiting = plan([QueuedJob("r", 1, job("r", 1).needs, avoid_host="h1")], views)
+    assert assigned == [] and "refused it a moment ago" in waiting["r"]
+
+
+def test_memory_floor_and_reasons() -> None:
+    views = {"small": HostView("small", {0: 40960}), "big": HostView("big", {0: 81920})}
+    assigned, _ = plan([job("m", 1, mem=60)], views)
+    assert [a.host for a in assigned] == ["big"]
+    _, waiting = plan([job("m", 1, mem=100)], {"small": HostView("small", {0: 40960})})
+    assert waiting["m"] == "needs 1 GPU with >= 100 GB; no online GPU has that much memory (largest 40 GB)"
+    _, waiting = plan([job("x", 1, host="nowhere")], hosts(h1=1))
+    assert waiting["x"] == "host nowhere is not online"
+
+
+def test_estimated_starts_follow_running_etas_and_past_run_times() -> None:
+    views = hosts(h1=2)
+    views["h1"].busy = {0, 1}
+    busy_until = {("h1", 0): 100.0, ("h1", 1): 160.0}
+    q = [job("one", 1), job("two", 2), job("three", 3)]
+    starts = estimate_starts(q, views, busy_until, {"one": 30.0}, now=50.0)
+    # one takes GPU 0 at 100 and runs 30 s; two takes GPU 0 when one ends, at 130 (its own run
+    # time is unknown, so GPU 0 is unknown after it); three waits for GPU 1, free at 160.
+    assert starts == {"one": 100.0, "two": 130.0, "three": 160.0}
+    unknown = estimate_starts(q[:1], views, {("h1", 0): None, ("h1", 1): None}, {}, now=50.0)
+    assert unknown == {}
