@@ -62,6 +62,7 @@ class Agent:
             js, self.host, self.work_dir, self.gpus,
             max_line_bytes=self.settings.max_line_bytes,
             batch_max_bytes=self.settings.batch_max_bytes,
+            python=self.settings.python,
         )
         feed = PullFeed(nc, subjects.CMD_STREAM, subjects.agent_consumer(self.host), batch=64)
         await feed.start()

@@ -50,6 +50,8 @@ class ProgressReading(NamedTuple):
     epoch: float | None
     total_epochs: int | None
     estimated: bool
+    rate_steps_s: float | None = None  # as the trainer said; else derived
+    eta_s: float | None = None
 
 
 class RunState(msgspec.Struct, kw_only=True):
@@ -130,28 +132,36 @@ class Reporter:
         epoch: float | None = None,
         total_epochs: int | None = None,
         estimated: bool = False,
+        rate_steps_s: float | None = None,
+        eta_s: float | None = None,
     ) -> None:
         self.progress_slot.set(
-            ProgressReading(time.monotonic(), now_s(), step, total_steps, epoch, total_epochs, estimated)
+            ProgressReading(time.monotonic(), now_s(), step, total_steps, epoch, total_epochs,
+                            estimated, rate_steps_s, eta_s)
         )
 
     def _progress_event(self, r: ProgressReading) -> ev.JobProgress:
-        """Rate and ETA from the first step seen (reset if the step goes back, e.g. a resume)."""
+        """Rate and ETA as the trainer printed them, else from the first step seen (reset if the
+        step goes back, e.g. a resume) and marked estimated."""
         rate = eta = percent = None
-        if r.step is not None:
+        estimated = r.estimated
+        if r.step is not None and r.total_steps:
+            percent = min(100.0, 100.0 * r.step / r.total_steps)
+        if r.rate_steps_s is not None or r.eta_s is not None:
+            rate, eta = r.rate_steps_s, r.eta_s
+        elif r.step is not None:
             if self._rate_anchor is None or r.step < self._rate_anchor[1]:
                 self._rate_anchor = (r.mono_s, r.step)
             t0, s0 = self._rate_anchor
             if r.mono_s > t0 and r.step > s0:
                 rate = (r.step - s0) / (r.mono_s - t0)
-            if r.total_steps:
-                percent = min(100.0, 100.0 * r.step / r.total_steps)
-                if rate:
-                    eta = max(0.0, (r.total_steps - r.step) / rate)
+            if r.total_steps and rate:
+                eta = max(0.0, (r.total_steps - r.step) / rate)
+                estimated = True
         return ev.JobProgress(
             job_id=self.job_id, attempt=self.attempt, ts_s=r.ts_s, step=r.step,
             total_steps=r.total_steps, epoch=r.epoch, total_epochs=r.total_epochs,
-            percent=percent, rate_steps_s=rate, eta_s=eta, estimated=r.estimated,
+            percent=percent, rate_steps_s=rate, eta_s=eta, estimated=estimated,
         )
 
     def checkpoint(self, path: str, step: int | None) -> None:
@@ -241,6 +251,7 @@ class TrainerRun:
         *,
         max_line_bytes: int,
         batch_max_bytes: int,
+        python: str = "",
     ) -> None:
         self.js = js
         self.host = host
@@ -251,6 +262,10 @@ class TrainerRun:
         self.state_path = state_path
         self.max_line_chars = max_line_bytes
         self.adapter = adapter_for(command.spec.trainer)
+        self.ctx = LaunchContext(
+            host=host, job_id=self.job_id, attempt=self.attempt, run_dir=run_dir,
+            gpu_ids=list(command.gpu_ids), python=python or sys.executable, job_dir=run_dir.parent,
+        )
         self.reporter = Reporter(js, self.job_id, self.attempt, batch_max_bytes)
         self.launched = asyncio.Event()  # set once spawned or failed to spawn
         self.finished = asyncio.Event()
@@ -315,10 +330,7 @@ class TrainerRun:
             await self._report_exit(None, None, "stopped before it started")
             return False
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        ctx = LaunchContext(
-            host=self.host, job_id=self.job_id, attempt=self.attempt, run_dir=self.run_dir,
-            gpu_ids=list(self.command.gpu_ids), python=sys.executable,
-        )
+        ctx = self.ctx
         launch = self.adapter.build_launch(self.command.spec, ctx)
         for path, content in launch.files.items():
             path.write_bytes(content)
@@ -355,7 +367,7 @@ class TrainerRun:
             FileTail(self.run_dir / "stdout.log", "stdout", self.max_line_chars),
             FileTail(self.run_dir / "stderr.log", "stderr", self.max_line_chars),
         ]
-        parser = self.adapter.new_parser()
+        parser = self.adapter.new_parser(self.command.spec, self.ctx)
         waiter = asyncio.create_task(self.proc.wait(), name=f"{self.job_id}-wait")
         delay = POLL_MIN_S
         next_snapshot = time.monotonic() + SNAPSHOT_EVERY_S
@@ -379,6 +391,7 @@ class TrainerRun:
                     await asyncio.wait([waiter], timeout=delay)
                     delay = min(delay * 2, POLL_MAX_S)
                 if time.monotonic() >= next_snapshot:
+                    parser.poll(self.reporter)
                     # Remember descendants now: once the leader dies they are reparented and
                     # can no longer be found from it.
                     self.recorded |= process.descendants(self.root)
@@ -387,6 +400,7 @@ class TrainerRun:
             for tail in tails:
                 tail.close()
         returncode = waiter.result()
+        parser.poll(self.reporter)
         # Whatever the trainer left behind dies with it (dataloader workers, ignored SIGTERMs).
         process.kill_all(self.root.pid, self.recorded)
         if self._kill_deadline_task is not None:

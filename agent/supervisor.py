@@ -32,8 +32,10 @@ class Supervisor:
         *,
         max_line_bytes: int,
         batch_max_bytes: int,
+        python: str = "",
     ) -> None:
         self.js = js
+        self.python = python
         self.host = host
         self.gpus = gpus
         self.work_dir = work_dir
@@ -91,6 +93,7 @@ class Supervisor:
         run = TrainerRun(
             self.js, self.host, command, self.run_dir(*key), self.state_path(*key),
             max_line_bytes=self.max_line_bytes, batch_max_bytes=self.batch_max_bytes,
+            python=self.python,
         )
         self.runs[key] = run
         task = asyncio.create_task(run.run(), name=f"run-{command.job_id}-{command.attempt}")

@@ -6,6 +6,7 @@ them, so a client that submits and immediately reads sees its own write.
 
 from __future__ import annotations
 
+import os
 import time
 
 import msgspec
@@ -30,7 +31,7 @@ from shared import subjects
 from shared.clock import now_s
 from shared.commands import StopJob
 from shared.ids import is_valid_token, new_job_id
-from shared.jobspec import TRAINERS, CommandJob, JobRequest
+from shared.jobspec import TRAINERS, CommandJob, HfJob, JobRequest, SwiftJob
 from shared.jobstate import TERMINAL, JobState, JobStatus
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -46,7 +47,19 @@ class _TrainerPeek(msgspec.Struct):
 
 
 _peek = msgspec.json.Decoder(_TrainerPeek)
-_request_decoders = {"command": msgspec.json.Decoder(CommandJob)}
+_request_decoders = {
+    "command": msgspec.json.Decoder(CommandJob),
+    "hf": msgspec.json.Decoder(HfJob),
+    "swift": msgspec.json.Decoder(SwiftJob),
+}
+
+
+class _SwiftPeek(msgspec.Struct):
+    model_path: object = None
+    data_path: object = None
+
+
+_swift_peek = msgspec.json.Decoder(_SwiftPeek)
 
 
 def decode_job_request(body: bytes) -> JobRequest:
@@ -57,7 +70,15 @@ def decode_job_request(body: bytes) -> JobRequest:
     except msgspec.DecodeError as exc:
         raise BadRequest(f"body is not a JSON object: {exc}") from None
     if trainer is None:
+        # Seed 002's clients send a swift job without naming the trainer.
+        peek = _swift_peek.decode(body)
+        if peek.model_path is not None or peek.data_path is not None:
+            return _decode_as("swift", body)
         raise InvalidField(f"'trainer' is required (one of: {', '.join(TRAINERS)})", field="trainer")
+    return _decode_as(trainer, body)
+
+
+def _decode_as(trainer: str, body: bytes) -> JobRequest:
     decoder = _request_decoders.get(trainer)
     if decoder is None:
         raise InvalidField(f"unknown trainer {trainer!r}; one of: {', '.join(TRAINERS)}", field="trainer")
@@ -96,14 +117,37 @@ class JobService:
         where = ", ".join(f"GPU {g} on {h}" for h, g in busy) or "the GPUs do not exist there"
         raise Conflict(f"requested GPUs are busy ({where}) and if_busy is 'reject'")
 
+    def _confined(self, value: str, field: str) -> str:
+        try:
+            return confine(value, self.allowed_roots, field)
+        except PathNotAllowed as exc:
+            raise InvalidField(str(exc), field=field) from None
+
     def _check_paths(self, spec: JobRequest) -> JobRequest:
-        if isinstance(spec, CommandJob) and spec.cwd is not None:
-            try:
-                cwd = confine(spec.cwd, self.allowed_roots, "cwd")
-            except PathNotAllowed as exc:
-                raise InvalidField(str(exc), field="cwd") from None
-            spec = msgspec.structs.replace(spec, cwd=cwd)
-        return spec
+        """Paths in requests are normalised and must lie under the allowed roots (DESIGN §10).
+        Hub ids (`Qwen/Qwen2.5-7B`) are not paths; a relative output dir stays inside the job's
+        own directory."""
+        changes: dict[str, str] = {}
+        if isinstance(spec, (CommandJob, HfJob)) and spec.cwd is not None:
+            changes["cwd"] = self._confined(spec.cwd, "cwd")
+        if isinstance(spec, HfJob):
+            base = changes.get("cwd")
+            if os.path.isabs(spec.script):
+                changes["script"] = self._confined(spec.script, "script")
+            elif base is not None:
+                changes["script"] = self._confined(os.path.join(base, spec.script), "script")
+            else:
+                raise InvalidField("script must be an absolute path, or relative to cwd", field="script")
+        if isinstance(spec, SwiftJob):
+            for field in ("model_path", "data_path", "resume_from_checkpoint"):
+                value = getattr(spec, field)
+                if value and (os.path.isabs(value) or value.startswith(("./", "../", "~"))):
+                    changes[field] = self._confined(os.path.expanduser(value), field)
+            if os.path.isabs(spec.output_dir):
+                changes["output_dir"] = self._confined(spec.output_dir, "output_dir")
+            elif ".." in spec.output_dir.replace("\\", "/").split("/"):
+                raise InvalidField("a relative output_dir may not contain '..'", field="output_dir")
+        return msgspec.structs.replace(spec, **changes) if changes else spec
 
     async def submit(self, body: bytes, *, role: str, user: str = "") -> views.SubmitResponse:
         if len(body) > MAX_BODY_BYTES:

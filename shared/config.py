@@ -51,6 +51,9 @@ class AgentSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     # A published batch of log lines or metric points stays below this.
     batch_max_bytes: int = 1024 * 1024
     stop_trainers_on_exit: bool = False
+    # The interpreter `hf` scripts (and a bare `python` in a command) run with; default: the
+    # agent's own. Point it at the venv where transformers is installed.
+    python: str = ""
 
 
 T = TypeVar("T", bound=msgspec.Struct)

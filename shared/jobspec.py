@@ -74,7 +74,53 @@ class CommandJob(JobRequestBase, tag="command"):
         return 0
 
 
-# New trainers join this union; the tag (`trainer`) picks the Struct.
-JobRequest = CommandJob
+RelPath = Annotated[str, Meta(min_length=1, max_length=4096)]
 
-TRAINERS = ("command",)
+
+class HfJob(JobRequestBase, tag="hf"):
+    """A user script that trains with transformers' Trainer, run by the agent's Python."""
+
+    script: RelPath
+    args: Annotated[list[Arg], Meta(max_length=MAX_ARGV)] = []
+    cwd: Annotated[str, Meta(max_length=4096)] | None = None
+
+
+class SwiftJob(JobRequestBase, tag="swift"):
+    """`swift sft` (ms-swift). Defaults are seed 002's fixed parameters; each can be overridden.
+
+    `model_path` and `data_path` may be hub ids (`Qwen/Qwen2.5-VL-7B-Instruct`,
+    `AI-ModelScope/coco#20000`) or local paths. A relative `output_dir` lies in the job's own
+    directory on the agent, shared by its attempts (so a retry or resume finds the checkpoints).
+    """
+
+    model_path: RelPath
+    data_path: RelPath
+    output_dir: RelPath = "output"
+    num_train_epochs: Annotated[float, Meta(gt=0, le=10_000)] = 1
+    per_device_train_batch_size: Annotated[int, Meta(ge=1, le=4096)] = 1
+    learning_rate: Annotated[float, Meta(gt=0, le=1)] = 1e-4
+    vit_lr: Annotated[float, Meta(gt=0, le=1)] | None = 1e-5
+    aligner_lr: Annotated[float, Meta(gt=0, le=1)] | None = 1e-5
+    lora_rank: Annotated[int, Meta(ge=1, le=4096)] = 16
+    lora_alpha: Annotated[int, Meta(ge=1, le=65536)] = 32
+    gradient_accumulation_steps: Annotated[int, Meta(ge=1, le=65536)] = 4
+    eval_steps: Annotated[int, Meta(ge=1)] = 100
+    save_steps: Annotated[int, Meta(ge=1)] = 100
+    save_total_limit: Annotated[int, Meta(ge=1)] = 2
+    logging_steps: Annotated[int, Meta(ge=1)] = 5
+    max_length: Annotated[int, Meta(ge=1)] = 8192
+    warmup_ratio: Annotated[float, Meta(ge=0, le=1)] = 0.05
+    dataloader_num_workers: Annotated[int, Meta(ge=0, le=256)] = 4
+    dataset_num_proc: Annotated[int, Meta(ge=1, le=256)] = 4
+    save_only_model: bool = True
+    train_type: Annotated[str, Meta(pattern=r"^[a-z_]{1,32}$")] = "lora"
+    torch_dtype: Annotated[str, Meta(pattern=r"^(bfloat16|float16|float32)$")] = "bfloat16"
+    resume_from_checkpoint: RelPath | None = None
+    # Further `swift sft` flags, as argv (e.g. ["--system", "You are ..."]); never a shell string.
+    extra_args: Annotated[list[Arg], Meta(max_length=MAX_ARGV)] = []
+
+
+# New trainers join this union; the tag (`trainer`) picks the Struct.
+JobRequest = CommandJob | HfJob | SwiftJob
+
+TRAINERS = ("command", "hf", "swift")

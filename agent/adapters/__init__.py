@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from agent.adapters.base import Adapter, LaunchContext, Launch, OutputParser, Sink
 from agent.adapters.command import CommandAdapter
+from agent.adapters.hf import HfAdapter
+from agent.adapters.swift import SwiftAdapter
 
-ADAPTERS: dict[str, Adapter] = {"command": CommandAdapter()}
+ADAPTERS: dict[str, Adapter] = {"command": CommandAdapter(), "hf": HfAdapter(), "swift": SwiftAdapter()}
 
 
 def adapter_for(trainer: str) -> Adapter:

@@ -17,7 +17,8 @@ class LaunchContext:
     attempt: int
     run_dir: Path
     gpu_ids: list[int]
-    python: str  # the interpreter a bare `python` means on this host
+    python: str  # the interpreter a bare `python` (and an `hf` script) runs with on this host
+    job_dir: Path | None = None  # shared by the job's attempts: outputs a retry must find
 
 
 @dataclass
@@ -47,7 +48,11 @@ class Sink(Protocol):
         epoch: float | None = None,
         total_epochs: int | None = None,
         estimated: bool = False,
-    ) -> None: ...
+        rate_steps_s: float | None = None,
+        eta_s: float | None = None,
+    ) -> None:
+        """Rate and ETA as the trainer states them; when it does not, the reporter derives
+        them from the steps seen over time (and marks them estimated)."""
 
     def checkpoint(self, path: str, step: int | None) -> None: ...
 
@@ -55,12 +60,15 @@ class Sink(Protocol):
 class OutputParser(Protocol):
     def feed(self, stream: str, lines: list[str], transient: str | None, sink: Sink) -> None: ...
 
+    def poll(self, sink: Sink) -> None:
+        """Called about once a second and at exit, for what files rather than lines show."""
+
 
 class Adapter(Protocol):
     name: str
 
     def build_launch(self, spec: JobRequest, ctx: LaunchContext) -> Launch: ...
 
-    def new_parser(self) -> OutputParser: ...
+    def new_parser(self, spec: JobRequest, ctx: LaunchContext) -> OutputParser: ...
 
     def succeeded(self, exit_code: int | None, parser: OutputParser) -> tuple[bool, str]: ...

@@ -52,6 +52,9 @@ class CommandParser:
     def __init__(self) -> None:
         self._classifiers: dict[str, LevelClassifier] = {}
 
+    def poll(self, sink: Sink) -> None:
+        """Reports arrive as lines; there are no files to look at."""
+
     def feed(self, stream: str, lines: list[str], transient: str | None, sink: Sink) -> None:
         if not lines:
             return
@@ -115,7 +118,7 @@ class CommandAdapter:
             raise LaunchError(f"working directory {cwd} does not exist on host {ctx.host}")
         return Launch(argv=argv, cwd=cwd, env=env)
 
-    def new_parser(self) -> CommandParser:
+    def new_parser(self, spec: CommandJob, ctx: LaunchContext) -> CommandParser:  # type: ignore[override]
         return CommandParser()
 
     def succeeded(self, exit_code: int | None, parser: object) -> tuple[bool, str]:

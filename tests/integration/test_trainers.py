@@ -1,0 +1,97 @@
+"""Trainer adapters end to end: request -> files -> argv -> parsed events -> API.
+
+`hf` runs a real, tiny transformers Trainer on the CPU (CI installs torch and transformers);
+`swift` runs a stand-in `swift` executable that prints ms-swift's exact formats."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TRAINERS, Cluster
+
+BIN = TRAINERS / "bin"
+
+
+def series(cluster: Cluster, job: str, name: str) -> list[dict]:
+    r = cluster.api.client.get(f"/jobs/{job}/metrics", params={"name": name})
+    assert r.status_code == 200, r.text
+    return r.json()["series"].get(name, [])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("transformers") is None or importlib.util.find_spec("torch") is None,
+                    reason="torch/transformers not installed (CI installs them: .ci/run)")
+def test_a_real_tiny_transformers_trainer(cluster: Cluster) -> None:
+    r = cluster.api.client.post("/jobs", json={
+        "trainer": "hf", "script": str(TRAINERS / "tiny_hf.py"), "gpus": 0,
+        "args": ["--output_dir", "out", "--max_steps", "12", "--logging_steps", "2", "--save_steps", "6"],
+    })
+    assert r.status_code == 201, r.text
+    job = r.json()["job_id"]
+    final = cluster.api.wait(job, timeout_s=180)
+    assert final["status"] == "succeeded", final
+    loss = series(cluster, job, "loss")
+    assert [p["step"] for p in loss] == [2, 4, 6, 8, 10, 12]  # the trainer's own steps
+    assert all(p["epoch"] is not None for p in loss)
+    assert series(cluster, job, "train_loss")[0]["step"] == 12
+    progress = cluster.api.client.get(f"/jobs/{job}/progress").json()
+    assert (progress["step"], progress["total_steps"], progress["percent"]) == (12, 12, 100.0)
+    detail = cluster.api.client.get(f"/jobs/{job}").json()
+    assert sorted(c["step"] for c in detail["checkpoints"]) == [6, 12]
+    assert all(Path(c["path"], "trainer_state.json").is_file() for c in detail["checkpoints"])
+    lines = [l["text"] for l in cluster.api.logs(job)]
+    assert not any("%|" in t for t in lines)  # the tqdm bar is progress, not a flood of lines
+    assert sum(t.startswith("{'loss'") for t in lines) == 6
+
+
+def test_swift_job_as_seed_002_sends_it(cluster: Cluster) -> None:
+    r = cluster.api.client.post("/jobs", json={
+        "data_path": "AI-ModelScope/coco#20000", "model_path": "Qwen/Qwen2.5-VL-7B-Instruct",
+        "output_dir": "output/training_001", "priority": 9, "gpus": 0,
+        "env": {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
+    })
+    assert r.status_code == 201, r.text
+    job = r.json()["job_id"]
+    final = cluster.api.wait(job, timeout_s=60)
+    assert final["status"] == "succeeded", final
+    detail = cluster.api.client.get(f"/jobs/{job}").json()
+    assert detail["trainer"] == "swift"
+    run_dir = Path(detail["run_dir"])
+    recorded = json.loads((run_dir / "swift-argv.json").read_text())
+    out = run_dir.parent / "output" / "training_001"
+    flags = dict(zip(recorded["argv"][1::2], recorded["argv"][2::2]))
+    assert recorded["argv"][0] == "sft" and flags["--output_dir"] == str(out)
+    assert flags["--model"] == "Qwen/Qwen2.5-VL-7B-Instruct" and flags["--add_version"] == "false"
+    assert [(p["step"], p["value"]) for p in series(cluster, job, "loss")] == [(5, 1.23456789), (10, 1.061)]
+    assert [p["step"] for p in series(cluster, job, "eval_loss")] == [10]
+    assert series(cluster, job, "train_speed(s/it)")[0]["value"] == 1.003
+    progress = cluster.api.client.get(f"/jobs/{job}/progress").json()
+    assert (progress["step"], progress["total_steps"]) == (10, 10)
+    assert sorted((c["step"], c["path"]) for c in detail["checkpoints"]) == [
+        (5, str(out / "checkpoint-5")), (10, str(out / "checkpoint-10"))]
+    levels = {l["text"]: l["level"] for l in cluster.api.logs(job, type="all")}
+    assert levels["[INFO:swift] End time of running main: 2026-11-22 12:00:00"] == "INFO"
+
+
+def test_a_missing_trainer_executable_fails_at_once_with_the_reason(cluster: Cluster) -> None:
+    r = cluster.api.client.post("/jobs", json={
+        "trainer": "swift", "model_path": "m", "data_path": "d", "gpus": 0, "env": {"PATH": "/nonexistent"}})
+    job = r.json()["job_id"]
+    final = cluster.api.wait(job, timeout_s=20)
+    assert final["status"] == "failed" and final["reason"] == f"swift not found on host {cluster.host}"
+
+
+def test_paths_in_trainer_requests_are_confined(cluster: Cluster) -> None:
+    for body, field in (
+        ({"trainer": "hf", "script": "/etc/passwd"}, "script"),
+        ({"trainer": "hf", "script": "train.py"}, "script"),
+        ({"trainer": "swift", "model_path": "/etc", "data_path": "d"}, "model_path"),
+        ({"trainer": "swift", "model_path": "m", "data_path": "d", "output_dir": "../../escape"}, "output_dir"),
+        ({"trainer": "swift", "model_path": "m", "data_path": "d", "output_dir": "/root/elsewhere"}, "output_dir"),
+    ):
+        r = cluster.api.client.post("/jobs", json={**body, "gpus": 0})
+        assert r.status_code == 422 and r.json()["field"] == field, (body, r.text)
