@@ -4,6 +4,7 @@
   (b) trainyard end to end: trainer stdout -> rows queryable in DuckDB, log lines and metric points
   (c) submit -> first log line visible through the API, beside the bare start of the same process
   (d) stop (trainer exits on SIGTERM) -> terminal status visible
+  (e) the agent's CPU while a trainer prints 10k lines/s
 
 Run: .venv/bin/python -m bench.spine [--lines 500000] [--runs 20]
 It starts its own nats-server, gateway and agent on free ports in a temp dir.
@@ -19,6 +20,7 @@ import sys
 import time
 
 import httpx
+import psutil
 import nats
 
 from bench.common import bench_stack, print_table
@@ -114,6 +116,30 @@ def stop_latency(api: httpx.Client) -> float:
     return time.perf_counter() - t0
 
 
+PACED = """import sys, time
+w = sys.stdout.write
+t0 = time.monotonic()
+for i in range({total}):
+    if i % 100 == 0:
+        time.sleep(max(0.0, t0 + i / {rate} - time.monotonic()))
+        sys.stdout.flush()
+    w('2026-11-22 12:00:00 INFO step %d loss 0.5 some trainer output text\\n' % i)
+"""
+
+
+def agent_cpu(api: httpx.Client, agent_pid: int, rate: int, seconds: int) -> float:
+    """Agent CPU (percent of one core) while a trainer prints `rate` lines/s (with levels)."""
+    agent = psutil.Process(agent_pid)
+    job = submit(api, [sys.executable, "-c", PACED.format(total=rate * seconds, rate=rate)])
+    wait_status(api, job, {"running"})
+    time.sleep(0.5)
+    before, t0 = sum(agent.cpu_times()[:2]), time.monotonic()
+    time.sleep(seconds - 1.5)
+    used, wall = sum(agent.cpu_times()[:2]) - before, time.monotonic() - t0
+    wait_status(api, job, {"succeeded", "failed"}, poll_s=0.05)
+    return 100.0 * used / wall
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--lines", type=int, default=500_000)
@@ -123,7 +149,7 @@ def main() -> None:
     args = ap.parse_args()
     with bench_stack("ty-bench-") as b:
         url = b.nats_url
-        b.stack.start_agent("bench", b.tmp / "work", url, b.tmp / "agent.log")
+        agent = b.stack.start_agent("bench", b.tmp / "work", url, b.tmp / "agent.log")
         api = b.start_gateway()
         wait_status(api, submit(api, [sys.executable, "-c", "print(1)"]), {"succeeded"}, 30)
 
@@ -137,6 +163,7 @@ def main() -> None:
         firsts = sorted(first_line_latency(api) for _ in range(args.runs))
         bares = sorted(bare_start() for _ in range(args.runs))
         stops = sorted(stop_latency(api) for _ in range(max(5, args.runs // 2)))
+        cpu = agent_cpu(api, agent.pid, 10_000, 8)
 
         p50 = statistics.median
         rows = [
@@ -147,6 +174,7 @@ def main() -> None:
             ("(c) bare start of the same process, p50", f"{p50(bares)*1e3:.1f} ms",
              f"overhead {(p50(firsts)-p50(bares))*1e3:.1f} ms; budget <= 30"),
             ("(d) stop -> terminal status visible, p50 / max", f"{p50(stops)*1e3:.1f} / {stops[-1]*1e3:.1f} ms", "budget <= 100"),
+            ("(e) agent CPU, trainer printing 10k lines/s", f"{cpu:.1f} % of one core", "budget <= 10 %"),
         ]
         print_table(rows, 28)
 
