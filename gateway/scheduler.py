@@ -71,6 +71,7 @@ class Scheduler:
         self._lost_sent: set[tuple[str, int]] = set()
         self._fenced: dict[tuple[str, str, int], float] = {}
         self._resume_needed = False
+        self._leader_since = 0.0
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._sub = None
@@ -200,6 +201,7 @@ class Scheduler:
         self._fenced.clear()
         self._resume_needed = leader
         if leader:
+            self._leader_since = now_s()
             self.kick()
 
     async def _loop(self) -> None:
@@ -268,7 +270,10 @@ class Scheduler:
                         headers={"Nats-Msg-Id": f"{job_id}:{a.attempt}:start"},
                     )
         deadline = self.host_timeout_s + self.host_lost_grace_s
-        for job_id, state in list(states.items()):
+        # A new leader (a restarted gateway, a take-over) first watches the hosts for one
+        # timeout: its projection of the heartbeats may still be catching up.
+        settled = now - self._leader_since >= self.host_timeout_s
+        for job_id, state in list(states.items()) if settled else ():
             if state.status not in ON_HOST or state.host is None:
                 continue
             beat = beats.get(state.host)
