@@ -40,7 +40,7 @@ class ClusterService:
             if state.status in ON_HOST and state.host:
                 for g in state.gpu_ids:
                     users[(state.host, g)] = job_id
-        for a in self.scheduler._inflight.values():
+        for a in self.scheduler.placements():
             for g in a.gpu_ids:
                 users[(a.host, g)] = a.job_id
         return users

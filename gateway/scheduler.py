@@ -90,6 +90,10 @@ class Scheduler:
         """An assignment published but not yet visible in the projection."""
         return self._inflight.get(job_id)
 
+    def placements(self) -> list[Assignment]:
+        """Every assignment published but not yet visible in the projection."""
+        return list(self._inflight.values())
+
     def queued(self) -> list[QueuedJob]:
         """Queued jobs in the order the scheduler considers them."""
         states, needs = self.projector.live_states, self.projector.needs
