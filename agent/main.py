@@ -63,6 +63,7 @@ class Agent:
             max_line_bytes=self.settings.max_line_bytes,
             batch_max_bytes=self.settings.batch_max_bytes,
             python=self.settings.python,
+            trainer_options={"diffusion_pipe_dir": self.settings.diffusion_pipe_dir},
         )
         feed = PullFeed(nc, subjects.CMD_STREAM, subjects.agent_consumer(self.host), batch=64)
         await feed.start()

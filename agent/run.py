@@ -257,6 +257,7 @@ class TrainerRun:
         max_line_bytes: int,
         batch_max_bytes: int,
         python: str = "",
+        trainer_options: dict[str, str] | None = None,
     ) -> None:
         self.js = js
         self.host = host
@@ -270,6 +271,7 @@ class TrainerRun:
         self.ctx = LaunchContext(
             host=host, job_id=self.job_id, attempt=self.attempt, run_dir=run_dir,
             gpu_ids=list(command.gpu_ids), python=python or sys.executable, job_dir=run_dir.parent,
+            options=dict(trainer_options or {}),
         )
         self.reporter = Reporter(js, self.job_id, self.attempt, batch_max_bytes)
         self.launched = asyncio.Event()  # set once spawned or failed to spawn
@@ -280,6 +282,7 @@ class TrainerRun:
         self.stop_requested = False
         self._exited = asyncio.Event()
         self._kill_deadline_task: asyncio.Task[None] | None = None
+        self._term_task: asyncio.Task[None] | None = None
 
     def pids(self) -> set[int]:
         """Processes of this run known so far (the leader and recorded descendants)."""
@@ -408,8 +411,9 @@ class TrainerRun:
         parser.poll(self.reporter)
         # Whatever the trainer left behind dies with it (dataloader workers, ignored SIGTERMs).
         process.kill_all(self.root.pid, self.recorded)
-        if self._kill_deadline_task is not None:
-            self._kill_deadline_task.cancel()
+        for task in (self._kill_deadline_task, self._term_task):
+            if task is not None:
+                task.cancel()
         exit_code, sig, words = process.describe_exit(returncode)
         await self._report_exit(exit_code, sig, words, parser)
 
@@ -436,8 +440,10 @@ class TrainerRun:
         )
 
     def stop(self, force: bool, grace_s: float) -> None:
-        """Graceful: SIGTERM to the group, SIGKILL to everything recorded after `grace_s`.
-        Force: SIGKILL now. Safe to call again (a force after a graceful stop escalates)."""
+        """Graceful: the trainer's own way if it has one (diffusion-pipe: a `save_quit` file),
+        with SIGTERM to the group after half the grace period; else SIGTERM now. SIGKILL to
+        everything recorded after `grace_s`. Force: SIGKILL now. Safe to call again (a force
+        after a graceful stop escalates)."""
         self.stop_requested = True
         if self.proc is None or self.root is None or self.proc.returncode is not None:
             return
@@ -446,12 +452,26 @@ class TrainerRun:
             self.reporter.system("force stop: SIGKILL to the process tree", "WARNING")
             process.kill_all(self.root.pid, self.recorded)
             return
-        self.reporter.system(f"stop: SIGTERM to the process group, SIGKILL after {grace_s:g}s", "WARNING")
-        process.signal_group(self.root.pid, signal.SIGTERM)
+        own_way = getattr(self.adapter, "request_stop", None)
+        done = own_way(self.command.spec, self.ctx) if own_way and self._kill_deadline_task is None else None
+        if done:
+            self.reporter.system(f"stop: {done}; SIGTERM after {grace_s / 2:g}s, SIGKILL after {grace_s:g}s",
+                                 "WARNING")
+            self._term_task = asyncio.create_task(self._term_after(grace_s / 2), name=f"{self.job_id}-term")
+        else:
+            self.reporter.system(f"stop: SIGTERM to the process group, SIGKILL after {grace_s:g}s", "WARNING")
+            process.signal_group(self.root.pid, signal.SIGTERM)
         if self._kill_deadline_task is None:
             self._kill_deadline_task = asyncio.create_task(
                 self._kill_after(grace_s), name=f"{self.job_id}-kill-deadline"
             )
+
+    async def _term_after(self, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        if self.root is not None and self.proc is not None and self.proc.returncode is None:
+            self.recorded |= process.descendants(self.root)
+            self.reporter.system(f"still running {delay_s:g}s after its own stop: SIGTERM", "WARNING")
+            process.signal_group(self.root.pid, signal.SIGTERM)
 
     async def _kill_after(self, grace_s: float) -> None:
         await asyncio.sleep(grace_s)

@@ -33,9 +33,11 @@ class Supervisor:
         max_line_bytes: int,
         batch_max_bytes: int,
         python: str = "",
+        trainer_options: dict[str, str] | None = None,
     ) -> None:
         self.js = js
         self.python = python
+        self.trainer_options = trainer_options or {}
         self.host = host
         self.gpus = gpus
         self.work_dir = work_dir
@@ -93,7 +95,7 @@ class Supervisor:
         run = TrainerRun(
             self.js, self.host, command, self.run_dir(*key), self.state_path(*key),
             max_line_bytes=self.max_line_bytes, batch_max_bytes=self.batch_max_bytes,
-            python=self.python,
+            python=self.python, trainer_options=self.trainer_options,
         )
         self.runs[key] = run
         task = asyncio.create_task(run.run(), name=f"run-{command.job_id}-{command.attempt}")

@@ -31,7 +31,8 @@ from shared import subjects
 from shared.clock import now_s
 from shared.commands import StopJob
 from shared.ids import is_valid_token, new_job_id
-from shared.jobspec import TRAINERS, CommandJob, HfJob, JobRequest, SwiftJob
+from shared.diffusion_pipe import ConfigError, build_configs, model_paths
+from shared.jobspec import TRAINERS, CommandJob, DiffusionPipeJob, HfJob, JobRequest, SwiftJob
 from shared.jobstate import TERMINAL, JobState, JobStatus
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -51,6 +52,7 @@ _request_decoders = {
     "command": msgspec.json.Decoder(CommandJob),
     "hf": msgspec.json.Decoder(HfJob),
     "swift": msgspec.json.Decoder(SwiftJob),
+    "diffusion-pipe": msgspec.json.Decoder(DiffusionPipeJob),
 }
 
 
@@ -147,7 +149,34 @@ class JobService:
                 changes["output_dir"] = self._confined(spec.output_dir, "output_dir")
             elif ".." in spec.output_dir.replace("\\", "/").split("/"):
                 raise InvalidField("a relative output_dir may not contain '..'", field="output_dir")
+        if isinstance(spec, DiffusionPipeJob):
+            return self._check_diffusion_pipe(spec)
         return msgspec.structs.replace(spec, **changes) if changes else spec
+
+    def _check_diffusion_pipe(self, spec: DiffusionPipeJob) -> DiffusionPipeJob:
+        """Refuse (400, naming the key) what diffusion-pipe would refuse, before anything runs;
+        confine the dataset directories and the model's files."""
+        try:
+            build_configs(spec.model_type, spec.dataset, spec.config, "/output", "/dataset.toml")
+        except ConfigError as exc:
+            raise BadRequest(str(exc), field=exc.key) from None
+        dataset = dict(spec.dataset)
+        dataset["directories"] = [
+            {**d, "path": self._confined(d["path"], f"dataset.directories[{i}].path")}
+            for i, d in enumerate(spec.dataset["directories"])
+        ]
+        config = dict(spec.config)
+        paths = model_paths(spec.config)
+        if paths:
+            config["model"] = {**spec.config["model"],
+                               **{k: self._confined(v, f"config.model.{k}") for k, v in paths.items()}}
+        output = spec.output_dir
+        if output is not None:
+            if os.path.isabs(output):
+                output = self._confined(output, "output_dir")
+            elif ".." in output.split("/"):
+                raise InvalidField("a relative output_dir may not contain '..'", field="output_dir")
+        return msgspec.structs.replace(spec, dataset=dataset, config=config, output_dir=output)
 
     async def submit(self, body: bytes, *, role: str, user: str = "") -> views.SubmitResponse:
         if len(body) > MAX_BODY_BYTES:

@@ -54,6 +54,8 @@ class AgentSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     # The interpreter `hf` scripts (and a bare `python` in a command) run with; default: the
     # agent's own. Point it at the venv where transformers is installed.
     python: str = ""
+    # Where diffusion-pipe is checked out (with its submodules) on this host: train.py's dir.
+    diffusion_pipe_dir: str = ""
 
 
 T = TypeVar("T", bound=msgspec.Struct)

@@ -7,7 +7,7 @@ request, the event and the command can never disagree about a field.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -120,7 +120,26 @@ class SwiftJob(JobRequestBase, tag="swift"):
     extra_args: Annotated[list[Arg], Meta(max_length=MAX_ARGV)] = []
 
 
-# New trainers join this union; the tag (`trainer`) picks the Struct.
-JobRequest = CommandJob | HfJob | SwiftJob
+class DiffusionPipeJob(JobRequestBase, tag="diffusion-pipe"):
+    """diffusion-pipe's `train.py` under `deepspeed`, as seed 000 ran it: `model_type`,
+    `dataset` (`resolutions`, `directories: [{path, num_repeats}]`, ...) and `config` (the main
+    TOML's keys: `epochs`, `micro_batch_size_per_gpu`, `optimizer`, `model`, `adapter`, ...).
+    `gpu_id` pins one GPU (seed 000). One `output_dir` per job, shared by its attempts."""
 
-TRAINERS = ("command", "hf", "swift")
+    model_type: Annotated[str, Meta(max_length=64)]
+    dataset: dict[str, Any]
+    config: dict[str, Any] = {}
+    gpu_id: GpuIndex | None = None
+    output_dir: RelPath | None = None
+    # A run dir name under output_dir (`20250212_07-06-40`), or true for the most recent one.
+    resume_from_checkpoint: Annotated[str, Meta(pattern=r"^[\w.-]{1,128}$")] | bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.gpu_id is not None and self.gpu_ids is None:
+            self.gpu_ids = [self.gpu_id]
+
+
+# New trainers join this union; the tag (`trainer`) picks the Struct.
+JobRequest = CommandJob | HfJob | SwiftJob | DiffusionPipeJob
+
+TRAINERS = ("command", "hf", "swift", "diffusion-pipe")

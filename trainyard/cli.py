@@ -51,6 +51,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         overrides={"host": args.host, "work_dir": args.work_dir, "nats_url": _nats_url(args),
                    "simulate_gpus": args.simulate_gpus,
                    "heartbeat_interval_s": args.heartbeat_interval_s,
+                   "diffusion_pipe_dir": args.diffusion_pipe_dir, "python": args.python,
                    "stop_trainers_on_exit": args.stop_trainers_on_exit or None},
     )
     if not settings.host:
@@ -172,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     ag.add_argument("--nats-url", default=None)
     ag.add_argument("--simulate-gpus", default=None, metavar="Nx80GB")
     ag.add_argument("--heartbeat-interval-s", type=float, default=None)
+    ag.add_argument("--diffusion-pipe-dir", default=None, help="diffusion-pipe checkout (train.py's dir)")
+    ag.add_argument("--python", default=None, help="interpreter for `hf` scripts (default: the agent's)")
     ag.add_argument("--stop-trainers-on-exit", action="store_true")
     ag.add_argument("--config", default=None)
     ag.set_defaults(func=cmd_agent)

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from agent.adapters.base import Adapter, LaunchContext, Launch, OutputParser, Sink
 from agent.adapters.command import CommandAdapter
+from agent.adapters.diffusion_pipe import DiffusionPipeAdapter
 from agent.adapters.hf import HfAdapter
 from agent.adapters.swift import SwiftAdapter
 
-ADAPTERS: dict[str, Adapter] = {"command": CommandAdapter(), "hf": HfAdapter(), "swift": SwiftAdapter()}
+ADAPTERS: dict[str, Adapter] = {
+    "command": CommandAdapter(),
+    "hf": HfAdapter(),
+    "swift": SwiftAdapter(),
+    "diffusion-pipe": DiffusionPipeAdapter(),
+}
 
 
 def adapter_for(trainer: str) -> Adapter:

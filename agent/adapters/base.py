@@ -19,6 +19,7 @@ class LaunchContext:
     gpu_ids: list[int]
     python: str  # the interpreter a bare `python` (and an `hf` script) runs with on this host
     job_dir: Path | None = None  # shared by the job's attempts: outputs a retry must find
+    options: dict[str, str] = field(default_factory=dict)  # agent settings for trainers (e.g. diffusion_pipe_dir)
 
 
 @dataclass

@@ -8,6 +8,7 @@ Timeouts are short (heartbeat 0.3 s, offline after 1.5 s, lost 1.5 s later, leas
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -30,6 +31,8 @@ from tests.conftest import Api, pid_alive
 from trainyard.stack import Stack, free_port
 
 AGENTS = {"a": "2x80GB", "b": "2x80GB", "c": "4x40GB"}
+DIFFUSION_PIPE_CHECKOUT = Path(__file__).parents[1] / "trainers" / "diffusion-pipe"
+STANDIN_BIN = Path(__file__).parents[1] / "trainers" / "bin"
 GATEWAY_FLAGS = ("--host-timeout-s", "1.5", "--host-lost-grace-s", "1.5", "--scheduler-lease-ttl-s", "1.5")
 
 
@@ -52,7 +55,8 @@ class GpuCluster:
     def start_agent(self, host: str, gpus: str) -> subprocess.Popen:
         proc = self.stack.start_agent(host, self.tmp / f"work-{host}", self.nats_url,
                                       self.tmp / f"agent-{host}.log", "--simulate-gpus", gpus,
-                                      "--heartbeat-interval-s", "0.3")
+                                      "--heartbeat-interval-s", "0.3",
+                                      "--diffusion-pipe-dir", str(DIFFUSION_PIPE_CHECKOUT))
         self.agents[host] = proc
         return proc
 
@@ -300,3 +304,53 @@ def test_a_second_gateway_takes_over_scheduling_and_a_pause_survives_restarts(gc
     job2 = gc.api.submit(sleeper(0.1), gpus=1)
     assert gc.api.wait(job2, timeout_s=15)["status"] == "succeeded"
     assert httpx.get(f"http://127.0.0.1:{gc.port}/health").json()["status"] == "ok"
+
+
+def diffusion_pipe_job(gc: GpuCluster, epochs: int, **env: str) -> str:
+    """Seed 000's request body, through the main API, with the stand-in `deepspeed` on PATH."""
+    r = gc.api.client.post("/jobs", json={
+        "trainer": "diffusion-pipe", "gpu_id": 1, "host": "b", "model_type": "flux",
+        "description": "Flux LoRA", "env": {"PATH": f"{STANDIN_BIN}{os.pathsep}{os.environ['PATH']}", **env},
+        "dataset": {"resolutions": [512], "directories": [{"path": str(gc.data_dir), "num_repeats": 5}]},
+        "config": {"epochs": epochs, "micro_batch_size_per_gpu": 1, "optimizer": {"type": "adamw_optimi", "lr": 5e-5}},
+    })
+    assert r.status_code == 201, r.text
+    return r.json()["job_id"]
+
+
+def test_diffusion_pipe_on_its_pinned_gpu_with_progress_metrics_and_checkpoints(gc: GpuCluster) -> None:
+    job = diffusion_pipe_job(gc, 2)
+    final = gc.api.wait(job, timeout_s=30)
+    assert (final["status"], final["host"], final["gpu_ids"]) == ("succeeded", "b", [1])
+    detail = gc.api.client.get(f"/jobs/{job}").json()
+    out = Path(detail["run_dir"]).parent / "output"
+    launch = json.loads((out / "standin-launch.json").read_text())
+    assert launch["CUDA_VISIBLE_DEVICES"] == "1" and not any(a.startswith("--num_gpus") for a in launch["argv"])
+    port = launch["argv"][0].split("=")[1]
+    assert launch["argv"][-2:] == ["--master_port", port]
+    assert launch["config"]["save_every_n_epochs"] == 1 and launch["config"]["adapter"]["type"] == "lora"
+    assert launch["dataset"]["directory"] == [{"num_repeats": 5, "path": str(gc.data_dir)}]
+    metrics = gc.api.client.get(f"/jobs/{job}/metrics", params={"name": "loss,eval/loss,lr"}).json()["series"]
+    assert [p["step"] for p in metrics["loss"]] == list(range(1, 9))
+    assert [(p["step"], p["value"]) for p in metrics["eval/loss"]] == [(4, 0.5), (8, 0.25)]
+    assert len(metrics["lr"]) == 8
+    progress = gc.api.client.get(f"/jobs/{job}/progress").json()
+    assert (progress["step"], progress["total_steps"], progress["estimated"]) == (8, 8, True)
+    assert sorted(Path(c["path"]).name for c in detail["checkpoints"]) == ["epoch1", "epoch2", "global_step8"]
+
+
+def test_diffusion_pipe_stops_its_own_way_and_success_needs_its_completion_line(gc: GpuCluster) -> None:
+    job = diffusion_pipe_job(gc, 50, STANDIN_STEP_S="0.1")
+    gc.api.wait(job, {"running"})
+    time.sleep(1.0)
+    r = gc.api.client.post(f"/jobs/{job}/stop", json={"force": False, "grace_s": 20})
+    assert r.status_code == 200
+    stopped = gc.api.wait(job, timeout_s=15)
+    assert stopped["status"] == "stopped" and stopped["exit_code"] == 0  # save_quit, not a signal
+    texts = [l["text"] for l in gc.api.logs(job)]
+    assert "Manually quitting" in texts and any("save_quit" in t for t in texts)
+    detail = gc.api.client.get(f"/jobs/{job}").json()
+    assert any(Path(c["path"]).name.startswith("global_step") for c in detail["checkpoints"])
+    unfinished = diffusion_pipe_job(gc, 1, STANDIN_NO_COMPLETE="1")
+    final = gc.api.wait(unfinished, timeout_s=30)
+    assert final["status"] == "failed" and "TRAINING COMPLETE!" in final["reason"]

@@ -95,3 +95,26 @@ def test_paths_in_trainer_requests_are_confined(cluster: Cluster) -> None:
     ):
         r = cluster.api.client.post("/jobs", json={**body, "gpus": 0})
         assert r.status_code == 422 and r.json()["field"] == field, (body, r.text)
+
+
+def test_diffusion_pipe_configs_it_would_reject_are_a_400_naming_the_key(cluster: Cluster) -> None:
+    base = {"trainer": "diffusion-pipe", "model_type": "flux", "gpus": 0,
+            "dataset": {"directories": [{"path": str(cluster.data_dir)}]}, "config": {"epochs": 1}}
+    for change, key in (
+        ({"config": {"epochs": 1, "adapter": {"type": "lora", "rank": 8, "alpha": 8}}}, "config.adapter.alpha"),
+        ({"model_type": "stable-cascade"}, "model_type"),
+        ({"config": {"micro_batch_size_per_gpu": 1}}, "config.epochs"),
+    ):
+        r = cluster.api.client.post("/jobs", json={**base, **change})
+        assert r.status_code == 400 and r.json()["field"] == key, r.text
+    r = cluster.api.client.post("/jobs", json={**base, "dataset": {"directories": [{"path": "/etc"}]}})
+    assert r.status_code == 422 and r.json()["field"] == "dataset.directories[0].path"
+
+
+def test_diffusion_pipe_on_a_host_without_it_fails_at_once(cluster: Cluster) -> None:
+    job = cluster.api.client.post("/jobs", json={
+        "trainer": "diffusion-pipe", "model_type": "flux", "gpus": 0,
+        "dataset": {"directories": [{"path": str(cluster.data_dir)}]}, "config": {"epochs": 1}}).json()["job_id"]
+    final = cluster.api.wait(job, timeout_s=20)
+    assert final["status"] == "failed"
+    assert final["reason"] == f"diffusion-pipe is not set up on host {cluster.host} (agent setting diffusion_pipe_dir)"
