@@ -108,8 +108,8 @@ class Agent:
         except OSError:
             disk_free_mb = 0
         busy: dict[int, list[int]] = {}
-        for run in self.supervisor.runs.values():
-            if run.proc is not None and not run.finished.is_set():
+        for run in self.supervisor.active_runs():
+            if run.proc is not None:
                 for gpu in run.command.gpu_ids:
                     busy.setdefault(gpu, []).append(run.proc.pid)
         return ev.HostHeartbeat(

@@ -276,6 +276,10 @@ class TrainerRun:
         self.reporter = Reporter(js, self.job_id, self.attempt, batch_max_bytes)
         self.launched = asyncio.Event()  # set once spawned or failed to spawn
         self.finished = asyncio.Event()
+        # Set once the trainer and everything it left behind were killed, just before the exit is
+        # reported: from then on its GPUs are free here, even while the report is in flight
+        # (the scheduler may place the next attempt on them the moment it sees the exit).
+        self.released = False
         self.proc: asyncio.subprocess.Process | None = None
         self.root: process.ProcRef | None = None
         self.recorded: set[process.ProcRef] = set()
@@ -428,6 +432,7 @@ class TrainerRun:
             if sig is not None and not ok:
                 reason = words
         self.reporter.system(f"{words}; {outcome}", "INFO" if outcome != "failed" else "ERROR")
+        self.released = True
         await self.reporter.drained()
         await self._publish(
             ev.JobExited(

@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from pathlib import Path
 
 from nats.js import JetStreamContext
 
+from agent.export import export_context, run_export
 from agent.gpus import GpuInventory
 from agent.publisher import publish_retrying
 from agent.run import TrainerRun
 from shared import events as ev
 from shared import subjects
 from shared.clock import now_s
-from shared.commands import AnyCommand, StartJob, StopJob
+from shared.commands import AnyCommand, ExportJob, StartJob, StopJob
 
 log = logging.getLogger("trainyard.agent.supervisor")
 
@@ -46,6 +48,7 @@ class Supervisor:
         self.max_line_bytes = max_line_bytes
         self.batch_max_bytes = batch_max_bytes
         self.runs: dict[tuple[str, int], TrainerRun] = {}
+        self._exports: set[asyncio.Task[None]] = set()
         self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
 
     def run_dir(self, job_id: str, attempt: int) -> Path:
@@ -54,16 +57,15 @@ class Supervisor:
     def state_path(self, job_id: str, attempt: int) -> Path:
         return self.state_dir / f"{job_id}.{attempt}.json"
 
+    def active_runs(self) -> list[TrainerRun]:
+        """Runs whose trainer may still be alive (not yet killed and released)."""
+        return [run for run in self.runs.values() if not run.finished.is_set() and not run.released]
+
     def busy_gpus(self) -> dict[int, str]:
-        return {
-            gpu: run.job_id
-            for run in self.runs.values()
-            if not run.finished.is_set()
-            for gpu in run.command.gpu_ids
-        }
+        return {gpu: run.job_id for run in self.active_runs() for gpu in run.command.gpu_ids}
 
     def running_jobs(self) -> list[str]:
-        return sorted(run.job_id for run in self.runs.values() if not run.finished.is_set())
+        return sorted(run.job_id for run in self.active_runs())
 
     async def handle(self, command: AnyCommand) -> None:
         match command:
@@ -71,6 +73,12 @@ class Supervisor:
                 await self._start(command)
             case StopJob():
                 self._stop(command)
+            case ExportJob():
+                ctx = export_context(self.host, command, self.work_dir / "runs" / command.job_id,
+                                     self.python or sys.executable, self.trainer_options)
+                task = asyncio.create_task(run_export(self.js, command, ctx), name=f"export-{command.export_id}")
+                self._exports.add(task)
+                task.add_done_callback(self._exports.discard)
 
     async def _start(self, command: StartJob) -> None:
         key = (command.job_id, command.attempt)
@@ -128,8 +136,7 @@ class Supervisor:
         return [
             ev.HostJob(job_id=run.job_id, attempt=run.attempt, gpu_ids=list(run.command.gpu_ids),
                        pid=run.proc.pid if run.proc else None)
-            for run in self.runs.values()
-            if not run.finished.is_set()
+            for run in self.active_runs()
         ]
 
     def _forget(self, key: tuple[str, int], task: asyncio.Task[None]) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import msgspec
 from litestar import Litestar, Request, get, post
@@ -40,6 +40,27 @@ class StopRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _stop_decoder = msgspec.json.Decoder(StopRequest)
+
+
+class ExportRequest(msgspec.Struct, forbid_unknown_fields=True):
+    checkpoint: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
+
+
+_export_decoder = msgspec.json.Decoder(ExportRequest)
+
+B = TypeVar("B")
+
+
+def _optional_body(decoder: msgspec.json.Decoder, body: bytes, default: B) -> B:
+    """An optional JSON body: empty means the defaults; anything else must decode."""
+    if not body.strip():
+        return default
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise InvalidField(str(exc), field=field_of_validation_error(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"body is not a JSON object: {exc}") from None
 
 
 def _csv(value: str | None, what: str) -> list[str]:
@@ -148,14 +169,15 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
 
     @post(f"{PREFIX}/jobs/{{job_id:str}}/stop", guards=operator, status_code=200)
     async def stop_job(job_id: str, request: Request) -> views.StopResponse:
-        body = await request.body()
-        try:
-            stop = _stop_decoder.decode(body) if body.strip() else StopRequest()
-        except msgspec.ValidationError as exc:
-            raise InvalidField(str(exc), field=field_of_validation_error(exc)) from None
-        except msgspec.DecodeError as exc:
-            raise BadRequest(f"body is not a JSON object: {exc}") from None
+        stop = _optional_body(_stop_decoder, await request.body(), StopRequest())
         return await svc().stop(job_id, force=stop.force, grace_s=stop.grace_s)
+
+    @post(f"{PREFIX}/jobs/{{job_id:str}}/export", guards=operator, status_code=200)
+    async def export_job(job_id: str, request: Request) -> views.ExportResponse:
+        """The job's export step (swift: merge the LoRA of the latest or a named checkpoint);
+        its progress and result path appear under `exports` in the job's detail."""
+        req = _optional_body(_export_decoder, await request.body(), ExportRequest())
+        return await svc().export(job_id, req.checkpoint, user=caller_role(request))
 
     @get([f"{PREFIX}/health", "/health"], exclude_from_auth=True)
     async def health() -> views.Health:
@@ -171,7 +193,7 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
 
     return Litestar(
         route_handlers=[create_job, list_jobs, job_detail, job_status, job_progress, job_metrics,
-                        job_logs, job_events, stop_job, health,
+                        job_logs, job_events, stop_job, export_job, health,
                         *cluster_routes(runtime, PREFIX, viewer=viewer, operator=operator, admin=admin)],
         exception_handlers={
             ServiceError: service_error_handler,

@@ -436,6 +436,7 @@ class Projector:
         ckpt_cols: dict[str, list] = {k: [] for k in ("job_id", "attempt", "path", "step", "ts_s")}
         new_jobs: dict[str, list] = {}
         progress: dict[str, ev.JobProgress] = {}
+        exports: list[ev.ExportRequested | ev.ExportFinished] = []
         if batch.controls:
             c = [(seq, e) for seq, e in batch.controls]
             self.tables.insert(con, "scheduler_events", {
@@ -475,6 +476,8 @@ class Projector:
                 for key, value in (("job_id", event.job_id), ("attempt", event.attempt),
                                    ("path", event.path), ("step", event.step), ("ts_s", event.ts_s)):
                     ckpt_cols[key].append(value)
+            elif isinstance(event, (ev.ExportRequested, ev.ExportFinished)):
+                exports.append(event)
             self._event_row(events_cols, seq, event.job_id, event.attempt, ev.tag_of(type(event)),
                             event.ts_s, msg.data, item.applied, item.note)
         self.tables.insert(con, "jobs", new_jobs)
@@ -482,6 +485,7 @@ class Projector:
         self.tables.insert(con, "job_events", events_cols)
         self.tables.insert(con, "metrics", metric_cols)
         self.tables.insert(con, "checkpoints", ckpt_cols)
+        self._write_exports(con, exports)
         if progress:
             p = list(progress.values())
             self.tables.replace_by_key(con, "progress", ("job_id",), {
@@ -492,6 +496,19 @@ class Projector:
                 "eta_s": [e.eta_s for e in p], "estimated": [e.estimated for e in p],
                 "ts_s": [e.ts_s for e in p],
             })
+
+    @staticmethod
+    def _write_exports(con: duckdb.DuckDBPyConnection, events: list[ev.ExportRequested | ev.ExportFinished]) -> None:
+        """Export steps are rare: a statement each, in stream order."""
+        for e in events:
+            if isinstance(e, ev.ExportRequested):
+                con.execute(
+                    "INSERT INTO exports (export_id, job_id, attempt, status, checkpoint, requested_s) "
+                    "VALUES (?, ?, ?, 'running', ?, ?)", [e.export_id, e.job_id, e.attempt, e.checkpoint, e.ts_s])
+            else:
+                con.execute(
+                    "UPDATE exports SET status = ?, path = ?, reason = ?, finished_s = ? WHERE export_id = ?",
+                    [e.outcome, e.path, e.reason, e.ts_s, e.export_id])
 
     @staticmethod
     def _event_row(cols: dict[str, list], seq: int, job_id: str, attempt: int, type_: str,

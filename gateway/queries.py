@@ -91,6 +91,13 @@ class Reader:
                     [job_key(job_id), job_id],
                 ).fetchall()
             ]
+            job["exports"] = [
+                {"export_id": e, "attempt": a, "status": st, "checkpoint": c, "path": p, "reason": r,
+                 "requested_s": rq, "finished_s": f}
+                for e, a, st, c, p, r, rq, f in c.execute(
+                    "SELECT export_id, attempt, status, checkpoint, path, reason, requested_s, finished_s "
+                    "FROM exports WHERE job_id = ? ORDER BY requested_s", [job_id]).fetchall()
+            ]
             job["checkpoints"] = [
                 {"attempt": a, "path": p, "step": s, "ts_s": ts}
                 for a, p, s, ts in c.execute(

@@ -84,8 +84,9 @@ CREATE TABLE IF NOT EXISTS scheduler_events (
     by_role VARCHAR, reason VARCHAR
 );
 CREATE TABLE IF NOT EXISTS exports (
-    job_id VARCHAR NOT NULL, attempt INTEGER NOT NULL, status VARCHAR NOT NULL, path VARCHAR,
-    ts_s DOUBLE NOT NULL
+    export_id VARCHAR NOT NULL, job_id VARCHAR NOT NULL, attempt INTEGER NOT NULL,
+    status VARCHAR NOT NULL, checkpoint VARCHAR, path VARCHAR, reason VARCHAR,
+    requested_s DOUBLE NOT NULL, finished_s DOUBLE
 );
 """
 

@@ -29,7 +29,7 @@ from gateway.writes import EventWriter
 from shared import events as ev
 from shared import subjects
 from shared.clock import now_s
-from shared.commands import StopJob
+from shared.commands import ExportJob, StopJob
 from shared.ids import is_valid_token, new_job_id
 from shared.diffusion_pipe import ConfigError, build_configs, model_paths
 from shared.jobspec import TRAINERS, CommandJob, DiffusionPipeJob, HfJob, JobRequest, SwiftJob
@@ -278,5 +278,43 @@ class JobService:
             last_lines=list(job["last_lines"] or []), pid=job["pid"], run_dir=job["run_dir"],
             stdout_path=job["stdout_path"], stderr_path=job["stderr_path"],
             spec=msgspec.json.decode(job["spec"]), status_history=job["history"],
-            progress=progress, checkpoints=job["checkpoints"],
+            progress=progress, checkpoints=job["checkpoints"], exports=job["exports"],
         )
+
+    async def export(self, job_id: str, checkpoint: str | None, *, user: str = "") -> views.ExportResponse:
+        """The job's export step, tracked like the job: swift merges the LoRA of a checkpoint
+        (the latest, unless one is named) into the base model, on the host that holds it."""
+        state = self.state(job_id)
+        spec = self.projector.needs[job_id].spec
+        if not isinstance(spec, SwiftJob):
+            raise BadRequest(f"job {job_id} is a {spec.trainer} job; only swift jobs have an export step",
+                             field="trainer")
+        if not state.is_terminal:
+            raise Conflict(f"job {job_id} is {state.status.value}; export it once it has ended")
+        detail = await self.reader.job_detail_rows(job_id)
+        assert detail is not None
+        if any(e["status"] == "running" for e in detail["exports"]):
+            raise Conflict(f"an export of job {job_id} is already running")
+        saved = [c for c in detail["checkpoints"] if c["attempt"] == state.attempt]
+        if checkpoint is not None:
+            chosen = next((c for c in saved if checkpoint in (c["path"], os.path.basename(c["path"]))), None)
+            if chosen is None:
+                raise NotFound(f"job {job_id} has no checkpoint {checkpoint!r}; it has: "
+                               f"{', '.join(os.path.basename(c['path']) for c in saved) or 'none'}")
+        elif saved:
+            chosen = max(saved, key=lambda c: (c["step"] or -1, c["ts_s"]))
+        else:
+            raise Conflict(f"job {job_id} saved no checkpoint to export")
+        if state.host is None:
+            raise Conflict(f"job {job_id} never ran on a host")
+        export_id = f"exp_{time.time_ns():x}"
+        requested = ev.ExportRequested(job_id=job_id, attempt=state.attempt, ts_s=now_s(), export_id=export_id,
+                                       host=state.host, checkpoint=chosen["path"], requested_by=user)
+        await self.writer.publish_and_wait(subjects.job_event(job_id, "export_requested"), requested,
+                                           f"{job_id}:{export_id}:export_requested")
+        command = ExportJob(job_id=job_id, attempt=state.attempt, ts_s=requested.ts_s,
+                            export_id=export_id, spec=spec, checkpoint=chosen["path"])
+        await self.writer.publish(subjects.cmd(state.host, "export"), command, f"{job_id}:{export_id}:export")
+        return views.ExportResponse(job_id=job_id, export_id=export_id, status="running",
+                                    checkpoint=chosen["path"], host=state.host,
+                                    message=f"exporting {os.path.basename(chosen['path'])} on {state.host}")

@@ -127,6 +127,7 @@ class JobDetail(msgspec.Struct, kw_only=True):
     status_history: list[dict[str, Any]]
     progress: ProgressView | None
     checkpoints: list[dict[str, Any]]
+    exports: list[dict[str, Any]] = []
 
 
 class SubmitResponse(msgspec.Struct, kw_only=True):
@@ -135,6 +136,15 @@ class SubmitResponse(msgspec.Struct, kw_only=True):
     message: str
     queue_position: int | None = None
     estimated_wait_s: float | None = None
+
+
+class ExportResponse(msgspec.Struct, kw_only=True):
+    job_id: str
+    export_id: str
+    status: str
+    checkpoint: str
+    host: str
+    message: str
 
 
 class StopResponse(msgspec.Struct, kw_only=True):

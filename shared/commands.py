@@ -27,7 +27,15 @@ class StopJob(Command, tag="stop"):
     grace_s: float = 30.0
 
 
-AnyCommand = StartJob | StopJob
+class ExportJob(Command, tag="export"):
+    """Run the trainer's export step on the host that holds the checkpoint."""
+
+    export_id: str
+    spec: JobRequest
+    checkpoint: str
+
+
+AnyCommand = StartJob | StopJob | ExportJob
 
 _decoder = msgspec.json.Decoder(AnyCommand)
 

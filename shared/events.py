@@ -117,6 +117,23 @@ class CheckpointSaved(JobEvent, tag="checkpoint"):
     step: int | None = None
 
 
+class ExportRequested(JobEvent, tag="export_requested"):
+    """A tracked export step of a finished job (swift: merge the LoRA into the base model)."""
+
+    export_id: str
+    host: str
+    checkpoint: str
+    requested_by: str = ""
+
+
+class ExportFinished(JobEvent, tag="export_finished"):
+    export_id: str
+    outcome: Literal["succeeded", "failed"]
+    path: str | None = None
+    reason: str = ""
+    last_lines: list[str] = []
+
+
 class LogBatch(JobEvent, tag="logs"):
     """Consecutive log lines of one attempt, column-wise; line i has seq `first_seq + i`."""
 
@@ -155,6 +172,8 @@ AnyJobEvent = (
     | JobProgress
     | MetricsRecorded
     | CheckpointSaved
+    | ExportRequested
+    | ExportFinished
     | LogBatch
 )
 

@@ -28,6 +28,7 @@ class Launch:
     cwd: Path
     env: dict[str, str] = field(default_factory=dict)
     files: dict[Path, bytes] = field(default_factory=dict)
+    expected_output: str | None = None  # an export's result, when the program does not print it
 
 
 class LaunchError(Exception):

@@ -79,6 +79,14 @@ class SwiftAdapter:
             env.setdefault("MASTER_PORT", str(master_port(ctx.job_id)))
         return Launch(argv=sft_argv(swift, spec, out), cwd=ctx.run_dir, env=env)
 
+    def build_export(self, spec: SwiftJob, ctx: LaunchContext, checkpoint: str) -> Launch:
+        """`swift export --adapters <checkpoint> --merge_lora true`: the merged model lands in
+        `<checkpoint>-merged` (ms-swift's own choice; it refuses to overwrite one)."""
+        env = dict(spec.env)
+        swift = resolve_executable("swift", ctx, env.get("PATH", os.environ.get("PATH")))
+        return Launch(argv=[swift, "export", "--adapters", checkpoint, "--merge_lora", "true"],
+                      cwd=output_dir(spec, ctx), env=env, expected_output=f"{checkpoint}-merged")
+
     def new_parser(self, spec: SwiftJob, ctx: LaunchContext) -> TrainerParser:  # type: ignore[override]
         return TrainerParser([output_dir(spec, ctx)], logging_steps=spec.logging_steps)
 

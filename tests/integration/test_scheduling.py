@@ -235,13 +235,13 @@ def test_a_failing_job_is_retried_as_new_attempts_each_with_its_own_logs(gc: Gpu
     script = "import os, sys; print('attempt', os.environ['TRAINYARD_ATTEMPT']); sys.exit(3)"
     job = gc.api.submit([sys.executable, "-c", script], gpus=1, max_retries=2)
     final = gc.api.wait(job)
-    assert (final["status"], final["attempt"], final["exit_code"]) == ("failed", 3, 3)
-    for attempt in (1, 2, 3):
+    assert (final["status"], final["exit_code"]) == ("failed", 3)
+    events = gc.api.client.get(f"/jobs/{job}/events").json()
+    ran = [e["attempt"] for e in events if e["type"] == "exited"]
+    assert len(ran) == 3 and ran == sorted(set(ran)) and final["attempt"] == ran[-1]
+    for attempt in ran:
         lines = [l["text"] for l in gc.api.logs(job, attempt=attempt, type="train")]
         assert lines == [f"attempt {attempt}"]
-    history = [e["type"] for e in gc.api.client.get(f"/jobs/{job}/events").json()
-               if e["type"] in ("scheduled", "exited")]
-    assert history == ["scheduled", "exited"] * 3
 
 
 def test_concurrent_submits_over_several_agents_never_share_a_gpu(gc: GpuCluster) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -118,3 +120,40 @@ def test_diffusion_pipe_on_a_host_without_it_fails_at_once(cluster: Cluster) -> 
     final = cluster.api.wait(job, timeout_s=20)
     assert final["status"] == "failed"
     assert final["reason"] == f"diffusion-pipe is not set up on host {cluster.host} (agent setting diffusion_pipe_dir)"
+
+
+def wait_export(cluster: Cluster, job: str, export_id: str, timeout_s: float = 20) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        exports = {e["export_id"]: e for e in cluster.api.client.get(f"/jobs/{job}").json()["exports"]}
+        if exports.get(export_id, {}).get("status") not in (None, "running"):
+            return exports[export_id]
+        assert time.monotonic() < deadline, exports
+        time.sleep(0.05)
+
+
+def test_swift_export_is_a_tracked_step_with_its_result_path(cluster: Cluster) -> None:
+    r = cluster.api.client.post("/jobs", json={
+        "trainer": "swift", "model_path": "Qwen/Qwen2.5-VL-7B-Instruct", "data_path": "d#10", "gpus": 0,
+        "env": {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}})
+    job = r.json()["job_id"]
+    assert cluster.api.client.post(f"/jobs/{job}/export").status_code in (409, 200)  # 409 while it runs
+    assert cluster.api.wait(job, timeout_s=60)["status"] == "succeeded"
+    latest = cluster.api.client.post(f"/jobs/{job}/export")
+    assert latest.status_code == 200, latest.text
+    assert latest.json()["checkpoint"].endswith("/checkpoint-10")
+    done = wait_export(cluster, job, latest.json()["export_id"])
+    assert done["status"] == "succeeded" and done["path"] == latest.json()["checkpoint"] + "-merged"
+    assert Path(done["path"]).is_dir()
+    named = cluster.api.client.post(f"/jobs/{job}/export", json={"checkpoint": "checkpoint-5"}).json()
+    assert wait_export(cluster, job, named["export_id"])["path"].endswith("/checkpoint-5-merged")
+    again = cluster.api.client.post(f"/jobs/{job}/export", json={"checkpoint": "checkpoint-5"}).json()
+    failed = wait_export(cluster, job, again["export_id"])  # ms-swift refuses to overwrite
+    assert failed["status"] == "failed" and "exited with code 1" in failed["reason"]
+    assert cluster.api.client.post(f"/jobs/{job}/export", json={"checkpoint": "checkpoint-7"}).status_code == 404
+    events = [e["type"] for e in cluster.api.client.get(f"/jobs/{job}/events").json()]
+    assert events.count("export_requested") == 3 and events.count("export_finished") == 3
+    command_job = cluster.api.submit([sys.executable, "-c", "print(1)"])
+    cluster.api.wait(command_job)
+    r = cluster.api.client.post(f"/jobs/{command_job}/export")
+    assert r.status_code == 400 and "only swift jobs" in r.json()["detail"]
