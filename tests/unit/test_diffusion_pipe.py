@@ -122,3 +122,30 @@ def test_the_event_reader_waits_for_a_record_still_being_written(tmp_path: Path)
     path.write_bytes(first + second)
     assert [(s.tag, s.step, s.value) for s in reader.read()] == [("b", 2, 2.5)]
     assert reader.read() == []
+
+
+def test_the_launch_pins_gpus_by_environment_and_resumes_from_a_run_dir(tmp_path: Path) -> None:
+    from agent.adapters.base import LaunchContext
+    from agent.adapters.diffusion_pipe import DiffusionPipeAdapter
+
+    checkout = tmp_path / "diffusion-pipe"
+    checkout.mkdir()
+    (checkout / "train.py").write_text("")
+    bin_dir = Path(__file__).parents[1] / "trainers" / "bin"
+    run_dir = tmp_path / "job" / "2"
+    run_dir.mkdir(parents=True)
+    ctx = LaunchContext(host="h", job_id="job_20261122_120000_abcdef", attempt=2, run_dir=run_dir,
+                        gpu_ids=[3], python=sys.executable, job_dir=tmp_path / "job",
+                        options={"diffusion_pipe_dir": str(checkout)})
+    spec = DiffusionPipeJob(model_type="flux", dataset=SEED_DATASET, config=SEED_CONFIG, gpu_id=3,
+                            resume_from_checkpoint="20250212_07-06-40", env={"PATH": str(bin_dir)})
+    launch = DiffusionPipeAdapter().build_launch(spec, ctx)
+    assert launch.argv[0] == str(bin_dir / "deepspeed") and launch.cwd == checkout
+    assert not any(a.startswith("--num_gpus") or a.startswith("--include") for a in launch.argv)
+    assert launch.argv[-2:] == ["--resume_from_checkpoint", "20250212_07-06-40"]
+    main = tomllib.loads(launch.files[run_dir / "diffusion_pipe.toml"].decode())
+    assert main["output_dir"] == str(tmp_path / "job" / "output")  # shared by the job's attempts
+    assert spec.gpu_ids == [3]  # seed 000's gpu_id pins the GPU; CUDA_VISIBLE_DEVICES comes from it
+    latest = DiffusionPipeJob(model_type="flux", dataset=SEED_DATASET, config=SEED_CONFIG,
+                              resume_from_checkpoint=True, env={"PATH": str(bin_dir)})
+    assert DiffusionPipeAdapter().build_launch(latest, ctx).argv[-1] == "--resume_from_checkpoint"
