@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated, TypeVar
 
 import msgspec
@@ -15,6 +14,7 @@ from litestar.types import Guard
 from gateway import views
 from gateway.auth import TokenStore, caller_role, make_auth_guard
 from gateway.cluster_routes import cluster_routes
+from gateway.compat000 import seed000_router
 from gateway.errors import (
     BadRequest,
     InvalidField,
@@ -24,12 +24,13 @@ from gateway.errors import (
     service_error_handler,
     unexpected_error_handler,
 )
+from gateway.params import csv_list as _csv
+from gateway.params import since_seconds as _since
 from gateway.queries import LEVELS, LOG_KINDS
 from gateway.runtime import GatewayRuntime
 from shared.jobstate import JobStatus
 
 PREFIX = "/api/v1/training"
-MAX_QUERY_LIST = 50
 
 Limit = Annotated[int, Parameter(ge=1, le=10_000)]
 
@@ -63,29 +64,6 @@ def _optional_body(decoder: msgspec.json.Decoder, body: bytes, default: B) -> B:
         raise BadRequest(f"body is not a JSON object: {exc}") from None
 
 
-def _csv(value: str | None, what: str) -> list[str]:
-    items = [v.strip() for v in (value or "").split(",") if v.strip()]
-    if len(items) > MAX_QUERY_LIST:
-        raise InvalidField(f"at most {MAX_QUERY_LIST} values in {what}", field=what)
-    return items
-
-
-def _since(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidField("since must be epoch seconds or an ISO 8601 time", field="since") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
-    return parsed.timestamp()
-
-
 def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
     requires = make_auth_guard(tokens)
     viewer: list[Guard] = [requires("viewer")]
@@ -106,13 +84,15 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
         q: Annotated[str | None, Parameter(max_length=200)] = None,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 50,
         offset: Annotated[int, Parameter(ge=0, le=10_000_000)] = 0,
+        gpu_id: Annotated[int | None, Parameter(ge=0, le=1023)] = None,
+        priority: Annotated[int | None, Parameter(ge=0, le=10)] = None,
     ) -> views.JobList:
         statuses = _csv(status, "status")
         unknown = [s for s in statuses if s not in JobStatus.__members__.values()]
         if unknown:
             raise InvalidField(f"unknown status {unknown[0]!r}; one of: {', '.join(JobStatus)}", field="status")
         return await svc().reader.list_jobs(status=statuses, trainer=trainer, host=host, q=q,
-                                            limit=limit, offset=offset)
+                                            limit=limit, offset=offset, gpu_id=gpu_id, priority=priority)
 
     @get(f"{PREFIX}/jobs/{{job_id:str}}", guards=viewer)
     async def job_detail(job_id: str) -> views.JobDetail:
@@ -194,7 +174,8 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
     return Litestar(
         route_handlers=[create_job, list_jobs, job_detail, job_status, job_progress, job_metrics,
                         job_logs, job_events, stop_job, export_job, health,
-                        *cluster_routes(runtime, PREFIX, viewer=viewer, operator=operator, admin=admin)],
+                        *cluster_routes(runtime, PREFIX, viewer=viewer, operator=operator, admin=admin),
+                        seed000_router(runtime, "/api/v1", viewer=viewer, operator=operator)],
         exception_handlers={
             ServiceError: service_error_handler,
             HTTPException: http_error_handler,

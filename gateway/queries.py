@@ -50,8 +50,15 @@ class Reader:
         return bool(rows)
 
     async def list_jobs(self, *, status: list[str], trainer: str | None, host: str | None,
-                        q: str | None, limit: int, offset: int) -> views.JobList:
+                        q: str | None, limit: int, offset: int, gpu_id: int | None = None,
+                        priority: int | None = None) -> views.JobList:
         where, params = ["TRUE"], []
+        if gpu_id is not None:
+            where.append("(list_contains(gpu_ids, ?) OR list_contains(requested_gpu_ids, ?))")
+            params += [gpu_id, gpu_id]
+        if priority is not None:
+            where.append("priority = ?")
+            params.append(priority)
         if status:
             where.append("status IN (SELECT unnest(?::VARCHAR[]))")
             params.append(status)
