@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, TypeVar
 
 import msgspec
-from litestar import Litestar, Request, get, post
+from litestar import Litestar, Request, delete, get, post
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.params import Parameter
@@ -152,6 +152,16 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
         stop = _optional_body(_stop_decoder, await request.body(), StopRequest())
         return await svc().stop(job_id, force=stop.force, grace_s=stop.grace_s)
 
+    @post(f"{PREFIX}/jobs/{{job_id:str}}/start", guards=operator, status_code=200)
+    async def start_job(job_id: str, request: Request) -> views.StopResponse:
+        """Release a held job; for a queued one, ask for a scheduling pass now."""
+        return await svc().start(job_id, user=caller_role(request))
+
+    @delete(f"{PREFIX}/jobs/{{job_id:str}}", guards=operator, status_code=204)
+    async def delete_job(job_id: str, request: Request) -> None:
+        """204. The job leaves every view; its events stay. 409 while it is active."""
+        await svc().delete(job_id, user=caller_role(request))
+
     @post(f"{PREFIX}/jobs/{{job_id:str}}/export", guards=operator, status_code=200)
     async def export_job(job_id: str, request: Request) -> views.ExportResponse:
         """The job's export step (swift: merge the LoRA of the latest or a named checkpoint);
@@ -173,7 +183,7 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
 
     return Litestar(
         route_handlers=[create_job, list_jobs, job_detail, job_status, job_progress, job_metrics,
-                        job_logs, job_events, stop_job, export_job, health,
+                        job_logs, job_events, stop_job, start_job, delete_job, export_job, health,
                         *cluster_routes(runtime, PREFIX, viewer=viewer, operator=operator, admin=admin),
                         seed000_router(runtime, "/api/v1", viewer=viewer, operator=operator)],
         exception_handlers={

@@ -49,9 +49,19 @@ class SchedulerLease:
         self._kv: KeyValue | None = None
         self._revision = 0
 
-    async def run(self) -> None:
+    async def first_look(self) -> None:
+        """Read (or take) the lease once, so a replica knows who leads before it answers."""
         self._kv = await self.js.key_value(subjects.LEASE_BUCKET)
+        try:
+            await self.tick()
+        except Exception as exc:
+            log.warning("lease check failed (%s); retrying in the background", exc)
+
+    async def run(self) -> None:
+        if self._kv is None:
+            self._kv = await self.js.key_value(subjects.LEASE_BUCKET)
         while True:
+            await asyncio.sleep(self.ttl_s / 3)
             try:
                 await self.tick()
             except asyncio.CancelledError:
@@ -59,7 +69,6 @@ class SchedulerLease:
             except Exception as exc:  # NATS away: we cannot prove we still hold it
                 log.warning("lease check failed (%s); not scheduling until it succeeds", exc)
                 self._set(False, self.holder)
-            await asyncio.sleep(self.ttl_s / 3)
 
     async def tick(self) -> None:
         assert self._kv is not None

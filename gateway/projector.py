@@ -81,11 +81,15 @@ class PreparedBatch:
     heartbeats: dict[str, ev.HostHeartbeat] = field(default_factory=dict)  # latest per host
     beats: list[ev.HostHeartbeat] = field(default_factory=list)  # all of them, for gpu_samples
     controls: list[tuple[int, ev.AnyControl]] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
     jobs_changed: bool = False
 
 
 # Subjects `ty.job.<id>.<kind>` whose events change a job's status (decoded in `prepare`).
-_LIFECYCLE_KINDS = frozenset(ev.tag_of(t) for t in ev.LIFECYCLE)
+_LIFECYCLE_KINDS = frozenset(ev.tag_of(t) for t in ev.LIFECYCLE) | {"deleted"}
+# What a deleted job leaves behind: nothing but its rows in job_events.
+_JOB_TABLES = ("jobs", "progress", "checkpoints", "exports")
+_JOB_KEYED_TABLES = ("logs", "metrics")
 
 
 class Tables:
@@ -310,6 +314,8 @@ class Projector:
             batch.jobs_changed = True
         self.needs.update(batch.needs)
         self.live_states.update(batch.states)
+        for job_id in batch.deleted:
+            self.live_states.pop(job_id, None)
         self.heartbeats.update(batch.heartbeats)
         if batch.jobs_changed or batch.heartbeats:
             for callback in self.on_jobs_changed:
@@ -318,6 +324,9 @@ class Projector:
     async def _merge(self, batch: PreparedBatch) -> None:
         """The batch is committed: the API may show it."""
         self.states.update(batch.states)
+        for job_id in batch.deleted:
+            self.states.pop(job_id, None)
+            self.needs.pop(job_id, None)
         async with self._changed:
             self.applied[batch.stream] = max(self.applied[batch.stream], batch.last_seq)
             self._changed.notify_all()
@@ -367,6 +376,16 @@ class Projector:
             item.applied, item.note = False, f"undecodable: {exc}"
             return item
         item.event = event
+        if isinstance(event, ev.JobDeleted):
+            state = batch.states.get(event.job_id) or self.live_states.get(event.job_id)
+            if state is None or not state.is_terminal:
+                where = state.status.value if state else "unknown"
+                item.applied, item.note = False, f"not deleted: the job is {where}"
+            else:
+                batch.deleted.append(event.job_id)
+                batch.states.pop(event.job_id, None)
+                batch.jobs_changed = True
+            return item
         if not isinstance(event, ev.LIFECYCLE):
             return item
         before = batch.states.get(event.job_id) or self.live_states.get(event.job_id)
@@ -486,6 +505,11 @@ class Projector:
         self.tables.insert(con, "metrics", metric_cols)
         self.tables.insert(con, "checkpoints", ckpt_cols)
         self._write_exports(con, exports)
+        for job_id in batch.deleted:
+            for table in _JOB_TABLES:
+                con.execute(f"DELETE FROM {table} WHERE job_id = ?", [job_id])
+            for table in _JOB_KEYED_TABLES:
+                con.execute(f"DELETE FROM {table} WHERE job_key = ? AND job_id = ?", [job_key(job_id), job_id])
         if progress:
             p = list(progress.values())
             self.tables.replace_by_key(con, "progress", ("job_id",), {

@@ -186,6 +186,7 @@ class Scheduler:
 
     async def start(self) -> None:
         self._sub = await self.nc.subscribe(subjects.SCHEDULE_NOW, cb=self._on_process_now)
+        await self.lease.first_look()
         self._tasks = [
             asyncio.create_task(self.lease.run(), name="scheduler-lease"),
             asyncio.create_task(self._loop(), name="scheduler"),

@@ -24,7 +24,7 @@ from gateway.cluster import ClusterService
 from gateway.paths import PathNotAllowed, confine
 from gateway.projector import Projector
 from gateway.queries import Reader
-from gateway.scheduler import Scheduler
+from gateway.scheduler import LeaderUnavailable, Scheduler
 from gateway.writes import EventWriter
 from shared import events as ev
 from shared import subjects
@@ -88,6 +88,15 @@ def _decode_as(trainer: str, body: bytes) -> JobRequest:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise InvalidField(str(exc), field=field_of_validation_error(exc)) from None
+
+
+def _wait_words(seconds: float | None) -> str:
+    """Seed 002's `estimated_wait_time`, in words."""
+    if seconds is None:
+        return "unknown: no running job reports an ETA and this trainer has no finished runs yet"
+    if seconds < 90:
+        return f"about {seconds:.0f} s"
+    return f"about {seconds / 60:.0f} min" if seconds < 5400 else f"about {seconds / 3600:.1f} h"
 
 
 class JobService:
@@ -197,6 +206,7 @@ class JobService:
         wait = (await self.cluster.estimated_waits()).get(job_id) if position else None
         return views.SubmitResponse(
             job_id=job_id, status=status, queue_position=position, estimated_wait_s=wait,
+            estimated_wait_time=_wait_words(wait) if position else None,
             message="job accepted" if position is None else f"job queued at position {position}",
         )
 
@@ -280,6 +290,36 @@ class JobService:
             spec=msgspec.json.decode(job["spec"]), status_history=job["history"],
             progress=progress, checkpoints=job["checkpoints"], exports=job["exports"],
         )
+
+    async def delete(self, job_id: str, *, user: str = "") -> None:
+        """Remove an ended job from every view; its events stay (the history is auditable)."""
+        state = self.state(job_id)
+        if not state.is_terminal:
+            raise Conflict(f"job {job_id} is {state.status.value}; stop it before deleting it")
+        event = ev.JobDeleted(job_id=job_id, attempt=state.attempt, ts_s=now_s(), requested_by=user)
+        await self.writer.publish_and_wait(subjects.job_event(job_id, "deleted"), event, f"{job_id}:deleted")
+
+    async def start(self, job_id: str, *, user: str = "") -> views.StopResponse:
+        """Seed 002's `start`: release a held job; a queued one is placed as soon as GPUs allow
+        (this asks for a scheduling pass now); one already placed or running is left alone."""
+        state = self.state(job_id)
+        if state.is_terminal:
+            raise Conflict(f"job {job_id} already ended ({state.status.value}); submit it again to rerun it")
+        if state.status is JobStatus.PENDING:
+            event = ev.JobReleased(job_id=job_id, attempt=state.attempt, ts_s=now_s())
+            await self.writer.publish_and_wait(subjects.job_event(job_id, "released"), event,
+                                               f"{job_id}:{state.attempt}:released:{time.time_ns()}")
+            message = "released into the queue"
+        elif state.status is JobStatus.QUEUED:
+            message = "queued; it starts as soon as the GPUs it needs are free"
+        else:
+            message = f"already {state.status.value}"
+        if self.state(job_id).status is JobStatus.QUEUED:
+            try:
+                await self.scheduler.process_now()
+            except LeaderUnavailable:
+                pass  # the leader's next pass places it
+        return views.StopResponse(job_id=job_id, status=self.state(job_id).status.value, message=message)
 
     async def export(self, job_id: str, checkpoint: str | None, *, user: str = "") -> views.ExportResponse:
         """The job's export step, tracked like the job: swift merges the LoRA of a checkpoint

@@ -136,6 +136,7 @@ class SubmitResponse(msgspec.Struct, kw_only=True):
     message: str
     queue_position: int | None = None
     estimated_wait_s: float | None = None
+    estimated_wait_time: str | None = None  # seed 002's field: the estimate in words
 
 
 class ExportResponse(msgspec.Struct, kw_only=True):

@@ -117,6 +117,12 @@ class CheckpointSaved(JobEvent, tag="checkpoint"):
     step: int | None = None
 
 
+class JobDeleted(JobEvent, tag="deleted"):
+    """An ended job leaves every view; its events stay in the stream and in `job_events`."""
+
+    requested_by: str = ""
+
+
 class ExportRequested(JobEvent, tag="export_requested"):
     """A tracked export step of a finished job (swift: merge the LoRA into the base model)."""
 
@@ -174,6 +180,7 @@ AnyJobEvent = (
     | CheckpointSaved
     | ExportRequested
     | ExportFinished
+    | JobDeleted
     | LogBatch
 )
 

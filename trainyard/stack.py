@@ -104,22 +104,24 @@ class Stack:
         wait_for_port(port, proc, "nats-server")
         return proc
 
-    def start_gateway(self, data_dir: Path, port: int, nats_url: str, *extra: str) -> subprocess.Popen:
+    def start_gateway(self, data_dir: Path, port: int, nats_url: str, *extra: str,
+                      env: dict[str, str] | None = None) -> subprocess.Popen:
         proc = self.spawn(
             "gateway",
             [sys.executable, "-m", "trainyard", "gateway", "--data-dir", str(data_dir), "--port",
              str(port), "--nats-url", nats_url, *extra],
-            data_dir / "logs" / "gateway.log",
+            data_dir / "logs" / "gateway.log", env,
         )
         wait_for_health(f"http://127.0.0.1:{port}", proc)
         return proc
 
-    def start_agent(self, host: str, work_dir: Path, nats_url: str, log_path: Path, *extra: str) -> subprocess.Popen:
+    def start_agent(self, host: str, work_dir: Path, nats_url: str, log_path: Path, *extra: str,
+                    env: dict[str, str] | None = None) -> subprocess.Popen:
         return self.spawn(
             f"agent-{host}",
             [sys.executable, "-m", "trainyard", "agent", "--host", host, "--work-dir", str(work_dir),
              "--nats-url", nats_url, *extra],
-            log_path,
+            log_path, env,
         )
 
     def stop(self, timeout_s: float = 10.0) -> None:
