@@ -157,3 +157,38 @@ def test_swift_export_is_a_tracked_step_with_its_result_path(cluster: Cluster) -
     cluster.api.wait(command_job)
     r = cluster.api.client.post(f"/jobs/{command_job}/export")
     assert r.status_code == 400 and "only swift jobs" in r.json()["detail"]
+
+
+def traversal_forms(root: Path, outside: Path) -> list[str]:
+    return [
+        "../../../../etc/passwd", "../" * 12 + "etc", "/etc/passwd", "/etc", "/", "/root/.ssh/id_rsa",
+        f"{root}/../../etc", f"{root}/./../..", f"{root}/sub/../../..", f"{root}/..",
+        f"{root}-sibling/x", f"{root}x", "%2e%2e/%2e%2e/etc", "..%2f..%2fetc", "%2E%2E%2F%2E%2E",
+        "..\\..\\etc", f"{root}\\..\\..\\etc", "．．/．．/etc", "..／..／etc", f"{root}/\uff0e\uff0e/\uff0e\uff0e",
+        "/ｅｔｃ/passwd", f"{root}/link-out/passwd", f"{root}/link-out", "sub/../../../etc", "\x00/etc",
+        str(outside),
+    ]
+
+
+def test_path_traversal_forms_are_all_refused(cluster: Cluster, tmp_path: Path) -> None:
+    """`cwd`, `script`, dataset and output paths must lie under the allowed roots (the data dir
+    and the gateway's start directory). A symlink inside a root that points out is refused too."""
+    root = cluster.data_dir
+    (root / "link-out").symlink_to("/etc")
+    forms = traversal_forms(root, tmp_path)
+    assert len(forms) >= 20
+    refused = []
+    for form in forms:
+        for body, field in (
+            ({"trainer": "command", "command": ["true"], "cwd": form}, "cwd"),
+            ({"trainer": "hf", "script": form if form.startswith("/") else f"{root}/{form}"}, "script"),
+            ({"trainer": "diffusion-pipe", "model_type": "flux", "config": {"epochs": 1},
+              "dataset": {"directories": [{"path": form}]}}, "dataset.directories[0].path"),
+        ):
+            r = cluster.api.client.post("/jobs", json={**body, "gpus": 0})
+            assert r.status_code == 422 and r.json()["field"] == field, (form, field, r.text)
+            refused.append(form)
+    assert len(refused) == 3 * len(forms)
+    ok = cluster.api.client.post("/jobs", json={"trainer": "command", "command": ["true"], "gpus": 0,
+                                                "cwd": str(root / "sub" / ".." )})
+    assert ok.status_code == 201  # inside a root, normalised
