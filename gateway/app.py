@@ -15,6 +15,7 @@ from gateway import views
 from gateway.auth import TokenStore, caller_role, make_auth_guard
 from gateway.cluster_routes import cluster_routes
 from gateway.compat000 import seed000_router
+from gateway.streams import stream_routes
 from gateway.errors import (
     BadRequest,
     InvalidField,
@@ -185,6 +186,7 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
         route_handlers=[create_job, list_jobs, job_detail, job_status, job_progress, job_metrics,
                         job_logs, job_events, stop_job, start_job, delete_job, export_job, health,
                         *cluster_routes(runtime, PREFIX, viewer=viewer, operator=operator, admin=admin),
+                        *stream_routes(runtime, PREFIX, viewer=viewer),
                         seed000_router(runtime, "/api/v1", viewer=viewer, operator=operator)],
         exception_handlers={
             ServiceError: service_error_handler,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
+
+import httpx
 
 from tests.conftest import Cluster, pid_alive, python_job
 
@@ -159,3 +162,42 @@ def test_auth_is_required(cluster: Cluster) -> None:
     assert anon.get("/health").status_code == 200
     health = anon.get("/health").json()
     assert health["status"] == "ok" and health["nats"] == "connected"
+
+
+def sse_events(cluster: Cluster, path: str, headers: dict | None = None, timeout_s: float = 30) -> list[tuple[str, str, str]]:
+    """(event, id, data) of an SSE stream until it closes."""
+    events, event, ident, data = [], "message", "", []
+    with httpx.stream("GET", f"{cluster.url}/api/v1/training{path}", timeout=timeout_s,
+                      headers={"Authorization": f"Bearer {cluster.token}", **(headers or {})}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line == "":
+                if data:
+                    events.append((event, ident, "\n".join(data)))
+                event, ident, data = "message", "", []
+            elif line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("id:"):
+                ident = line[3:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].strip())
+    return events
+
+
+def test_log_and_progress_streams_follow_a_job_until_it_ends(cluster: Cluster) -> None:
+    script = ("import time\n"
+              "for i in range(20):\n"
+              "    print(f'line {i}', flush=True)\n"
+              "    print('@trainyard {\"step\": %d, \"total_steps\": 20}' % (i + 1), flush=True)\n"
+              "    time.sleep(0.05)\n")
+    job = cluster.api.submit([sys.executable, "-c", script])
+    events = sse_events(cluster, f"/jobs/{job}/logs/stream?type=train")
+    logs = [json.loads(d) for e, _, d in events if e == "log"]
+    assert [l["text"] for l in logs] == [f"line {i}" for i in range(20)]
+    assert events[-1][:1] == ("end",) and events[-1][2] == "succeeded"
+    # Reconnecting with Last-Event-ID gets exactly the lines after it.
+    resumed = sse_events(cluster, f"/jobs/{job}/logs/stream?type=train", {"Last-Event-ID": str(logs[14]["seq"])})
+    assert [json.loads(d)["text"] for e, _, d in resumed if e == "log"] == [f"line {i}" for i in range(15, 20)]
+    progress = sse_events(cluster, f"/jobs/{job}/progress/stream")
+    assert progress[-1][0] == "end" and json.loads(progress[-2][2])["step"] == 20
+    assert cluster.api.client.get(f"/jobs/{job}/logs/stream", params={"level": "LOUD"}).status_code == 422
