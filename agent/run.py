@@ -241,6 +241,8 @@ def child_env(launch_env: dict[str, str], ctx: LaunchContext) -> dict[str, str]:
         TRAINYARD_ATTEMPT=str(ctx.attempt),
         TRAINYARD_RUN_DIR=str(ctx.run_dir),
     )
+    if ctx.resume_from:
+        env["TRAINYARD_RESUME_FROM"] = ctx.resume_from  # for scripts that resume by themselves
     env.update(launch_env)
     return env
 
@@ -271,7 +273,7 @@ class TrainerRun:
         self.ctx = LaunchContext(
             host=host, job_id=self.job_id, attempt=self.attempt, run_dir=run_dir,
             gpu_ids=list(command.gpu_ids), python=python or sys.executable, job_dir=run_dir.parent,
-            options=dict(trainer_options or {}),
+            options=dict(trainer_options or {}), resume_from=command.resume_from,
         )
         self.reporter = Reporter(js, self.job_id, self.attempt, batch_max_bytes)
         self.launched = asyncio.Event()  # set once spawned or failed to spawn

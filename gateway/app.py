@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from litestar import Litestar, Request, delete, get, post
@@ -45,6 +45,8 @@ _stop_decoder = msgspec.json.Decoder(StopRequest)
 
 
 class ExportRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of export and resume: which checkpoint (path or name); default the latest."""
+
     checkpoint: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
 
 
@@ -158,6 +160,21 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
         """Release a held job; for a queued one, ask for a scheduling pass now."""
         return await svc().start(job_id, user=caller_role(request))
 
+    @post(f"{PREFIX}/jobs/{{job_id:str}}/retry", guards=operator, status_code=200)
+    async def retry_job(job_id: str, request: Request) -> views.StopResponse:
+        """A failed, lost or stopped job back to the queue as a new attempt."""
+        return await svc().retry(job_id, user=caller_role(request))
+
+    @post(f"{PREFIX}/jobs/{{job_id:str}}/resume", guards=operator, status_code=200)
+    async def resume_job(job_id: str, request: Request) -> views.StopResponse:
+        """A new attempt from the latest checkpoint, or `{"checkpoint": "checkpoint-50"}`."""
+        req = _optional_body(_export_decoder, await request.body(), ExportRequest())
+        return await svc().resume(job_id, req.checkpoint, user=caller_role(request))
+
+    @get(f"{PREFIX}/jobs/{{job_id:str}}/checkpoints", guards=viewer)
+    async def job_checkpoints(job_id: str) -> list[dict[str, Any]]:
+        return await svc().checkpoints(job_id)
+
     @delete(f"{PREFIX}/jobs/{{job_id:str}}", guards=operator, status_code=204)
     async def delete_job(job_id: str, request: Request) -> None:
         """204. The job leaves every view; its events stay. 409 while it is active."""
@@ -184,7 +201,8 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
 
     return Litestar(
         route_handlers=[create_job, list_jobs, job_detail, job_status, job_progress, job_metrics,
-                        job_logs, job_events, stop_job, start_job, delete_job, export_job, health,
+                        job_logs, job_events, stop_job, start_job, delete_job, export_job, retry_job, resume_job,
+                        job_checkpoints, health,
                         *cluster_routes(runtime, PREFIX, viewer=viewer, operator=operator, admin=admin),
                         *stream_routes(runtime, PREFIX, viewer=viewer),
                         seed000_router(runtime, "/api/v1", viewer=viewer, operator=operator)],

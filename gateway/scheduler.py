@@ -243,9 +243,11 @@ class Scheduler:
         return assignments
 
     def _start_command(self, a: Assignment, ts: float) -> StartJob:
+        state = self.projector.live_states.get(a.job_id)
         return StartJob(job_id=a.job_id, attempt=a.attempt, ts_s=ts,
                         spec=self.projector.needs[a.job_id].spec, gpu_ids=list(a.gpu_ids),
-                        valid_for_s=self.host_timeout_s + self.host_lost_grace_s)
+                        valid_for_s=self.host_timeout_s + self.host_lost_grace_s,
+                        resume_from=state.resume_from if state else None)
 
     async def _dispatch(self, a: Assignment) -> None:
         ts = now_s()

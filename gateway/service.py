@@ -321,6 +321,42 @@ class JobService:
                 pass  # the leader's next pass places it
         return views.StopResponse(job_id=job_id, status=self.state(job_id).status.value, message=message)
 
+    async def retry(self, job_id: str, *, resume_from: str | None = None, user: str = "") -> views.StopResponse:
+        """An ended job back to the queue for a new attempt (its history stays)."""
+        state = self.state(job_id)
+        if not state.is_terminal:
+            raise Conflict(f"job {job_id} is {state.status.value}; only an ended job can be retried")
+        if state.status is JobStatus.SUCCEEDED and resume_from is None:
+            raise Conflict(f"job {job_id} succeeded; use resume to train further from a checkpoint")
+        event = ev.JobRetried(job_id=job_id, attempt=state.attempt, ts_s=now_s(), resume_from=resume_from,
+                              requested_by=user)
+        await self.writer.publish_and_wait(subjects.job_event(job_id, "retried"), event,
+                                           f"{job_id}:{state.attempt}:retried:{time.time_ns()}")
+        now = self.state(job_id)
+        verb = f"resuming from {resume_from}" if resume_from else "retrying"
+        return views.StopResponse(job_id=job_id, status=now.status.value, message=f"{verb} as a new attempt")
+
+    async def resume(self, job_id: str, checkpoint: str | None, *, user: str = "") -> views.StopResponse:
+        """A new attempt that starts from a checkpoint: the latest, or the one named (by path or
+        name, from any attempt)."""
+        self.state(job_id)
+        detail = await self.reader.job_detail_rows(job_id)
+        saved = detail["checkpoints"] if detail else []
+        if not saved:
+            raise Conflict(f"job {job_id} saved no checkpoint to resume from")
+        if checkpoint is None:
+            return await self.retry(job_id, resume_from="latest", user=user)
+        chosen = next((c for c in saved if checkpoint in (c["path"], os.path.basename(c["path"]))), None)
+        if chosen is None:
+            raise NotFound(f"job {job_id} has no checkpoint {checkpoint!r}; it has: "
+                           f"{', '.join(sorted({os.path.basename(c['path']) for c in saved}))}")
+        return await self.retry(job_id, resume_from=chosen["path"], user=user)
+
+    async def checkpoints(self, job_id: str) -> list[dict]:
+        self.state(job_id)
+        detail = await self.reader.job_detail_rows(job_id)
+        return detail["checkpoints"] if detail else []
+
     async def export(self, job_id: str, checkpoint: str | None, *, user: str = "") -> views.ExportResponse:
         """The job's export step, tracked like the job: swift merges the LoRA of a checkpoint
         (the latest, unless one is named) into the base model, on the host that holds it."""

@@ -20,6 +20,8 @@ class StartJob(Command, tag="start"):
     # placed the job elsewhere (a host that was away reads its old commands when it returns):
     # the agent refuses a start this old instead of running a job twice. 0: no limit.
     valid_for_s: float = 0.0
+    # A checkpoint to resume from (path or name; "latest": the trainer's most recent one).
+    resume_from: str | None = None
 
 
 class StopJob(Command, tag="stop"):

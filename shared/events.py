@@ -79,6 +79,15 @@ class JobExited(JobEvent, tag="exited"):
     log_stream_seq: int = 0
 
 
+class JobRetried(JobEvent, tag="retried"):
+    """An ended job goes back to the queue for a new attempt (the user's `retry` or `resume`).
+    `resume_from`: a checkpoint (path or name) the next attempt starts from; "latest" lets the
+    trainer pick its most recent one."""
+
+    resume_from: str | None = None
+    requested_by: str = ""
+
+
 class JobLost(JobEvent, tag="lost"):
     """The attempt's host stopped heartbeating past the grace period (sent by the scheduler)."""
 
@@ -162,6 +171,7 @@ LIFECYCLE = (
     JobCancelled,
     JobExited,
     JobLost,
+    JobRetried,
 )
 
 AnyJobEvent = (
@@ -175,6 +185,7 @@ AnyJobEvent = (
     | JobCancelled
     | JobExited
     | JobLost
+    | JobRetried
     | JobProgress
     | MetricsRecorded
     | CheckpointSaved

@@ -63,10 +63,10 @@ TRANSITIONS: dict[JobStatus, dict[type, JobStatus | str]] = {
         ev.JobExited: FROM_OUTCOME,
         ev.JobLost: S.LOST,
     },
-    S.SUCCEEDED: {},
-    S.FAILED: {},
-    S.STOPPED: {},
-    S.LOST: {},
+    S.SUCCEEDED: {ev.JobRetried: S.QUEUED},  # resume: train further from a checkpoint
+    S.FAILED: {ev.JobRetried: S.QUEUED},
+    S.STOPPED: {ev.JobRetried: S.QUEUED},
+    S.LOST: {ev.JobRetried: S.QUEUED},
 }
 
 # Events an agent sends about one attempt; a stale attempt's report must not move a newer one.
@@ -122,6 +122,7 @@ class JobState(msgspec.Struct, frozen=True, kw_only=True):
     # The last agent refusal: the scheduler avoids that host for a moment (not projected).
     refused_host: str | None = None
     refused_s: float | None = None
+    resume_from: str | None = None  # what the next attempt starts from (set by retry/resume)
 
     @property
     def is_terminal(self) -> bool:
@@ -212,6 +213,10 @@ def evolve(state: JobState | None, event: ev.JobEvent) -> JobState:
                 state, status=status, exit_code=code, signal=sig, reason=reason, finished_s=ts,
                 last_lines=tuple(event.last_lines),
             )
+        case ev.JobRetried(resume_from=resume_from):
+            return replace(state, status=status, host=None, gpu_ids=(), stop_requested=False,
+                           resume_from=resume_from,
+                           reason=f"retried by request{f', resuming from {resume_from}' if resume_from else ''}")
         case ev.JobCancelled(reason=reason, ts_s=ts) | ev.JobLost(reason=reason, ts_s=ts):
             return replace(state, status=status, reason=reason, finished_s=ts)
         case _:

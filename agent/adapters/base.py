@@ -20,6 +20,7 @@ class LaunchContext:
     python: str  # the interpreter a bare `python` (and an `hf` script) runs with on this host
     job_dir: Path | None = None  # shared by the job's attempts: outputs a retry must find
     options: dict[str, str] = field(default_factory=dict)  # agent settings for trainers (e.g. diffusion_pipe_dir)
+    resume_from: str | None = None  # a checkpoint (path; "latest": the most recent) to resume from
 
 
 @dataclass

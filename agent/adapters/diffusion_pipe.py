@@ -158,10 +158,13 @@ class DiffusionPipeAdapter:
         port = master_port(ctx.job_id)
         argv = [deepspeed, f"--master_port={port}", str(train_py), "--deepspeed",
                 "--config", str(main_toml), "--master_port", str(port)]
-        if spec.resume_from_checkpoint is True:
+        resume: str | bool | None = spec.resume_from_checkpoint
+        if ctx.resume_from:  # a resume asked for through the API: "latest", or a checkpoint's path
+            resume = True if ctx.resume_from == "latest" else Path(ctx.resume_from).parent.name
+        if resume is True:
             argv.append("--resume_from_checkpoint")
-        elif isinstance(spec.resume_from_checkpoint, str):
-            argv += ["--resume_from_checkpoint", spec.resume_from_checkpoint]
+        elif isinstance(resume, str):
+            argv += ["--resume_from_checkpoint", resume]
         return Launch(argv=argv, cwd=Path(checkout), env=env, files={
             main_toml: tomli_w.dumps(main).encode(), dataset_toml: tomli_w.dumps(data).encode()})
 

@@ -31,7 +31,13 @@ def master_port(job_id: str) -> int:
     return MASTER_PORT_BASE + job_key(job_id) % MASTER_PORT_SPAN
 
 
-def sft_argv(swift: str, spec: SwiftJob, out: Path) -> list[str]:
+def latest_checkpoint(out: Path) -> Path | None:
+    found = [(int(p.name.split("-")[1]), p) for p in out.glob("checkpoint-*")
+             if p.is_dir() and p.name.split("-")[1].isdigit()]
+    return max(found)[1] if found else None
+
+
+def sft_argv(swift: str, spec: SwiftJob, out: Path, resume_from: str | None = None) -> list[str]:
     argv = [
         swift, "sft",
         "--model", spec.model_path,
@@ -60,8 +66,12 @@ def sft_argv(swift: str, spec: SwiftJob, out: Path) -> list[str]:
         argv += ["--vit_lr", f"{spec.vit_lr:g}"]
     if spec.aligner_lr is not None:
         argv += ["--aligner_lr", f"{spec.aligner_lr:g}"]
-    if spec.resume_from_checkpoint:
-        resume = Path(spec.resume_from_checkpoint)
+    resume_name = resume_from or spec.resume_from_checkpoint
+    if resume_name == "latest":
+        latest = latest_checkpoint(out)
+        resume_name = str(latest) if latest else None
+    if resume_name:
+        resume = Path(resume_name)
         argv += ["--resume_from_checkpoint", str(resume if resume.is_absolute() else out / resume)]
     return [*argv, *spec.extra_args]
 
@@ -77,7 +87,7 @@ class SwiftAdapter:
         if len(ctx.gpu_ids) > 1:
             env.setdefault("NPROC_PER_NODE", str(len(ctx.gpu_ids)))
             env.setdefault("MASTER_PORT", str(master_port(ctx.job_id)))
-        return Launch(argv=sft_argv(swift, spec, out), cwd=ctx.run_dir, env=env)
+        return Launch(argv=sft_argv(swift, spec, out, ctx.resume_from), cwd=ctx.run_dir, env=env)
 
     def build_export(self, spec: SwiftJob, ctx: LaunchContext, checkpoint: str) -> Launch:
         """`swift export --adapters <checkpoint> --merge_lora true`: the merged model lands in

@@ -192,3 +192,32 @@ def test_path_traversal_forms_are_all_refused(cluster: Cluster, tmp_path: Path) 
     ok = cluster.api.client.post("/jobs", json={"trainer": "command", "command": ["true"], "gpus": 0,
                                                 "cwd": str(root / "sub" / ".." )})
     assert ok.status_code == 201  # inside a root, normalised
+
+
+def test_resume_from_a_named_or_the_latest_checkpoint_and_retry(cluster: Cluster) -> None:
+    env = {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    job = cluster.api.client.post("/jobs", json={"trainer": "swift", "model_path": "m", "data_path": "d",
+                                                 "gpus": 0, "env": env}).json()["job_id"]
+    assert cluster.api.wait(job, timeout_s=60)["status"] == "succeeded"
+    names = sorted(Path(c["path"]).name for c in cluster.api.client.get(f"/jobs/{job}/checkpoints").json())
+    assert names == ["checkpoint-10", "checkpoint-5"]
+    assert cluster.api.client.post(f"/jobs/{job}/retry").status_code == 409  # it succeeded: resume instead
+    r = cluster.api.client.post(f"/jobs/{job}/resume", json={"checkpoint": "checkpoint-5"})
+    assert r.status_code == 200 and r.json()["status"] in ("queued", "scheduled", "running", "succeeded")
+    second = cluster.api.wait(job, timeout_s=60)
+    assert second["status"] == "succeeded" and second["attempt"] == 2
+    run_dir = Path(cluster.api.client.get(f"/jobs/{job}").json()["run_dir"])
+    argv = json.loads((run_dir / "swift-argv.json").read_text())["argv"]
+    out = run_dir.parent / "output"
+    assert argv[argv.index("--resume_from_checkpoint") + 1] == str(out / "checkpoint-5")
+    cluster.api.client.post(f"/jobs/{job}/resume")  # the latest: checkpoint-10 of attempt 2
+    third = cluster.api.wait(job, timeout_s=60)
+    argv = json.loads((Path(cluster.api.client.get(f"/jobs/{job}").json()["run_dir"]) / "swift-argv.json").read_text())["argv"]
+    assert third["attempt"] == 3 and argv[argv.index("--resume_from_checkpoint") + 1] == str(out / "checkpoint-10")
+    assert cluster.api.client.post(f"/jobs/{job}/resume", json={"checkpoint": "checkpoint-99"}).status_code == 404
+    failing = cluster.api.submit([sys.executable, "-c", "import os, sys; print(os.environ['TRAINYARD_ATTEMPT']); sys.exit(1)"])
+    assert cluster.api.wait(failing)["status"] == "failed"
+    assert cluster.api.client.post(f"/jobs/{failing}/retry").status_code == 200
+    again = cluster.api.wait(failing)
+    assert again["status"] == "failed" and again["attempt"] == 2
+    assert [l["text"] for l in cluster.api.logs(failing, attempt=2, type="train")] == ["2"]

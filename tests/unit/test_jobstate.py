@@ -33,6 +33,7 @@ def sample(event_type: type, attempt: int = 1, **extra) -> ev.JobEvent:
         ev.JobStarted: dict(host="h", pid=1, run_dir="/r", stdout_path="/r/o", stderr_path="/r/e"),
         ev.JobStopRequested: {}, ev.JobCancelled: dict(reason="x"),
         ev.JobExited: dict(outcome="failed", exit_code=1), ev.JobLost: dict(reason="gone"),
+        ev.JobRetried: {},
     }[event_type]
     return event_type(**base, **{**fields, **extra})
 
