@@ -94,8 +94,8 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
         unknown = [s for s in statuses if s not in JobStatus.__members__.values()]
         if unknown:
             raise InvalidField(f"unknown status {unknown[0]!r}; one of: {', '.join(JobStatus)}", field="status")
-        return await svc().reader.list_jobs(status=statuses, trainer=trainer, host=host, q=q,
-                                            limit=limit, offset=offset, gpu_id=gpu_id, priority=priority)
+        return await svc().list_jobs(status=statuses, trainer=trainer, host=host, q=q,
+                                     limit=limit, offset=offset, gpu_id=gpu_id, priority=priority)
 
     @get(f"{PREFIX}/jobs/{{job_id:str}}", guards=viewer)
     async def job_detail(job_id: str) -> views.JobDetail:

@@ -151,6 +151,8 @@ class Projector:
         self.batch = batch
         self.applied: dict[str, int] = {s: 0 for s in subjects.EVENT_STREAMS}
         self.scheduler_paused = False  # the queue processor, as the last control event left it
+        # Per job: the job-stream sequence of its last applied event (answers cached by it).
+        self.job_versions: dict[str, int] = {}
         self.states: dict[str, JobState] = {}  # as committed to DuckDB: what the API shows
         self.live_states: dict[str, JobState] = {}  # ahead of the commit: what the scheduler uses
         self.needs: dict[str, JobNeeds] = {}
@@ -324,6 +326,10 @@ class Projector:
     async def _merge(self, batch: PreparedBatch) -> None:
         """The batch is committed: the API may show it."""
         self.states.update(batch.states)
+        for item in batch.jobs:
+            parts = item.msg.subject.split(".")
+            if len(parts) >= 4 and parts[1] == "job":
+                self.job_versions[parts[2]] = item.seq
         for job_id in batch.deleted:
             self.states.pop(job_id, None)
             self.needs.pop(job_id, None)

@@ -20,6 +20,7 @@ from gateway.errors import (
     ServiceError,
     field_of_validation_error,
 )
+from gateway.cache import VersionedCache
 from gateway.cluster import ClusterService
 from gateway.paths import PathNotAllowed, confine
 from gateway.projector import Projector
@@ -110,6 +111,8 @@ class JobService:
         self.reader = reader
         self.allowed_roots = allowed_roots
         self.ryw_timeout_s = ryw_timeout_s
+        self._details: VersionedCache[views.JobDetail] = VersionedCache()
+        self._lists: VersionedCache[views.JobList] = VersionedCache(256)
 
     # ---- writes ------------------------------------------------------------------------------
     def _refuse_if_pinned_gpus_busy(self, spec: JobRequest) -> None:
@@ -275,6 +278,16 @@ class JobService:
 
     async def detail(self, job_id: str) -> views.JobDetail:
         self.state(job_id)
+        version = self.projector.job_versions.get(job_id, 0)
+        return await self._details.get(job_id, version, lambda: self._detail(job_id))
+
+    async def list_jobs(self, **filters: object) -> views.JobList:
+        """A list page; the same page is computed once per change of the job stream."""
+        key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in filters.items()))
+        version = self.projector.applied[subjects.JOB_STREAM]
+        return await self._lists.get(key, version, lambda: self.reader.list_jobs(**filters))  # type: ignore[arg-type]
+
+    async def _detail(self, job_id: str) -> views.JobDetail:
         job = await self.reader.job_detail_rows(job_id)
         if job is None:
             raise NotFound(f"no job {job_id!r}")
