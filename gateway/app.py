@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, TypeVar
 
 import msgspec
-from litestar import Litestar, Request, delete, get, post
+from litestar import Litestar, Request, Response, delete, get, post
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.params import Parameter
@@ -15,6 +15,7 @@ from gateway import views
 from gateway.auth import TokenStore, caller_role, make_auth_guard
 from gateway.cluster_routes import cluster_routes
 from gateway.compat000 import seed000_router
+from gateway.sql import SqlRequest, encode_result
 from gateway.streams import stream_routes
 from gateway.errors import (
     BadRequest,
@@ -51,6 +52,7 @@ class ExportRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _export_decoder = msgspec.json.Decoder(ExportRequest)
+_sql_decoder = msgspec.json.Decoder(SqlRequest)
 
 B = TypeVar("B")
 
@@ -187,6 +189,16 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
         req = _optional_body(_export_decoder, await request.body(), ExportRequest())
         return await svc().export(job_id, req.checkpoint, user=caller_role(request))
 
+    @post("/api/v1/sql", guards=admin, status_code=200)
+    async def run_sql(request: Request) -> Response[bytes]:
+        """Read-only SQL over the projection (schema in the README): one SELECT/WITH/EXPLAIN,
+        `limit` rows at most (default 1,000, max 10,000), `timeout_s` (default 10, max 60)."""
+        req = _optional_body(_sql_decoder, await request.body(), None)
+        if req is None:
+            raise InvalidField("a body {\"sql\": \"SELECT ...\"} is required", field="sql")
+        result = await runtime.sql.run(req)
+        return Response(encode_result(result), media_type="application/json")
+
     @get([f"{PREFIX}/health", "/health"], exclude_from_auth=True)
     async def health() -> views.Health:
         projector = runtime.projector
@@ -202,7 +214,7 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
     return Litestar(
         route_handlers=[create_job, list_jobs, job_detail, job_status, job_progress, job_metrics,
                         job_logs, job_events, stop_job, start_job, delete_job, export_job, retry_job, resume_job,
-                        job_checkpoints, health,
+                        job_checkpoints, run_sql, health,
                         *cluster_routes(runtime, PREFIX, viewer=viewer, operator=operator, admin=admin),
                         *stream_routes(runtime, PREFIX, viewer=viewer),
                         seed000_router(runtime, "/api/v1", viewer=viewer, operator=operator)],

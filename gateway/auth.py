@@ -26,16 +26,31 @@ def _hash(token: str) -> str:
 
 
 class TokenStore:
+    """The token file, re-read when it changes: `trainyard token create` works on a running
+    gateway."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._roles: dict[str, str] = {}
-        if path.is_file():
-            self._roles = {h: r for h, r in json.loads(path.read_text()).items() if r in ROLES}
+        self._stamp: tuple[int, int] | None = None
+        self._reload()
+
+    def _reload(self) -> None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            self._roles, self._stamp = {}, None
+            return
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp != self._stamp:
+            self._roles = {h: r for h, r in json.loads(self.path.read_text()).items() if r in ROLES}
+            self._stamp = stamp
 
     def __bool__(self) -> bool:
         return bool(self._roles)
 
     def role_of(self, token: str) -> str | None:
+        self._reload()
         digest = _hash(token)
         found = None
         for known, role in self._roles.items():  # look at every entry: no early exit

@@ -109,23 +109,33 @@ class Tables:
             names=list(columns),
         )
 
+    @staticmethod
+    def run_with(con: duckdb.DuckDBPyConnection, rows: pa.Table, *statements: str) -> None:
+        """Run statements that read `arrow_rows`, registered explicitly on this cursor: DuckDB's
+        implicit scan of Python variables is off, with all external access (DESIGN §10)."""
+        con.register("arrow_rows", rows)
+        try:
+            for sql in statements:
+                con.execute(sql)
+        finally:
+            con.unregister("arrow_rows")
+
     def insert(self, con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, list]) -> None:
         if not columns or not len(next(iter(columns.values()))):
             return
-        arrow_rows = self.arrow(table, columns)  # noqa: F841 (DuckDB reads it by name)
         names = ", ".join(columns)
-        con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM arrow_rows")
+        self.run_with(con, self.arrow(table, columns), f"INSERT INTO {table} ({names}) SELECT {names} FROM arrow_rows")
 
     def replace_by_key(self, con: duckdb.DuckDBPyConnection, table: str, keys: tuple[str, ...],
                        columns: dict[str, list]) -> None:
         """Upsert for tables with one row per key: delete the keys, insert the new rows."""
         if not len(next(iter(columns.values()))):
             return
-        arrow_rows = self.arrow(table, columns)  # noqa: F841 (DuckDB reads it by name)
         match = " AND ".join(f"{table}.{k} = arrow_rows.{k}" for k in keys)
-        con.execute(f"DELETE FROM {table} WHERE EXISTS (SELECT 1 FROM arrow_rows WHERE {match})")
         names = ", ".join(columns)
-        con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM arrow_rows")
+        self.run_with(con, self.arrow(table, columns),
+                      f"DELETE FROM {table} WHERE EXISTS (SELECT 1 FROM arrow_rows WHERE {match})",
+                      f"INSERT INTO {table} ({names}) SELECT {names} FROM arrow_rows")
 
 
 FEW_ROWS = 3
@@ -582,9 +592,9 @@ class Projector:
             return
         rows = [_state_columns(x) for x in states]
         columns = {"job_id": [x.job_id for x in states], **{k: [r[k] for r in rows] for k in rows[0]}}
-        u = self.tables.arrow("jobs", columns)  # noqa: F841 (read by DuckDB by name)
-        sets = ", ".join(f"{k} = u.{k}" for k in rows[0])
-        con.execute(f"UPDATE jobs SET {sets} FROM u WHERE jobs.job_id = u.job_id")
+        sets = ", ".join(f"{k} = arrow_rows.{k}" for k in rows[0])
+        self.tables.run_with(con, self.tables.arrow("jobs", columns),
+                             f"UPDATE jobs SET {sets} FROM arrow_rows WHERE jobs.job_id = arrow_rows.job_id")
 
     def _write_host_events(self, con: duckdb.DuckDBPyConnection, batch: PreparedBatch) -> None:
         latest = batch.heartbeats

@@ -13,6 +13,7 @@ from gateway.projector import Projector
 from gateway.queries import Reader
 from gateway.scheduler import Scheduler
 from gateway.schema import open_db
+from gateway.sql import SqlRunner
 from gateway.service import JobService
 from gateway.writes import EventWriter
 from shared import provision, subjects
@@ -51,6 +52,7 @@ class GatewayRuntime:
         )
         await self.scheduler.start()
         self.reader = Reader(self.con)
+        self.sql = SqlRunner(self.con)
         writer = EventWriter(self.js, self.projector, s.read_your_writes_timeout_s)
         self.cluster = ClusterService(writer, self.projector, self.scheduler, self.reader, replica=s.replica)
         self.service = JobService(writer, self.projector, self.scheduler, self.cluster, self.reader,
@@ -65,6 +67,8 @@ class GatewayRuntime:
             await projector.stop()
         if (reader := getattr(self, "reader", None)) is not None:
             reader.close()
+        if (sql := getattr(self, "sql", None)) is not None:
+            sql.close()
         if self.nc is not None:
             await self.nc.drain()
         if (con := getattr(self, "con", None)) is not None:

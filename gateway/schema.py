@@ -124,4 +124,7 @@ def open_db(path: str) -> duckdb.DuckDBPyConnection:
     con.execute(DDL)
     if not con.execute("SELECT count(*) FROM schema_version").fetchall()[0][0]:
         con.execute("INSERT INTO schema_version VALUES (?)", [SCHEMA_VERSION])
+    # No file or network access from SQL, ever (read_csv('/etc/...'), COPY TO, ATTACH, INSTALL):
+    # users run SQL against this database (POST /api/v1/sql). It cannot be turned back on.
+    con.execute("SET enable_external_access = false")
     return con

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 
+from gateway.auth import TOKENS_FILE, TokenStore
 from tests.conftest import Cluster, pid_alive, python_job
 
 
@@ -201,3 +202,36 @@ def test_log_and_progress_streams_follow_a_job_until_it_ends(cluster: Cluster) -
     progress = sse_events(cluster, f"/jobs/{job}/progress/stream")
     assert progress[-1][0] == "end" and json.loads(progress[-2][2])["step"] == 20
     assert cluster.api.client.get(f"/jobs/{job}/logs/stream", params={"level": "LOUD"}).status_code == 422
+
+
+def test_read_only_sql_over_the_projection(cluster: Cluster) -> None:
+    job = cluster.api.submit(python_job("numbered.py", "30"))
+    cluster.api.wait(job)
+    sql = cluster.api.client.post
+    r = sql(f"{cluster.url}/api/v1/sql", json={
+        "sql": f"SELECT count(*) AS n, min(seq) AS first FROM logs WHERE job_id = '{job}' AND stream = 'stdout'"})
+    assert r.status_code == 200, r.text
+    assert r.json()["columns"] == ["n", "first"] and r.json()["rows"][0][0] == 30
+    capped = sql(f"{cluster.url}/api/v1/sql", json={"sql": "SELECT * FROM range(50)", "limit": 10}).json()
+    assert capped["row_count"] == 10 and capped["truncated"] is True
+    for statement in ("DELETE FROM jobs", "DROP TABLE logs", "SELECT 1; DELETE FROM jobs",
+                      "INSERT INTO jobs SELECT * FROM jobs", "COPY jobs TO '/tmp/out.csv'",
+                      "ATTACH '/tmp/other.duckdb'", "SET enable_external_access = true"):
+        r = sql(f"{cluster.url}/api/v1/sql", json={"sql": statement})
+        assert r.status_code == 422 and r.json()["field"] == "sql", (statement, r.text)
+    for reading_files in ("SELECT * FROM read_text('/etc/hostname')", "SELECT * FROM read_csv('/etc/passwd')"):
+        r = sql(f"{cluster.url}/api/v1/sql", json={"sql": reading_files})
+        assert r.status_code == 422 and "disabled" in r.json()["detail"], r.text
+    slow = sql(f"{cluster.url}/api/v1/sql", json={
+        "sql": "SELECT count(*) FROM range(100000000000) a", "timeout_s": 0.5})
+    assert slow.status_code == 400 and slow.json()["field"] == "timeout_s"
+    assert sql(f"{cluster.url}/api/v1/sql", json={"sql": "SELECT 1 AS one"}).json()["rows"] == [[1]]
+
+
+def test_sql_needs_the_admin_role_and_new_tokens_work_without_a_restart(cluster: Cluster) -> None:
+    for role, code in (("viewer", 403), ("operator", 403), ("admin", 200)):
+        token = TokenStore(cluster.data_dir / TOKENS_FILE).create(role)
+        r = httpx.post(f"{cluster.url}/api/v1/sql", json={"sql": "SELECT 1"},
+                       headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == code, (role, r.text)
+    assert httpx.post(f"{cluster.url}/api/v1/sql", json={"sql": "SELECT 1"}).status_code == 401

@@ -1,0 +1,98 @@
+"""Read-only SQL over the projection, for analytics (`POST /api/v1/sql`, admin only).
+
+One statement, and it must be a query (SELECT / WITH / EXPLAIN), checked by DuckDB's own parser,
+not by pattern matching. The database has external access switched off (schema.py), so a query
+cannot read or write files. Each query runs on its own cursor with a statement timeout (DuckDB
+interrupts it) and a row cap; the answer says when it was cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Annotated, Any
+
+import duckdb
+import msgspec
+
+from gateway.errors import BadRequest, InvalidField
+
+ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+
+
+class SqlRequest(msgspec.Struct, forbid_unknown_fields=True):
+    sql: Annotated[str, msgspec.Meta(min_length=1, max_length=20_000)]
+    limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000
+    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 10.0
+
+
+class SqlResult(msgspec.Struct, kw_only=True):
+    columns: list[str]
+    types: list[str]
+    rows: list[list[Any]]
+    row_count: int
+    truncated: bool
+    elapsed_ms: float
+
+
+class SqlRunner:
+    def __init__(self, con: duckdb.DuckDBPyConnection, workers: int = 2) -> None:
+        self._con = con
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="sql")
+        self._slots = asyncio.Semaphore(workers)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    @staticmethod
+    def check(sql: str) -> None:
+        try:
+            statements = duckdb.extract_statements(sql)
+        except duckdb.Error as exc:
+            raise InvalidField(f"not valid SQL: {exc}", field="sql") from None
+        if len(statements) != 1:
+            raise InvalidField(f"one statement per request, not {len(statements)}", field="sql")
+        if statements[0].type not in ALLOWED:
+            raise InvalidField(f"only queries (SELECT, WITH, EXPLAIN) are allowed here, not "
+                               f"{statements[0].type.name}", field="sql")
+
+    async def run(self, req: SqlRequest) -> SqlResult:
+        self.check(req.sql)
+        async with self._slots:
+            cursor = self._con.cursor()
+            loop = asyncio.get_running_loop()
+            future = loop.run_in_executor(self._pool, self._execute, cursor, req)
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), req.timeout_s)
+            except TimeoutError:
+                cursor.interrupt()
+                await asyncio.gather(future, return_exceptions=True)
+                raise BadRequest(f"the query ran past its {req.timeout_s:g}s statement timeout and "
+                                 "was interrupted", field="timeout_s") from None
+            finally:
+                cursor.close()
+
+    @staticmethod
+    def _execute(cursor: duckdb.DuckDBPyConnection, req: SqlRequest) -> SqlResult:
+        started = time.perf_counter()
+        try:
+            cursor.execute(req.sql)
+            rows = cursor.fetchmany(req.limit + 1)
+        except duckdb.InterruptException:
+            raise
+        except duckdb.Error as exc:
+            raise InvalidField(str(exc).splitlines()[0], field="sql") from None
+        description = cursor.description or []
+        truncated = len(rows) > req.limit
+        rows = rows[: req.limit]
+        return SqlResult(
+            columns=[d[0] for d in description], types=[str(d[1]) for d in description],
+            rows=[list(r) for r in rows], row_count=len(rows), truncated=truncated,
+            elapsed_ms=round((time.perf_counter() - started) * 1e3, 2),
+        )
+
+
+def encode_result(result: SqlResult) -> bytes:
+    """Query values may be any DuckDB type: what JSON has no type for is sent as text."""
+    return msgspec.json.encode(result, enc_hook=str)
