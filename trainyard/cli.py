@@ -187,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--out", default=None)
     rb.set_defaults(func=cmd_rebuild)
 
+    from trainyard.client import add_client_commands
+
+    add_client_commands(sub)
+
     tk = sub.add_parser("token", help="API tokens")
     tks = tk.add_subparsers(dest="token_command", required=True)
     tc = tks.add_parser("create", help="create a token and print it")
