@@ -86,7 +86,7 @@ class PreparedBatch:
 
 
 # Subjects `ty.job.<id>.<kind>` whose events change a job's status (decoded in `prepare`).
-_LIFECYCLE_KINDS = frozenset(ev.tag_of(t) for t in ev.LIFECYCLE) | {"deleted"}
+_LIFECYCLE_KINDS = frozenset(ev.tag_of(t) for t in ev.LIFECYCLE) | {"deleted", "webhook"}
 # What a deleted job leaves behind: nothing but its rows in job_events.
 _JOB_TABLES = ("jobs", "progress", "checkpoints", "exports")
 _JOB_KEYED_TABLES = ("logs", "metrics")
@@ -163,6 +163,8 @@ class Projector:
         self.scheduler_paused = False  # the queue processor, as the last control event left it
         # Per job: the job-stream sequence of its last applied event (answers cached by it).
         self.job_versions: dict[str, int] = {}
+        # Jobs whose end was told to their webhook (or every try was used up).
+        self.webhooks_settled: set[str] = set()
         self.states: dict[str, JobState] = {}  # as committed to DuckDB: what the API shows
         self.live_states: dict[str, JobState] = {}  # ahead of the commit: what the scheduler uses
         self.needs: dict[str, JobNeeds] = {}
@@ -217,6 +219,9 @@ class Projector:
             "SELECT type FROM scheduler_events ORDER BY stream_seq DESC LIMIT 1"
         ).fetchall()
         self.scheduler_paused = bool(last) and last[0][0] == "paused"
+        self.webhooks_settled = {r[0] for r in self.con.execute(
+            "SELECT DISTINCT job_id FROM job_events WHERE type = 'webhook' AND contains(data, '\"final\":true')"
+        ).fetchall()}
         for beat in self.con.execute(
             "SELECT host, last_seen_s, agent_started_s, heartbeat_interval_s, cpu_percent, "
             "memory_total_mb, memory_used_mb, disk_free_mb, running_jobs, gpu_note FROM hosts"
@@ -328,6 +333,9 @@ class Projector:
         self.live_states.update(batch.states)
         for job_id in batch.deleted:
             self.live_states.pop(job_id, None)
+        for item in batch.jobs:
+            if isinstance(item.event, ev.WebhookDelivery) and item.event.final:
+                self.webhooks_settled.add(item.event.job_id)
         self.heartbeats.update(batch.heartbeats)
         if batch.jobs_changed or batch.heartbeats:
             for callback in self.on_jobs_changed:

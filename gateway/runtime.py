@@ -15,6 +15,7 @@ from gateway.scheduler import Scheduler
 from gateway.schema import open_db
 from gateway.sql import SqlRunner
 from gateway.service import JobService
+from gateway.webhooks import WebhookNotifier, load_secret
 from gateway.writes import EventWriter
 from shared import provision, subjects
 from shared.config import GatewaySettings
@@ -51,6 +52,8 @@ class GatewayRuntime:
             lease_ttl_s=s.scheduler_lease_ttl_s,
         )
         await self.scheduler.start()
+        self.webhooks = WebhookNotifier(self.js, self.projector, load_secret(s.webhook_secret, data_dir),
+                                        lambda: self.scheduler.is_leader)
         self.reader = Reader(self.con)
         self.sql = SqlRunner(self.con)
         writer = EventWriter(self.js, self.projector, s.read_your_writes_timeout_s)
@@ -61,6 +64,8 @@ class GatewayRuntime:
 
     async def stop(self) -> None:
         """Undo whatever `start` got through, in reverse (a failed start calls this too)."""
+        if (webhooks := getattr(self, "webhooks", None)) is not None:
+            await webhooks.stop()
         if (scheduler := getattr(self, "scheduler", None)) is not None:
             await scheduler.stop()
         if (projector := getattr(self, "projector", None)) is not None:

@@ -37,6 +37,9 @@ class GatewaySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=False)
     host_lost_grace_s: float = 30.0
     # One gateway schedules at a time; another takes over this long after it stops renewing.
     scheduler_lease_ttl_s: float = 6.0
+    # Signs webhook bodies; empty: one is generated in <data_dir>/webhook-secret (give every
+    # gateway replica the same one).
+    webhook_secret: str = ""
 
 
 class AgentSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):

@@ -132,6 +132,19 @@ class JobDeleted(JobEvent, tag="deleted"):
     requested_by: str = ""
 
 
+class WebhookDelivery(JobEvent, tag="webhook"):
+    """One try at telling the job's webhook that it ended."""
+
+    delivery_id: str
+    event: str  # job.succeeded, job.failed, job.stopped, job.lost
+    url: str
+    try_number: int
+    ok: bool
+    status_code: int | None = None
+    error: str = ""
+    final: bool = False  # delivered, or no try is left
+
+
 class ExportRequested(JobEvent, tag="export_requested"):
     """A tracked export step of a finished job (swift: merge the LoRA into the base model)."""
 
@@ -192,6 +205,7 @@ AnyJobEvent = (
     | ExportRequested
     | ExportFinished
     | JobDeleted
+    | WebhookDelivery
     | LogBatch
 )
 

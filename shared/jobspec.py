@@ -46,6 +46,8 @@ class JobRequestBase(
     stop_grace_s: GraceSeconds = 30.0
     # A pinned GPU that is busy: wait in the queue, or refuse the request (409, seed 000's way).
     if_busy: Literal["queue", "reject"] = "queue"
+    # Told when the job ends: POSTed JSON, signed with HMAC-SHA256 (README: Webhooks).
+    webhook_url: Annotated[str, Meta(pattern=r"^https?://[^\s]+$", max_length=2000)] | None = None
 
     @property
     def trainer(self) -> str:

@@ -1,0 +1,128 @@
+"""Webhooks: a job that names `webhook_url` is told when it ends (DESIGN §8).
+
+The gateway holding the scheduler lease delivers (so one delivery per end, across replicas):
+a POST of JSON with `X-Trainyard-Signature: sha256=<HMAC-SHA256 of timestamp + "." + body>`,
+`X-Trainyard-Timestamp`, `X-Trainyard-Event` and `X-Trainyard-Delivery`. A non-2xx answer or no
+answer is retried after 1, 2, 4 and 8 s (5 tries in all). Every try is an event on the job
+(`webhook`), so deliveries show in its history; the last one says `final`, and a job whose end
+was delivered (or whose tries ran out) is never told again, also after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from pathlib import Path
+
+import httpx
+import msgspec
+from nats.js import JetStreamContext
+
+from gateway.projector import Projector
+from shared import events as ev
+from shared import subjects
+from shared.clock import now_s
+
+log = logging.getLogger("trainyard.webhooks")
+
+RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0)
+TIMEOUT_S = 5.0
+SECRET_FILE = "webhook-secret"
+
+
+def load_secret(configured: str, data_dir: Path) -> str:
+    if configured:
+        return configured
+    path = data_dir / SECRET_FILE
+    if not path.exists():
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def signature(secret: str, timestamp: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+class WebhookNotifier:
+    def __init__(self, js: JetStreamContext, projector: Projector, secret: str,
+                 is_leader, retry_delays_s: tuple[float, ...] = RETRY_DELAYS_S) -> None:
+        self.js = js
+        self.projector = projector
+        self.secret = secret
+        self.is_leader = is_leader
+        self.retry_delays_s = retry_delays_s
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._watched: dict[str, str] = {}  # job -> url, for jobs that name a webhook
+        self._needs_seen = 0
+        self._http = httpx.AsyncClient(timeout=TIMEOUT_S, follow_redirects=False)
+        projector.on_jobs_changed.append(self.check)
+
+    def check(self) -> None:
+        """Start a delivery for every ended job with a webhook that has not been told."""
+        if not self.is_leader():
+            return
+        needs = self.projector.needs
+        if len(needs) != self._needs_seen:  # new jobs: find the ones with a webhook (once each)
+            self._watched = {j: n.spec.webhook_url for j, n in needs.items() if n.spec.webhook_url}
+            self._needs_seen = len(needs)
+        for job_id, url in list(self._watched.items()):
+            if job_id in self.projector.webhooks_settled:
+                del self._watched[job_id]
+                continue
+            if job_id in self._running:
+                continue
+            # The live view: the end is known here as soon as its event is decoded.
+            state = self.projector.live_states.get(job_id)
+            if state is None or not state.is_terminal:
+                continue
+            task = asyncio.create_task(self._deliver(job_id, url, state), name=f"webhook-{job_id}")
+            self._running[job_id] = task
+            task.add_done_callback(lambda _t, j=job_id: self._running.pop(j, None))
+
+    async def _deliver(self, job_id: str, url: str, state) -> None:
+        event = f"job.{state.status.value}"
+        delivery_id = f"wh_{time.time_ns():x}"
+        body = msgspec.json.encode({
+            "event": event, "delivery_id": delivery_id, "job_id": job_id, "status": state.status.value,
+            "attempt": state.attempt, "host": state.host, "exit_code": state.exit_code,
+            "signal": state.signal, "reason": state.reason, "started_s": state.started_s,
+            "finished_s": state.finished_s,
+        })
+        tries = len(self.retry_delays_s) + 1
+        for n in range(1, tries + 1):
+            timestamp = str(int(time.time()))
+            headers = {"Content-Type": "application/json", "X-Trainyard-Event": event,
+                       "X-Trainyard-Delivery": delivery_id, "X-Trainyard-Timestamp": timestamp,
+                       "X-Trainyard-Signature": signature(self.secret, timestamp, body)}
+            code, error = None, ""
+            try:
+                r = await self._http.post(url, content=body, headers=headers)
+                code = r.status_code
+                ok = 200 <= code < 300
+                error = "" if ok else f"answered {code}"
+            except httpx.HTTPError as exc:
+                ok, error = False, f"{exc.__class__.__name__}: {exc}"[:300]
+            final = ok or n == tries
+            await self.js.publish(
+                subjects.job_event(job_id, "webhook"),
+                ev.encode(ev.WebhookDelivery(job_id=job_id, attempt=state.attempt, ts_s=now_s(),
+                                             delivery_id=delivery_id, event=event, url=url, try_number=n,
+                                             ok=ok, status_code=code, error=error, final=final)),
+                headers={"Nats-Msg-Id": f"{job_id}:{delivery_id}:{n}"},
+            )
+            if final:
+                if not ok:
+                    log.warning("webhook of %s gave up after %d tries: %s", job_id, n, error)
+                return
+            await asyncio.sleep(self.retry_delays_s[n - 1])
+
+    async def stop(self) -> None:
+        for task in list(self._running.values()):
+            task.cancel()
+        await asyncio.gather(*self._running.values(), return_exceptions=True)
+        await self._http.aclose()
