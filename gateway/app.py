@@ -12,7 +12,7 @@ from litestar.params import Parameter
 from litestar.types import Guard
 
 from gateway import views
-from gateway.auth import TokenStore, caller_role, make_auth_guard
+from gateway.auth import TokenStore, caller_name, caller_role, make_auth_guard
 from gateway.cluster_routes import cluster_routes
 from gateway.compat000 import seed000_router
 from gateway.sql import SqlRequest, encode_result
@@ -78,10 +78,15 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
     def svc():
         return runtime.service
 
+    def owner(job_id: str, request: Request) -> str:
+        """The caller, once it is known to be allowed to act on the job."""
+        svc().check_owner(job_id, caller_role(request), caller_name(request))
+        return caller_name(request)
+
     @post(f"{PREFIX}/jobs", guards=operator, status_code=201)
     async def create_job(request: Request) -> views.SubmitResponse:
         body = await request.body()
-        return await svc().submit(body, role=caller_role(request))
+        return await svc().submit(body, role=caller_role(request), user=caller_name(request))
 
     @get(f"{PREFIX}/jobs", guards=viewer)
     async def list_jobs(
@@ -91,13 +96,15 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
         offset: Annotated[int, Parameter(ge=0, le=10_000_000)] = 0,
         gpu_id: Annotated[int | None, Parameter(ge=0, le=1023)] = None,
         priority: Annotated[int | None, Parameter(ge=0, le=10)] = None,
+        cursor: Annotated[str | None, Parameter(pattern=r"^c\d{1,19}$")] = None,
     ) -> views.JobList:
         statuses = _csv(status, "status")
         unknown = [s for s in statuses if s not in JobStatus.__members__.values()]
         if unknown:
             raise InvalidField(f"unknown status {unknown[0]!r}; one of: {', '.join(JobStatus)}", field="status")
         return await svc().list_jobs(status=statuses, trainer=trainer, host=host, q=q,
-                                     limit=limit, offset=offset, gpu_id=gpu_id, priority=priority)
+                                     limit=limit, offset=offset, gpu_id=gpu_id, priority=priority,
+                                     before_seq=int(cursor[1:]) if cursor else None)
 
     @get(f"{PREFIX}/jobs/{{job_id:str}}", guards=viewer)
     async def job_detail(job_id: str) -> views.JobDetail:
@@ -155,23 +162,23 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
     @post(f"{PREFIX}/jobs/{{job_id:str}}/stop", guards=operator, status_code=200)
     async def stop_job(job_id: str, request: Request) -> views.StopResponse:
         stop = _optional_body(_stop_decoder, await request.body(), StopRequest())
-        return await svc().stop(job_id, force=stop.force, grace_s=stop.grace_s)
+        return await svc().stop(job_id, force=stop.force, grace_s=stop.grace_s, user=owner(job_id, request))
 
     @post(f"{PREFIX}/jobs/{{job_id:str}}/start", guards=operator, status_code=200)
     async def start_job(job_id: str, request: Request) -> views.StopResponse:
         """Release a held job; for a queued one, ask for a scheduling pass now."""
-        return await svc().start(job_id, user=caller_role(request))
+        return await svc().start(job_id, user=owner(job_id, request))
 
     @post(f"{PREFIX}/jobs/{{job_id:str}}/retry", guards=operator, status_code=200)
     async def retry_job(job_id: str, request: Request) -> views.StopResponse:
         """A failed, lost or stopped job back to the queue as a new attempt."""
-        return await svc().retry(job_id, user=caller_role(request))
+        return await svc().retry(job_id, user=owner(job_id, request))
 
     @post(f"{PREFIX}/jobs/{{job_id:str}}/resume", guards=operator, status_code=200)
     async def resume_job(job_id: str, request: Request) -> views.StopResponse:
         """A new attempt from the latest checkpoint, or `{"checkpoint": "checkpoint-50"}`."""
         req = _optional_body(_export_decoder, await request.body(), ExportRequest())
-        return await svc().resume(job_id, req.checkpoint, user=caller_role(request))
+        return await svc().resume(job_id, req.checkpoint, user=owner(job_id, request))
 
     @get(f"{PREFIX}/jobs/{{job_id:str}}/checkpoints", guards=viewer)
     async def job_checkpoints(job_id: str) -> list[dict[str, Any]]:
@@ -180,14 +187,14 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
     @delete(f"{PREFIX}/jobs/{{job_id:str}}", guards=operator, status_code=204)
     async def delete_job(job_id: str, request: Request) -> None:
         """204. The job leaves every view; its events stay. 409 while it is active."""
-        await svc().delete(job_id, user=caller_role(request))
+        await svc().delete(job_id, user=owner(job_id, request))
 
     @post(f"{PREFIX}/jobs/{{job_id:str}}/export", guards=operator, status_code=200)
     async def export_job(job_id: str, request: Request) -> views.ExportResponse:
         """The job's export step (swift: merge the LoRA of the latest or a named checkpoint);
         its progress and result path appear under `exports` in the job's detail."""
         req = _optional_body(_export_decoder, await request.body(), ExportRequest())
-        return await svc().export(job_id, req.checkpoint, user=caller_role(request))
+        return await svc().export(job_id, req.checkpoint, user=owner(job_id, request))
 
     @post("/api/v1/sql", guards=admin, status_code=200)
     async def run_sql(request: Request) -> Response[bytes]:

@@ -32,6 +32,7 @@ class TokenStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._roles: dict[str, str] = {}
+        self._names: dict[str, str] = {}
         self._stamp: tuple[int, int] | None = None
         self._reload()
 
@@ -39,32 +40,44 @@ class TokenStore:
         try:
             st = self.path.stat()
         except FileNotFoundError:
-            self._roles, self._stamp = {}, None
+            self._roles, self._names, self._stamp = {}, {}, None
             return
         stamp = (st.st_mtime_ns, st.st_size)
         if stamp != self._stamp:
-            self._roles = {h: r for h, r in json.loads(self.path.read_text()).items() if r in ROLES}
+            self._roles, self._names = {}, {}
+            for digest, entry in json.loads(self.path.read_text()).items():
+                # Older files hold just the role; a token without a name is known by its hash.
+                role, name = (entry, digest[:8]) if isinstance(entry, str) else (entry.get("role"), entry.get("name"))
+                if role in ROLES:
+                    self._roles[digest], self._names[digest] = role, name or digest[:8]
             self._stamp = stamp
 
     def __bool__(self) -> bool:
         return bool(self._roles)
 
     def role_of(self, token: str) -> str | None:
+        found = self.identity_of(token)
+        return found[0] if found else None
+
+    def identity_of(self, token: str) -> tuple[str, str] | None:
+        """(role, name) of a token, or None."""
         self._reload()
         digest = _hash(token)
         found = None
-        for known, role in self._roles.items():  # look at every entry: no early exit
+        for known in self._roles:  # look at every entry: no early exit
             if hmac.compare_digest(known, digest):
-                found = role
-        return found
+                found = known
+        return (self._roles[found], self._names[found]) if found else None
 
-    def create(self, role: str) -> str:
+    def create(self, role: str, name: str | None = None) -> str:
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}")
+        self._reload()
         token = f"ty_{secrets.token_urlsafe(32)}"
-        self._roles[_hash(token)] = role
+        digest = _hash(token)
+        self._roles[digest], self._names[digest] = role, name or f"{role}-{digest[:6]}"
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._roles, indent=1))
+        tmp.write_text(json.dumps({d: {"role": r, "name": self._names[d]} for d, r in self._roles.items()}, indent=1))
         os.chmod(tmp, 0o600)
         tmp.replace(self.path)
         return token
@@ -75,7 +88,7 @@ def ensure_admin_token(data_dir: Path) -> str:
     token_file = data_dir / ADMIN_TOKEN_FILE
     if token_file.is_file():
         return token_file.read_text().strip()
-    token = TokenStore(data_dir / TOKENS_FILE).create("admin")
+    token = TokenStore(data_dir / TOKENS_FILE).create("admin", "admin")
     fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
@@ -86,6 +99,10 @@ def caller_role(connection: ASGIConnection) -> str:
     return connection.scope.get("state", {}).get("role", "admin")  # type: ignore[no-any-return]
 
 
+def caller_name(connection: ASGIConnection) -> str:
+    return connection.scope.get("state", {}).get("user", "local")  # type: ignore[no-any-return]
+
+
 def make_auth_guard(store: TokenStore | None):
     """A guard factory: `requires(role)` checks the bearer token (or nothing when insecure)."""
 
@@ -94,19 +111,20 @@ def make_auth_guard(store: TokenStore | None):
 
         def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
             if store is None:  # --insecure on loopback
-                connection.scope.setdefault("state", {})["role"] = "admin"
+                connection.scope.setdefault("state", {}).update(role="admin", user="local")
                 return
             header = connection.headers.get("authorization", "")
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token:
                 raise NotAuthorizedException("missing bearer token (Authorization: Bearer <token>)",
                                              headers={"WWW-Authenticate": "Bearer"})
-            have = store.role_of(token.strip())
-            if have is None:
+            identity = store.identity_of(token.strip())
+            if identity is None:
                 raise NotAuthorizedException("invalid token", headers={"WWW-Authenticate": "Bearer"})
+            have, name = identity
             if ROLES.index(have) < needed:
                 raise PermissionDeniedException(f"this needs the {role} role; the token is {have}")
-            connection.scope.setdefault("state", {})["role"] = have
+            connection.scope.setdefault("state", {}).update(role=have, user=name)
 
         return guard
 

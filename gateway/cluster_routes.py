@@ -7,7 +7,7 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.types import Guard
 
 from gateway import views
-from gateway.auth import caller_role
+from gateway.auth import caller_name, caller_role
 from gateway.runtime import GatewayRuntime
 
 
@@ -43,7 +43,8 @@ def cluster_routes(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard],
     @delete(f"{prefix}/queue/{{job_id:str}}", guards=operator, status_code=200)
     async def queue_remove(job_id: str, request: Request) -> views.QueueRemoval:
         """Take a queued (or held) job out of the queue; it ends as `stopped`."""
-        return await cluster().remove_from_queue(job_id, caller_role(request))
+        runtime.service.check_owner(job_id, caller_role(request), caller_name(request))
+        return await cluster().remove_from_queue(job_id, caller_name(request))
 
     @get(f"{prefix}/queue/{{job_id:str}}/status", guards=viewer)
     async def queue_job_status(job_id: str) -> views.QueueJobStatus:
@@ -51,12 +52,12 @@ def cluster_routes(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard],
 
     @post(f"{prefix}/queue/processor/start", guards=admin, status_code=200)
     async def processor_start(request: Request) -> views.ProcessorStatus:
-        return await cluster().set_processor(True, caller_role(request))
+        return await cluster().set_processor(True, caller_name(request))
 
     @post(f"{prefix}/queue/processor/stop", guards=admin, status_code=200)
     async def processor_stop(request: Request) -> views.ProcessorStatus:
         """Pause placing jobs (an event: it survives restarts). Running jobs are not touched."""
-        return await cluster().set_processor(False, caller_role(request))
+        return await cluster().set_processor(False, caller_name(request))
 
     @get(f"{prefix}/queue/processor/status", guards=viewer)
     async def processor_status() -> views.ProcessorStatus:

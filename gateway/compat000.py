@@ -18,7 +18,7 @@ from litestar.params import Parameter
 from litestar.types import Guard
 
 from gateway import views
-from gateway.auth import caller_role
+from gateway.auth import caller_name, caller_role
 from gateway.errors import BadRequest, InvalidField, ServiceError, field_of_validation_error
 from gateway.params import since_seconds
 from gateway.queries import LEVELS, LOG_KINDS
@@ -97,7 +97,7 @@ def seed000_router(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard],
             "config": req.config, "description": req.description, "priority": req.priority,
             **({"gpu_id": req.gpu_id, "if_busy": "reject"} if req.gpu_id is not None else {}),
         })
-        made = await svc().submit(body, role=caller_role(request))
+        made = await svc().submit(body, role=caller_role(request), user=caller_name(request))
         return envelope({"task_id": made.job_id, "status": seed_status(made.status),
                          "gpu_id": req.gpu_id, "queue_position": made.queue_position}, 201,
                         "training task created")
@@ -106,7 +106,8 @@ def seed000_router(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard],
     async def stop(task_id: str, request: Request) -> Response[Envelope]:
         raw = await request.body()
         req: StopRequest = _decode(_stop, raw) if raw.strip() else StopRequest()
-        done = await svc().stop(task_id, force=req.force, grace_s=None)
+        svc().check_owner(task_id, caller_role(request), caller_name(request))
+        done = await svc().stop(task_id, force=req.force, grace_s=None, user=caller_name(request))
         return envelope({"task_id": task_id, "status": seed_status(done.status)}, message=done.message)
 
     @get("/training/list", guards=viewer)

@@ -56,6 +56,7 @@ class JobNeeds:
     host: str | None
     min_gpu_memory_gb: float | None
     spec: JobRequest
+    submitted_by: str = ""
 
 
 @dataclass
@@ -197,7 +198,8 @@ class Projector:
             """SELECT job_id, status, attempt, host, gpu_ids, submitted_s, started_s, finished_s,
                       exit_code, signal, reason, stop_requested, pid, run_dir, stdout_path,
                       stderr_path, last_lines, priority, submit_seq, gpus, requested_gpu_ids,
-                      requested_host, min_gpu_memory_gb, spec, max_retries, failures, updated_s
+                      requested_host, min_gpu_memory_gb, spec, max_retries, failures, updated_s,
+                      submitted_by
                FROM jobs"""
         ).fetchall()
         decode_spec = msgspec.json.Decoder(JobRequest).decode
@@ -212,7 +214,7 @@ class Projector:
             )
             self.needs[r[0]] = JobNeeds(
                 priority=r[17], submit_seq=r[18], gpus=r[19], gpu_ids=tuple(r[20] or ()),
-                host=r[21], min_gpu_memory_gb=r[22], spec=decode_spec(r[23]),
+                host=r[21], min_gpu_memory_gb=r[22], spec=decode_spec(r[23]), submitted_by=r[27] or "",
             )
         self.live_states = dict(self.states)
         last = self.con.execute(
@@ -426,7 +428,7 @@ class Projector:
             batch.needs[event.job_id] = JobNeeds(
                 priority=spec.priority, submit_seq=seq, gpus=spec.gpu_count(),
                 gpu_ids=tuple(spec.gpu_ids or ()), host=spec.host,
-                min_gpu_memory_gb=spec.min_gpu_memory_gb, spec=spec,
+                min_gpu_memory_gb=spec.min_gpu_memory_gb, spec=spec, submitted_by=event.submitted_by,
             )
         return item
 

@@ -51,8 +51,11 @@ class Reader:
 
     async def list_jobs(self, *, status: list[str], trainer: str | None, host: str | None,
                         q: str | None, limit: int, offset: int, gpu_id: int | None = None,
-                        priority: int | None = None) -> views.JobList:
+                        priority: int | None = None, before_seq: int | None = None) -> views.JobList:
         where, params = ["TRUE"], []
+        if before_seq is not None:  # cursor paging: stable while new jobs arrive
+            where.append("submit_seq < ?")
+            params.append(before_seq)
         if gpu_id is not None:
             where.append("(list_contains(gpu_ids, ?) OR list_contains(requested_gpu_ids, ?))")
             params += [gpu_id, gpu_id]
@@ -76,10 +79,13 @@ class Reader:
         def fetch(c: duckdb.DuckDBPyConnection) -> views.JobList:
             total = c.execute(f"SELECT count(*) FROM jobs WHERE {cond}", params).fetchall()[0][0]
             rows = c.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {cond} ORDER BY submit_seq DESC LIMIT ? OFFSET ?",
-                [*params, limit, offset],
+                f"SELECT {_JOB_COLUMNS}, submit_seq FROM jobs WHERE {cond} ORDER BY submit_seq DESC LIMIT ? OFFSET ?",
+                [*params, limit + 1, offset],
             ).fetchall()
-            return views.JobList(jobs=[_summary(r) for r in rows], total=total, limit=limit, offset=offset)
+            more = len(rows) > limit
+            rows = rows[:limit]
+            return views.JobList(jobs=[_summary(r) for r in rows], total=total, limit=limit, offset=offset,
+                                 next_cursor=f"c{rows[-1][-1]}" if more and rows else None)
 
         return await self.run(fetch)
 

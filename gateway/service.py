@@ -246,6 +246,14 @@ class JobService:
         return views.StopResponse(job_id=job_id, status=now.status.value,
                                   message="force stop sent" if force else f"stop sent (SIGKILL after {grace:g}s)")
 
+    def check_owner(self, job_id: str, role: str, user: str) -> None:
+        """Operators act on their own jobs; admins on any (DESIGN §10)."""
+        self.state(job_id)
+        owner = self.projector.needs[job_id].submitted_by
+        if role != "admin" and owner != user:
+            raise Forbidden(f"job {job_id} was submitted by {owner or 'someone else'}; "
+                            f"an operator acts on their own jobs only")
+
     # ---- reads -------------------------------------------------------------------------------
     def state(self, job_id: str) -> JobState:
         state = self.projector.states.get(job_id) if is_valid_token(job_id) else None

@@ -29,6 +29,7 @@ class JobList(msgspec.Struct, kw_only=True):
     total: int
     limit: int
     offset: int
+    next_cursor: str | None = None  # pass as `cursor` for the next page
 
 
 class JobStatusView(msgspec.Struct, kw_only=True):

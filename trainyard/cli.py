@@ -131,7 +131,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    token = TokenStore(data_dir / TOKENS_FILE).create(args.role)
+    token = TokenStore(data_dir / TOKENS_FILE).create(args.role, args.name)
     print(token)
     return 0
 
@@ -195,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     tks = tk.add_subparsers(dest="token_command", required=True)
     tc = tks.add_parser("create", help="create a token and print it")
     tc.add_argument("--role", choices=("viewer", "operator", "admin"), default="viewer")
+    tc.add_argument("--name", default=None, help="who holds it (jobs record their submitter)")
     tc.add_argument("--data-dir", default="./trainyard-data")
     tc.set_defaults(func=cmd_token)
     return p

@@ -235,3 +235,37 @@ def test_sql_needs_the_admin_role_and_new_tokens_work_without_a_restart(cluster:
                        headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == code, (role, r.text)
     assert httpx.post(f"{cluster.url}/api/v1/sql", json={"sql": "SELECT 1"}).status_code == 401
+
+
+def test_operators_act_on_their_own_jobs_and_admins_on_any(cluster: Cluster) -> None:
+    store = TokenStore(cluster.data_dir / TOKENS_FILE)
+    alice, bob = store.create("operator", "alice"), store.create("operator", "bob")
+
+    def as_(token: str) -> httpx.Client:
+        return httpx.Client(base_url=f"{cluster.url}/api/v1/training", headers={"Authorization": f"Bearer {token}"})
+
+    # Operators cannot submit `command` jobs (admin only); a swift job stands in (no GPU here: it waits).
+    r = as_(alice).post("/jobs", json={"trainer": "swift", "model_path": "m", "data_path": "d"})
+    assert r.status_code == 201, r.text
+    job = r.json()["job_id"]
+    assert cluster.api.client.get(f"/jobs/{job}").json()["status"] == "queued"
+    refused = as_(bob).post(f"/jobs/{job}/stop", json={"force": True})
+    assert refused.status_code == 403 and "alice" in refused.json()["detail"]
+    assert as_(bob).delete(f"/queue/{job}").status_code == 403
+    assert as_(alice).delete(f"/queue/{job}").status_code == 200
+    assert as_(bob).delete(f"/jobs/{job}").status_code == 403
+    assert cluster.api.client.delete(f"/jobs/{job}").status_code == 204  # the admin may
+
+
+def test_list_pages_by_cursor_newest_first(cluster: Cluster) -> None:
+    made = [cluster.api.submit([sys.executable, "-c", "pass"], name="paged") for _ in range(5)]
+    seen, cursor = [], None
+    while True:
+        params = {"q": "paged", "limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = cluster.api.client.get("/jobs", params=params).json()
+        seen += [j["job_id"] for j in page["jobs"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen[:5] == list(reversed(made))
+    assert cluster.api.client.get("/jobs", params={"cursor": "nonsense"}).status_code in (400, 422)
