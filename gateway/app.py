@@ -21,6 +21,7 @@ from gateway.errors import (
     BadRequest,
     InvalidField,
     ServiceError,
+    document_errors,
     field_of_validation_error,
     http_error_handler,
     service_error_handler,
@@ -219,11 +220,11 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
         )
 
     return Litestar(
-        route_handlers=[create_job, list_jobs, job_detail, job_status, job_progress, job_metrics,
+        route_handlers=[*document_errors([create_job, list_jobs, job_detail, job_status, job_progress, job_metrics,
                         job_logs, job_events, stop_job, start_job, delete_job, export_job, retry_job, resume_job,
                         job_checkpoints, run_sql, health,
                         *cluster_routes(runtime, PREFIX, viewer=viewer, operator=operator, admin=admin),
-                        *stream_routes(runtime, PREFIX, viewer=viewer),
+                        *stream_routes(runtime, PREFIX, viewer=viewer)]),
                         seed000_router(runtime, "/api/v1", viewer=viewer, operator=operator)],
         exception_handlers={
             ServiceError: service_error_handler,

@@ -86,3 +86,28 @@ def http_error_handler(_: Request, exc: HTTPException) -> Response[ErrorBody]:
 def unexpected_error_handler(_: Request, exc: Exception) -> Response[ErrorBody]:
     log.exception("unexpected error", exc_info=exc)
     return Response(ErrorBody("internal", "internal error; see the gateway log"), status_code=500)
+
+
+ERROR_RESPONSES = {
+    400: "malformed body or parameter (`field` names it)",
+    401: "no or unknown bearer token",
+    403: "the token's role does not allow this (or the job is another operator's)",
+    404: "no such job (or route)",
+    409: "the job's state does not allow this",
+    413: "body over 1 MiB",
+    422: "a field's value is not accepted (`field` names it)",
+    503: "NATS or the projector is not answering",
+}
+
+
+def document_errors(handlers: list) -> list:
+    """Put the one error shape, with what each code means, in the OpenAPI of every route."""
+    from litestar.openapi.datastructures import ResponseSpec
+
+    for handler in handlers:
+        documented = dict(handler.responses or {})
+        for code, meaning in ERROR_RESPONSES.items():
+            documented.setdefault(code, ResponseSpec(data_container=ErrorBody, description=meaning,
+                                                     generate_examples=False))
+        handler.responses = documented
+    return handlers
