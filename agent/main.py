@@ -64,6 +64,7 @@ class Agent:
             batch_max_bytes=self.settings.batch_max_bytes,
             python=self.settings.python,
             trainer_options={"diffusion_pipe_dir": self.settings.diffusion_pipe_dir},
+            log_cap_bytes=self.settings.max_log_bytes_per_attempt,
         )
         feed = PullFeed(nc, subjects.CMD_STREAM, subjects.agent_consumer(self.host), batch=64)
         await feed.start()

@@ -8,7 +8,9 @@ naturally batched logs and metrics, the latest progress, checkpoints and the lif
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
+import itertools
 import logging
 import os
 import signal
@@ -74,8 +76,14 @@ class RunState(msgspec.Struct, kw_only=True):
 class Reporter:
     """The adapters' Sink: turns parsed output into batched events for this attempt."""
 
-    def __init__(self, js: JetStreamContext, job_id: str, attempt: int, max_bytes: int) -> None:
+    def __init__(self, js: JetStreamContext, job_id: str, attempt: int, max_bytes: int,
+                 host: str = "", log_cap_bytes: int = 0) -> None:
         self.job_id, self.attempt = job_id, attempt
+        self.host = host
+        self.log_cap_bytes = log_cap_bytes  # 0: no cap
+        self.logged_bytes = 0
+        self.truncated = False
+        self._notes: set[asyncio.Task[int]] = set()
         prefix = f"{job_id}:{attempt}"
         self.log_batcher = ColumnBatcher(
             js,
@@ -112,10 +120,36 @@ class Reporter:
 
     # ---- Sink ------------------------------------------------------------------------------
     def logs(self, stream: str, texts: list[str], levels: list[str], kinds: list[str]) -> None:
+        self.last_lines.extend(texts[-LAST_LINES:])
+        if self.truncated and stream != "system":
+            return
+        cut = False
+        if self.log_cap_bytes and stream != "system":
+            room = self.log_cap_bytes - self.logged_bytes
+            self.logged_bytes += sum(map(len, texts))
+            if self.logged_bytes > self.log_cap_bytes:  # keep the lines that still fit
+                fits = bisect.bisect_right(list(itertools.accumulate(map(len, texts))), room)
+                texts, levels, kinds, cut = texts[:fits], levels[:fits], kinds[:fits], True
         n = len(texts)
         ts = now_s()
         self.log_batcher.extend(map(len, texts), ([ts] * n, [stream] * n, levels, kinds, texts))
-        self.last_lines.extend(texts[-LAST_LINES:])
+        if cut:
+            self._truncate()
+
+    def _truncate(self) -> None:
+        """Past the per-attempt log cap: say so once (a log line and an event), keep only the
+        output files on the host; metrics and progress keep flowing."""
+        self.truncated = True
+        detail = (f"log cut at {self.log_cap_bytes:,} bytes (agent setting max_log_bytes_per_attempt); "
+                  "the rest is only in stdout.log / stderr.log in the run dir")
+        self.system(detail, "WARNING")
+        note = ev.AgentNote(job_id=self.job_id, attempt=self.attempt, ts_s=now_s(), host=self.host,
+                            what="log_truncated", detail=detail)
+        task = asyncio.create_task(publish_retrying(
+            self._js, subjects.job_event(self.job_id, "agent_note"), ev.encode(note),
+            f"{self.job_id}:{self.attempt}:log_truncated"))
+        self._notes.add(task)
+        task.add_done_callback(self._notes.discard)
 
     def system(self, text: str, level: str = "INFO") -> None:
         self.logs("system", [f"trainyard: {text}"], [level], ["system"])
@@ -189,6 +223,8 @@ class Reporter:
                 self._checkpoints.pop(0)
 
     async def drained(self) -> None:
+        if self._notes:
+            await asyncio.gather(*self._notes)
         await self.log_batcher.drained()
         await self.metric_batcher.drained()
         await self.progress_slot.drained()
@@ -260,6 +296,7 @@ class TrainerRun:
         batch_max_bytes: int,
         python: str = "",
         trainer_options: dict[str, str] | None = None,
+        log_cap_bytes: int = 0,
     ) -> None:
         self.js = js
         self.host = host
@@ -275,7 +312,7 @@ class TrainerRun:
             gpu_ids=list(command.gpu_ids), python=python or sys.executable, job_dir=run_dir.parent,
             options=dict(trainer_options or {}), resume_from=command.resume_from,
         )
-        self.reporter = Reporter(js, self.job_id, self.attempt, batch_max_bytes)
+        self.reporter = Reporter(js, self.job_id, self.attempt, batch_max_bytes, host, log_cap_bytes)
         self.launched = asyncio.Event()  # set once spawned or failed to spawn
         self.finished = asyncio.Event()
         # Set once the trainer and everything it left behind were killed, just before the exit is

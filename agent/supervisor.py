@@ -36,8 +36,10 @@ class Supervisor:
         batch_max_bytes: int,
         python: str = "",
         trainer_options: dict[str, str] | None = None,
+        log_cap_bytes: int = 0,
     ) -> None:
         self.js = js
+        self.log_cap_bytes = log_cap_bytes
         self.python = python
         self.trainer_options = trainer_options or {}
         self.host = host
@@ -72,7 +74,7 @@ class Supervisor:
             case StartJob():
                 await self._start(command)
             case StopJob():
-                self._stop(command)
+                await self._stop(command)
             case ExportJob():
                 ctx = export_context(self.host, command, self.work_dir / "runs" / command.job_id,
                                      self.python or sys.executable, self.trainer_options)
@@ -103,7 +105,7 @@ class Supervisor:
         run = TrainerRun(
             self.js, self.host, command, self.run_dir(*key), self.state_path(*key),
             max_line_bytes=self.max_line_bytes, batch_max_bytes=self.batch_max_bytes,
-            python=self.python, trainer_options=self.trainer_options,
+            python=self.python, trainer_options=self.trainer_options, log_cap_bytes=self.log_cap_bytes,
         )
         self.runs[key] = run
         task = asyncio.create_task(run.run(), name=f"run-{command.job_id}-{command.attempt}")
@@ -145,10 +147,21 @@ class Supervisor:
         if not task.cancelled() and task.exception() is not None:
             log.error("run %s/%s crashed", *key, exc_info=task.exception())
 
-    def _stop(self, command: StopJob) -> None:
+    async def _stop(self, command: StopJob) -> None:
         run = self.runs.get((command.job_id, command.attempt))
-        if run is None:
-            log.info("stop for %s/%s: not running here; nothing to do", command.job_id, command.attempt)
+        if run is None or run.released:
+            # A stop for an attempt this host does not run (never started, finished, or a
+            # duplicate) is a no-op, said as an event so the job's history shows it.
+            why = "it has already ended here" if run is not None or self.state_path(
+                command.job_id, command.attempt).exists() else "it is not running on this host"
+            log.info("stop for %s/%s ignored: %s", command.job_id, command.attempt, why)
+            await publish_retrying(
+                self.js, subjects.job_event(command.job_id, "agent_note"),
+                ev.encode(ev.AgentNote(job_id=command.job_id, attempt=command.attempt, ts_s=now_s(),
+                                       host=self.host, what="stop_ignored",
+                                       detail=f"stop of attempt {command.attempt} ignored: {why}")),
+                f"{command.job_id}:{command.attempt}:stop_ignored:{int(command.ts_s * 1000)}",
+            )
             return
         run.stop(command.force, command.grace_s)
 

@@ -54,6 +54,9 @@ class AgentSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     # A published batch of log lines or metric points stays below this.
     batch_max_bytes: int = 1024 * 1024
     stop_trainers_on_exit: bool = False
+    # Log text shipped per attempt (0: no cap). Past it: one warning line and an `agent_note`
+    # event; the full output stays in the run dir's stdout.log / stderr.log.
+    max_log_bytes_per_attempt: int = 4 * 1024**3
     # The interpreter `hf` scripts (and a bare `python` in a command) run with; default: the
     # agent's own. Point it at the venv where transformers is installed.
     python: str = ""

@@ -132,6 +132,15 @@ class JobDeleted(JobEvent, tag="deleted"):
     requested_by: str = ""
 
 
+class AgentNote(JobEvent, tag="agent_note"):
+    """Something an agent did (or declined to do) about a job that changes nothing, said so
+    that it shows in the job's history: a stop for an attempt it does not run, a log cut."""
+
+    host: str
+    what: str  # stop_ignored | log_truncated
+    detail: str = ""
+
+
 class WebhookDelivery(JobEvent, tag="webhook"):
     """One try at telling the job's webhook that it ended."""
 
@@ -205,6 +214,7 @@ AnyJobEvent = (
     | ExportRequested
     | ExportFinished
     | JobDeleted
+    | AgentNote
     | WebhookDelivery
     | LogBatch
 )

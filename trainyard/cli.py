@@ -52,6 +52,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
                    "simulate_gpus": args.simulate_gpus,
                    "heartbeat_interval_s": args.heartbeat_interval_s,
                    "diffusion_pipe_dir": args.diffusion_pipe_dir, "python": args.python,
+                   "max_log_bytes_per_attempt": args.max_log_bytes_per_attempt,
                    "stop_trainers_on_exit": args.stop_trainers_on_exit or None},
     )
     if not settings.host:
@@ -175,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     ag.add_argument("--heartbeat-interval-s", type=float, default=None)
     ag.add_argument("--diffusion-pipe-dir", default=None, help="diffusion-pipe checkout (train.py's dir)")
     ag.add_argument("--python", default=None, help="interpreter for `hf` scripts (default: the agent's)")
+    ag.add_argument("--max-log-bytes-per-attempt", type=int, default=None,
+                    help="log text shipped per attempt; 0: no cap (default 4 GiB)")
     ag.add_argument("--stop-trainers-on-exit", action="store_true")
     ag.add_argument("--config", default=None)
     ag.set_defaults(func=cmd_agent)

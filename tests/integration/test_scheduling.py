@@ -297,8 +297,12 @@ def test_a_second_gateway_takes_over_scheduling_and_a_pause_survives_restarts(gc
     assert api2.wait(job)["status"] == "succeeded"
     # g1 comes back; g2 keeps the lease; the queue processor state is the same everywhere.
     gc.gateway = gc.stack.start_gateway(gc.data_dir, gc.port, gc.nats_url, "--replica", "g1", *GATEWAY_FLAGS)
-    st1 = gc.api.client.get("/queue/processor/status").json()
-    assert st1["running"] is True and st1["leader"].startswith("g2-")
+    deadline = time.monotonic() + 15
+    while not (st1 := gc.api.client.get("/queue/processor/status").json())["running"]:
+        # g1's projection catches up with the resume g2 recorded while g1 was down
+        assert time.monotonic() < deadline, st1
+        time.sleep(0.1)
+    assert st1["leader"].startswith("g2-")
     g2.send_signal(signal.SIGTERM)  # a clean stop releases the lease: g1 takes over at once
     g2.wait(10)
     job2 = gc.api.submit(sleeper(0.1), gpus=1)
@@ -354,3 +358,48 @@ def test_diffusion_pipe_stops_its_own_way_and_success_needs_its_completion_line(
     unfinished = diffusion_pipe_job(gc, 1, STANDIN_NO_COMPLETE="1")
     final = gc.api.wait(unfinished, timeout_s=30)
     assert final["status"] == "failed" and "TRAINING COMPLETE!" in final["reason"]
+
+
+async def _publish_stop(nats_url: str, host: str, job_id: str, attempt: int) -> None:
+    from shared import events as ev
+    from shared.commands import StopJob
+
+    nc = await nats_py.connect(nats_url)
+    await nc.jetstream().publish(subjects.cmd(host, "stop"),
+                                 ev.encode(StopJob(job_id=job_id, attempt=attempt, ts_s=time.time(), force=True)))
+    await nc.close()
+
+
+def test_a_stop_for_an_attempt_that_ended_is_a_no_op_with_an_event(gc: GpuCluster) -> None:
+    job = gc.submit(0.1, host="a")
+    done = gc.api.wait(job)
+    asyncio.run(_publish_stop(gc.nats_url, "a", job, done["attempt"]))
+    deadline = time.monotonic() + 10
+    while True:
+        notes = [e["data"] for e in gc.api.client.get(f"/jobs/{job}/events").json() if e["type"] == "agent_note"]
+        if notes:
+            break
+        assert time.monotonic() < deadline, "no agent_note"
+        time.sleep(0.1)
+    assert notes[0]["what"] == "stop_ignored" and "already ended" in notes[0]["detail"]
+    assert gc.api.status(job)["status"] == "succeeded"
+
+
+def test_the_log_of_an_attempt_is_cut_at_the_cap_with_a_visible_event(gc: GpuCluster) -> None:
+    agent = gc.stack.start_agent("capped", gc.tmp / "work-capped", gc.nats_url, gc.tmp / "agent-capped.log",
+                                 "--heartbeat-interval-s", "0.3", "--max-log-bytes-per-attempt", "2000")
+    try:
+        gc.wait_online(len(AGENTS) + 1)
+        script = "for i in range(500): print(f'line {i:04d} of a chatty trainer')\nprint('@trainyard {\"step\": 500}')"
+        job = gc.api.submit([sys.executable, "-c", script], gpus=0, host="capped")
+        assert gc.api.wait(job)["status"] == "succeeded"
+        train = [l["text"] for l in gc.api.logs(job, type="train")]
+        assert 0 < len(train) < 100 and train[0] == "line 0000 of a chatty trainer"
+        system = [l["text"] for l in gc.api.logs(job, type="system")]
+        assert any("log cut at 2,000 bytes" in t for t in system)
+        notes = [e["data"] for e in gc.api.client.get(f"/jobs/{job}/events").json() if e["type"] == "agent_note"]
+        assert [n["what"] for n in notes] == ["log_truncated"]
+        assert gc.api.client.get(f"/jobs/{job}/progress").json()["step"] == 500  # reports still flow
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(10)
