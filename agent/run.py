@@ -511,15 +511,19 @@ class TrainerRun:
             )
 
     async def _term_after(self, delay_s: float) -> None:
-        await asyncio.sleep(delay_s)
-        if self.root is not None and self.proc is not None and self.proc.returncode is None:
-            self.recorded |= process.descendants(self.root)
-            self.reporter.system(f"still running {delay_s:g}s after its own stop: SIGTERM", "WARNING")
-            process.signal_group(self.root.pid, signal.SIGTERM)
+        if await self._still_running_after(delay_s, f"still running {delay_s:g}s after its own stop: SIGTERM"):
+            process.signal_group(self.root.pid, signal.SIGTERM)  # type: ignore[union-attr]
 
     async def _kill_after(self, grace_s: float) -> None:
-        await asyncio.sleep(grace_s)
-        if self.root is not None and self.proc is not None and self.proc.returncode is None:
-            self.recorded |= process.descendants(self.root)
-            self.reporter.system(f"grace period of {grace_s:g}s over: SIGKILL", "WARNING")
-            process.kill_all(self.root.pid, self.recorded)
+        if await self._still_running_after(grace_s, f"grace period of {grace_s:g}s over: SIGKILL"):
+            process.kill_all(self.root.pid, self.recorded)  # type: ignore[union-attr]
+
+    async def _still_running_after(self, delay_s: float, say: str) -> bool:
+        """After `delay_s`: if the trainer still runs, record its descendants (they can no
+        longer be found once it dies), say what happens next, and answer True."""
+        await asyncio.sleep(delay_s)
+        if self.root is None or self.proc is None or self.proc.returncode is not None:
+            return False
+        self.recorded |= process.descendants(self.root)
+        self.reporter.system(say, "WARNING")
+        return True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Litestar, Request, Response, delete, get, post
@@ -18,18 +18,16 @@ from gateway.compat000 import seed000_router
 from gateway.sql import SqlRequest, encode_result
 from gateway.streams import stream_routes
 from gateway.errors import (
-    BadRequest,
     InvalidField,
     ServiceError,
     document_errors,
-    field_of_validation_error,
     http_error_handler,
     service_error_handler,
     unexpected_error_handler,
 )
 from gateway.params import csv_list as _csv
+from gateway.params import decode_body, log_filters
 from gateway.params import since_seconds as _since
-from gateway.queries import LEVELS, LOG_KINDS
 from gateway.runtime import GatewayRuntime
 from shared.jobstate import JobStatus
 
@@ -46,29 +44,14 @@ class StopRequest(msgspec.Struct, forbid_unknown_fields=True):
 _stop_decoder = msgspec.json.Decoder(StopRequest)
 
 
-class ExportRequest(msgspec.Struct, forbid_unknown_fields=True):
+class CheckpointRequest(msgspec.Struct, forbid_unknown_fields=True):
     """Body of export and resume: which checkpoint (path or name); default the latest."""
 
     checkpoint: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
 
 
-_export_decoder = msgspec.json.Decoder(ExportRequest)
+_checkpoint_decoder = msgspec.json.Decoder(CheckpointRequest)
 _sql_decoder = msgspec.json.Decoder(SqlRequest)
-
-B = TypeVar("B")
-
-
-def _optional_body(decoder: msgspec.json.Decoder, body: bytes, default: B) -> B:
-    """An optional JSON body: empty means the defaults; anything else must decode."""
-    if not body.strip():
-        return default
-    try:
-        return decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise InvalidField(str(exc), field=field_of_validation_error(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"body is not a JSON object: {exc}") from None
-
 
 def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
     requires = make_auth_guard(tokens)
@@ -144,11 +127,8 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
         q: Annotated[str | None, Parameter(max_length=200)] = None, attempt: int | None = None,
     ) -> views.LogPage:
         svc().state(job_id)
-        if type not in (*LOG_KINDS, "all"):
-            raise InvalidField(f"type must be one of {', '.join((*LOG_KINDS, 'all'))}", field="type")
-        if level is not None and level.upper() not in LEVELS:
-            raise InvalidField(f"level must be one of {', '.join(LEVELS)}", field="level")
-        lines = await svc().reader.logs(job_id, kind=type, min_level=level.upper() if level else None,
+        kind, min_level = log_filters(type, level)
+        lines = await svc().reader.logs(job_id, kind=kind, min_level=min_level,
                                         tail=tail, limit=limit, since_s=_since(since),
                                         after_seq=after_seq, q=q, attempt=attempt)
         return views.LogPage(job_id=job_id, lines=lines,
@@ -162,7 +142,7 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
 
     @post(f"{PREFIX}/jobs/{{job_id:str}}/stop", guards=operator, status_code=200)
     async def stop_job(job_id: str, request: Request) -> views.StopResponse:
-        stop = _optional_body(_stop_decoder, await request.body(), StopRequest())
+        stop = decode_body(_stop_decoder, await request.body(), StopRequest())
         return await svc().stop(job_id, force=stop.force, grace_s=stop.grace_s, user=owner(job_id, request))
 
     @post(f"{PREFIX}/jobs/{{job_id:str}}/start", guards=operator, status_code=200)
@@ -178,7 +158,7 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
     @post(f"{PREFIX}/jobs/{{job_id:str}}/resume", guards=operator, status_code=200)
     async def resume_job(job_id: str, request: Request) -> views.StopResponse:
         """A new attempt from the latest checkpoint, or `{"checkpoint": "checkpoint-50"}`."""
-        req = _optional_body(_export_decoder, await request.body(), ExportRequest())
+        req = decode_body(_checkpoint_decoder, await request.body(), CheckpointRequest())
         return await svc().resume(job_id, req.checkpoint, user=owner(job_id, request))
 
     @get(f"{PREFIX}/jobs/{{job_id:str}}/checkpoints", guards=viewer)
@@ -194,14 +174,14 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
     async def export_job(job_id: str, request: Request) -> views.ExportResponse:
         """The job's export step (swift: merge the LoRA of the latest or a named checkpoint);
         its progress and result path appear under `exports` in the job's detail."""
-        req = _optional_body(_export_decoder, await request.body(), ExportRequest())
+        req = decode_body(_checkpoint_decoder, await request.body(), CheckpointRequest())
         return await svc().export(job_id, req.checkpoint, user=owner(job_id, request))
 
     @post("/api/v1/sql", guards=admin, status_code=200)
     async def run_sql(request: Request) -> Response[bytes]:
         """Read-only SQL over the projection (schema in the README): one SELECT/WITH/EXPLAIN,
         `limit` rows at most (default 1,000, max 10,000), `timeout_s` (default 10, max 60)."""
-        req = _optional_body(_sql_decoder, await request.body(), None)
+        req = decode_body(_sql_decoder, await request.body(), None)
         if req is None:
             raise InvalidField("a body {\"sql\": \"SELECT ...\"} is required", field="sql")
         result = await runtime.sql.run(req)

@@ -19,9 +19,8 @@ from litestar.types import Guard
 
 from gateway import views
 from gateway.auth import caller_name, caller_role
-from gateway.errors import BadRequest, InvalidField, ServiceError, field_of_validation_error
-from gateway.params import since_seconds
-from gateway.queries import LEVELS, LOG_KINDS
+from gateway.errors import InvalidField, ServiceError
+from gateway.params import decode_body, log_filters, since_seconds
 from gateway.runtime import GatewayRuntime
 from shared.jobstate import JobStatus
 
@@ -72,15 +71,6 @@ class StopRequest(msgspec.Struct, forbid_unknown_fields=True):
     force: bool = False
 
 
-def _decode(decoder: msgspec.json.Decoder, body: bytes) -> Any:
-    try:
-        return decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise InvalidField(str(exc), field=field_of_validation_error(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"body is not a JSON object: {exc}") from None
-
-
 _start = msgspec.json.Decoder(StartRequest)
 _stop = msgspec.json.Decoder(StopRequest)
 
@@ -91,7 +81,7 @@ def seed000_router(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard],
 
     @post("/training/start", guards=operator, status_code=201)
     async def start(request: Request) -> Response[Envelope]:
-        req: StartRequest = _decode(_start, await request.body())
+        req: StartRequest = decode_body(_start, await request.body())
         body = msgspec.json.encode({
             "trainer": "diffusion-pipe", "model_type": req.model_type, "dataset": req.dataset,
             "config": req.config, "description": req.description, "priority": req.priority,
@@ -104,8 +94,7 @@ def seed000_router(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard],
 
     @post("/training/stop/{task_id:str}", guards=operator, status_code=200)
     async def stop(task_id: str, request: Request) -> Response[Envelope]:
-        raw = await request.body()
-        req: StopRequest = _decode(_stop, raw) if raw.strip() else StopRequest()
+        req: StopRequest = decode_body(_stop, await request.body(), StopRequest())
         svc().check_owner(task_id, caller_role(request), caller_name(request))
         done = await svc().stop(task_id, force=req.force, grace_s=None, user=caller_name(request))
         return envelope({"task_id": task_id, "status": seed_status(done.status)}, message=done.message)
@@ -167,11 +156,8 @@ def seed000_router(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard],
         limit: Annotated[int, Parameter(ge=1, le=10_000)] = 1000,
     ) -> Response[Envelope]:
         svc().state(task_id)
-        if type not in (*LOG_KINDS, "all"):
-            raise InvalidField(f"type must be one of {', '.join((*LOG_KINDS, 'all'))}", field="type")
-        if level is not None and level.upper() not in LEVELS:
-            raise InvalidField(f"level must be one of {', '.join(LEVELS)}", field="level")
-        lines = await svc().reader.logs(task_id, kind=type, min_level=level.upper() if level else None,
+        kind, min_level = log_filters(type, level)
+        lines = await svc().reader.logs(task_id, kind=kind, min_level=min_level,
                                         tail=tail, limit=limit, since_s=since_seconds(since), after_seq=None,
                                         q=None, attempt=None)
         return envelope({"task_id": task_id, "logs": [

@@ -1,10 +1,14 @@
-"""Query-parameter parsing shared by the route sets."""
+"""Request parsing shared by the route sets: JSON bodies, list and time parameters, log filters."""
 
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
-from gateway.errors import InvalidField
+import msgspec
+
+from gateway.errors import BadRequest, InvalidField, field_of_validation_error
+from gateway.queries import LEVELS, LOG_KINDS
 
 MAX_QUERY_LIST = 50
 
@@ -30,3 +34,28 @@ def since_seconds(value: str | None) -> float | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.timezone.utc)
     return parsed.timestamp()
+
+
+_REQUIRED = object()
+
+
+def decode_body(decoder: msgspec.json.Decoder, body: bytes, default: Any = _REQUIRED) -> Any:
+    """A JSON body through `decoder`: 422 naming the field, 400 if it is not JSON. With a
+    `default`, an empty body means the default."""
+    if default is not _REQUIRED and not body.strip():
+        return default
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise InvalidField(str(exc), field=field_of_validation_error(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"body is not a JSON object: {exc}") from None
+
+
+def log_filters(kind: str, level: str | None) -> tuple[str, str | None]:
+    """(`type`, minimum level) of a log query, checked: 422 naming the parameter."""
+    if kind not in (*LOG_KINDS, "all"):
+        raise InvalidField(f"type must be one of {', '.join((*LOG_KINDS, 'all'))}", field="type")
+    if level is not None and level.upper() not in LEVELS:
+        raise InvalidField(f"level must be one of {', '.join(LEVELS)}", field="level")
+    return kind, level.upper() if level else None

@@ -72,6 +72,7 @@ class Scheduler:
         self._fenced: dict[tuple[str, str, int], float] = {}
         self._resume_needed = False
         self._leader_since = 0.0
+        self._preview: tuple[tuple, tuple[list[QueuedJob], dict[str, str], dict[str, HostView]]] | None = None
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._sub = None
@@ -109,7 +110,8 @@ class Scheduler:
 
     def queue_position(self, job_id: str) -> int | None:
         """1-based place in the order the scheduler will consider queued jobs."""
-        for position, q in enumerate(self.queued(), start=1):
+        queue, _, _ = self.preview()
+        for position, q in enumerate(queue, start=1):
             if q.job_id == job_id:
                 return position
         return None
@@ -173,11 +175,18 @@ class Scheduler:
 
     def preview(self) -> tuple[list[QueuedJob], dict[str, str], dict[str, HostView]]:
         """What a pass would do now, without doing it: the ordered queue, why each job waits
-        (jobs that would be placed now are missing from it) and the hosts after it."""
+        (jobs that would be placed now are missing from it) and the hosts after it.
+
+        Status and queue requests ask for it on every call; it is computed once per change of
+        the projection (and at most once a second, as hosts fall silent without an event)."""
+        key = (tuple(self.projector.applied.values()), tuple(sorted(self._inflight)), self.paused, int(now_s()))
+        if self._preview is not None and self._preview[0] == key:
+            return self._preview[1]
         queue, hosts = self.snapshot()
         _, waiting = plan(queue, hosts)
         if self.paused:
             waiting = {q.job_id: "the queue processor is stopped" for q in queue}
+        self._preview = (key, (queue, waiting, hosts))
         return queue, waiting, hosts
 
     # ---- running ---------------------------------------------------------------------------------

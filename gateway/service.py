@@ -18,10 +18,10 @@ from gateway.errors import (
     InvalidField,
     NotFound,
     ServiceError,
-    field_of_validation_error,
 )
 from gateway.cache import VersionedCache
 from gateway.cluster import ClusterService
+from gateway.params import decode_body
 from gateway.paths import PathNotAllowed, confine
 from gateway.projector import Projector
 from gateway.queries import Reader
@@ -66,12 +66,7 @@ _swift_peek = msgspec.json.Decoder(_SwiftPeek)
 
 
 def decode_job_request(body: bytes) -> JobRequest:
-    try:
-        trainer = _peek.decode(body).trainer
-    except msgspec.ValidationError as exc:
-        raise InvalidField(str(exc), field=field_of_validation_error(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"body is not a JSON object: {exc}") from None
+    trainer = decode_body(_peek, body).trainer
     if trainer is None:
         # Seed 002's clients send a swift job without naming the trainer.
         peek = _swift_peek.decode(body)
@@ -85,10 +80,16 @@ def _decode_as(trainer: str, body: bytes) -> JobRequest:
     decoder = _request_decoders.get(trainer)
     if decoder is None:
         raise InvalidField(f"unknown trainer {trainer!r}; one of: {', '.join(TRAINERS)}", field="trainer")
-    try:
-        return decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise InvalidField(str(exc), field=field_of_validation_error(exc)) from None
+    return decode_body(decoder, body)
+
+
+def _checkpoint_named(job_id: str, name: str, saved: list[dict]) -> dict:
+    """The checkpoint `name` (a path or a directory name) among `saved`, or 404 listing them."""
+    for c in saved:
+        if name in (c["path"], os.path.basename(c["path"])):
+            return c
+    have = ", ".join(sorted({os.path.basename(c["path"]) for c in saved})) or "none"
+    raise NotFound(f"job {job_id} has no checkpoint {name!r}; it has: {have}")
 
 
 def _wait_words(seconds: float | None) -> str:
@@ -367,10 +368,7 @@ class JobService:
             raise Conflict(f"job {job_id} saved no checkpoint to resume from")
         if checkpoint is None:
             return await self.retry(job_id, resume_from="latest", user=user)
-        chosen = next((c for c in saved if checkpoint in (c["path"], os.path.basename(c["path"]))), None)
-        if chosen is None:
-            raise NotFound(f"job {job_id} has no checkpoint {checkpoint!r}; it has: "
-                           f"{', '.join(sorted({os.path.basename(c['path']) for c in saved}))}")
+        chosen = _checkpoint_named(job_id, checkpoint, saved)
         return await self.retry(job_id, resume_from=chosen["path"], user=user)
 
     async def checkpoints(self, job_id: str) -> list[dict]:
@@ -394,10 +392,7 @@ class JobService:
             raise Conflict(f"an export of job {job_id} is already running")
         saved = [c for c in detail["checkpoints"] if c["attempt"] == state.attempt]
         if checkpoint is not None:
-            chosen = next((c for c in saved if checkpoint in (c["path"], os.path.basename(c["path"]))), None)
-            if chosen is None:
-                raise NotFound(f"job {job_id} has no checkpoint {checkpoint!r}; it has: "
-                               f"{', '.join(os.path.basename(c['path']) for c in saved) or 'none'}")
+            chosen = _checkpoint_named(job_id, checkpoint, saved)
         elif saved:
             chosen = max(saved, key=lambda c: (c["step"] or -1, c["ts_s"]))
         else:

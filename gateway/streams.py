@@ -21,7 +21,7 @@ from litestar.response.sse import ServerSentEventMessage
 from litestar.types import Guard
 
 from gateway.errors import InvalidField
-from gateway.queries import LEVELS, LOG_KINDS
+from gateway.params import log_filters
 from gateway.runtime import GatewayRuntime
 
 KEEPALIVE_S = 15.0
@@ -55,10 +55,7 @@ def stream_routes(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard]) 
         """Follow the job's log lines (SSE `log` events, id = the line's seq), from the start or
         after `Last-Event-ID` / `after_seq`; filters `type` and `level`; ends with `end`."""
         state = svc().state(job_id)
-        if type not in (*LOG_KINDS, "all"):
-            raise InvalidField(f"type must be one of {', '.join((*LOG_KINDS, 'all'))}", field="type")
-        if level is not None and level.upper() not in LEVELS:
-            raise InvalidField(f"level must be one of {', '.join(LEVELS)}", field="level")
+        kind, min_level = log_filters(type, level)
         last_id = request.headers.get("last-event-id")
         if last_id is not None:
             try:
@@ -71,7 +68,7 @@ def stream_routes(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard]) 
             after = after_seq if after_seq is not None else -1
             seen = dict(runtime.projector.applied)
             while True:
-                page = await svc().reader.logs(job_id, kind=type, min_level=level.upper() if level else None,
+                page = await svc().reader.logs(job_id, kind=kind, min_level=min_level,
                                                tail=None, limit=PAGE, since_s=None, after_seq=after, q=None,
                                                attempt=which)
                 for line in page:
