@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import importlib.util
 import ipaddress
 import logging
@@ -16,6 +17,11 @@ from gateway.runtime import GatewayRuntime
 from shared.config import GatewaySettings
 
 log = logging.getLogger("trainyard.gateway")
+
+# How long a shutdown may take before the gateway writes every thread's stack to its log and
+# exits anyway: a replica stuck in shutdown would keep its scheduler lease renewed and hold the
+# whole queue up. uvicorn's own connection drain is capped at 5 s of this.
+SHUTDOWN_LIMIT_S = 15.0
 
 
 class InsecureRefused(SystemExit):
@@ -52,13 +58,22 @@ def run_gateway(settings: GatewaySettings) -> None:
     config = uvicorn.Config(app, host=settings.bind, port=settings.port, log_level="warning",
                             access_log=False, lifespan="on", timeout_graceful_shutdown=5,
                             http="httptools" if _have("httptools") else "h11")
-    server = uvicorn.Server(config)
+    server = BoundedShutdownServer(config)
     if _have("uvloop"):
         import uvloop
 
         uvloop.run(server.serve())
     else:
         asyncio.run(server.serve())
+
+
+class BoundedShutdownServer(uvicorn.Server):
+    """uvicorn's server with a watchdog armed by the first SIGTERM/SIGINT (see SHUTDOWN_LIMIT_S)."""
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        if not self.should_exit:
+            faulthandler.dump_traceback_later(SHUTDOWN_LIMIT_S, exit=True)
+        super().handle_exit(sig, frame)
 
 
 def _have(module: str) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from nats.aio.client import Client
@@ -63,21 +65,26 @@ class GatewayRuntime:
                                   ryw_timeout_s=s.read_your_writes_timeout_s)
 
     async def stop(self) -> None:
-        """Undo whatever `start` got through, in reverse (a failed start calls this too)."""
-        if (webhooks := getattr(self, "webhooks", None)) is not None:
-            await webhooks.stop()
-        if (scheduler := getattr(self, "scheduler", None)) is not None:
-            await scheduler.stop()
-        if (projector := getattr(self, "projector", None)) is not None:
-            await projector.stop()
-        if (reader := getattr(self, "reader", None)) is not None:
-            reader.close()
-        if (sql := getattr(self, "sql", None)) is not None:
-            sql.close()
+        """Undo whatever `start` got through, in reverse (a failed start calls this too). The
+        scheduler goes first so that its lease is released while the rest winds down."""
+        steps: list[tuple[str, Callable[[], Awaitable[None] | None]]] = []
+        for name in ("scheduler", "webhooks", "projector"):
+            if (part := getattr(self, name, None)) is not None:
+                steps.append((name, part.stop))
+        for name in ("reader", "sql"):
+            if (part := getattr(self, name, None)) is not None:
+                steps.append((name, part.close))
         if self.nc is not None:
-            await self.nc.drain()
+            steps.append(("nats drain", self.nc.drain))
         if (con := getattr(self, "con", None)) is not None:
-            con.close()
+            steps.append(("duckdb", con.close))
+        for name, step in steps:
+            started = time.monotonic()
+            result = step()
+            if result is not None:
+                await result
+            if (took := time.monotonic() - started) > 1.0:
+                log.warning("shutdown: %s took %.1fs", name, took)
 
     async def projector_lag(self) -> dict[str, int]:
         """Per event stream: how many events the projection is behind (-1: NATS unreachable)."""
