@@ -159,6 +159,12 @@ class LineSplitter:
         self._pending = ""
         self._max = max_line_chars
 
+    @property
+    def clean(self) -> bool:
+        """Everything fed so far has become lines: nothing held back, not even half a UTF-8
+        character (a reader may start over from here)."""
+        return not self._pending and not self._decoder.getstate()[0]
+
     def feed(self, data: bytes, final: bool = False) -> tuple[list[str], str | None]:
         text = self._pending + self._decoder.decode(data, final)
         transient: str | None = None

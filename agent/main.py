@@ -66,6 +66,7 @@ class Agent:
             trainer_options={"diffusion_pipe_dir": self.settings.diffusion_pipe_dir},
             log_cap_bytes=self.settings.max_log_bytes_per_attempt,
         )
+        await self.supervisor.readopt()
         feed = PullFeed(nc, subjects.CMD_STREAM, subjects.agent_consumer(self.host), batch=64)
         await feed.start()
         tasks = [
@@ -110,9 +111,9 @@ class Agent:
             disk_free_mb = 0
         busy: dict[int, list[int]] = {}
         for run in self.supervisor.active_runs():
-            if run.proc is not None:
+            if run.root is not None:
                 for gpu in run.command.gpu_ids:
-                    busy.setdefault(gpu, []).append(run.proc.pid)
+                    busy.setdefault(gpu, []).append(run.root.pid)
         return ev.HostHeartbeat(
             host=self.host,
             ts_s=now_s(),

@@ -61,13 +61,16 @@ class ColumnBatcher:
         build: Callable[[int, dict[str, list]], msgspec.Struct],
         max_bytes: int,
         first_seq: int = 0,
+        on_ack: Callable[[msgspec.Struct], None] | None = None,
     ) -> None:
         self._js = js
+        self._on_ack = on_ack
         self._subject = subject
         self._id_prefix = id_prefix
         self._names = columns
         self._cols: dict[str, list] = {name: [] for name in columns}
         self._sizes: list[int] = []
+        self.pending_bytes = 0  # payload bytes added and not yet acknowledged
         self._build = build
         self._max_bytes = max_bytes
         self.next_seq = first_seq  # seq of the first row not yet shipped
@@ -81,6 +84,7 @@ class ColumnBatcher:
         for name, value in zip(self._names, values):
             self._cols[name].append(value)
         self._sizes.append(size)
+        self.pending_bytes += size
         self.added += 1
         self._idle.clear()
         self._wake.set()
@@ -93,6 +97,7 @@ class ColumnBatcher:
         added = len(self._sizes) - before
         if not added:
             return
+        self.pending_bytes += sum(self._sizes[before:])
         for name, values in zip(self._names, columns):
             self._cols[name].extend(values)
         self.added += added
@@ -123,8 +128,11 @@ class ColumnBatcher:
             )
             for col in self._cols.values():
                 del col[:count]
+            self.pending_bytes -= sum(itertools.islice(self._sizes, count))
             del self._sizes[:count]
             self.next_seq = first + count
+            if self._on_ack is not None:
+                self._on_ack(message)
 
     async def drained(self) -> None:
         """Wait until every row added so far has been acknowledged by the server."""

@@ -1,8 +1,13 @@
 """One attempt of one job on this host: launch it, tail its output, report, stop it.
 
-The trainer writes stdout/stderr to files in its run dir; this tails those files (so a restarted
-agent could resume from offsets), parses them through the trainer's adapter and publishes
-naturally batched logs and metrics, the latest progress, checkpoints and the lifecycle.
+The trainer writes stdout/stderr to files in its run dir; this tails those files, parses them
+through the trainer's adapter and publishes naturally batched logs and metrics, the latest
+progress, checkpoints and the lifecycle.
+
+Restarts (DESIGN §5): the run's state file records, per output file, an offset up to which the
+file was turned into rows the server has acknowledged. A restarted agent re-adopts the trainer,
+asks the stream how many rows of each output the attempt already has (the last log batch says),
+re-reads from the recorded offsets and skips exactly those rows: no line lost or doubled.
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ from typing import NamedTuple
 
 import msgspec
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from agent import process
 from agent.adapters import LaunchContext, adapter_for
-from agent.adapters.base import LaunchError
+from agent.adapters.base import LaunchError, OutputParser
 from agent.lines import LineSplitter
 from agent.publisher import ColumnBatcher, LatestSlot, publish_retrying
 from shared import events as ev
@@ -37,6 +43,7 @@ log = logging.getLogger("trainyard.agent.run")
 
 LAST_LINES = 30
 READ_CHUNK = 1 << 20
+READ_CHUNKS_AT_ONCE = 8
 # Reading the output files: while a trainer is quiet, every 2 ms backing off to 5 ms, so the
 # first line after a pause is read within 5 ms. While it keeps printing, every 20 ms: output is
 # then taken in chunks, one publish each, which keeps the agent under 10 % of a core at 10k
@@ -45,6 +52,13 @@ POLL_MIN_S = 0.002
 POLL_MAX_S = 0.005
 POLL_BUSY_S = 0.02
 SNAPSHOT_EVERY_S = 1.0
+OUTPUT_STREAMS = ("stdout", "stderr")
+# Past this many unacknowledged log bytes (NATS down or slow) the agent stops reading the output
+# files: they are the buffer on disk, and reading resumes where it stopped (DESIGN §10: bounded).
+BACKLOG_MAX_BYTES = 64 << 20
+# After SIGKILL, how long the trainer's processes get to disappear before their GPUs are
+# reported held (a process stuck in the kernel survives SIGKILL).
+RELEASE_WAIT_S = 10.0
 
 
 class ProgressReading(NamedTuple):
@@ -62,27 +76,111 @@ class ProgressReading(NamedTuple):
 
 
 class RunState(msgspec.Struct, kw_only=True):
-    """Written to the agent's state dir at spawn; what a restarted agent needs to re-adopt."""
+    """The agent's state file for one attempt: what a restarted agent needs to re-adopt it.
+    Written at spawn, about once a second while output flows, when the trainer ends and once its
+    exit is reported."""
 
     job_id: str
     attempt: int
-    pid: int
+    pid: int  # the keeper (process.spawn_kept), which leads the trainer's process group
     create_time: float
     run_dir: str
     stdout_path: str
     stderr_path: str
+    command: StartJob | None = None
+    # Per output stream: bytes of the file fully turned into log rows, and how many rows they
+    # made, at a point the server had acknowledged them all.
+    offsets: dict[str, int] = {}
+    rows: dict[str, int] = {}
+    logged_bytes: int = 0
+    checkpoints: list[str] = []  # reported (acknowledged) checkpoint paths
+    returncode: int | None = None  # the trainer's, once reaped
+    reported: bool = False  # its end is published: nothing left to adopt
+
+
+class Published(msgspec.Struct, kw_only=True):
+    """What the streams already hold of an attempt: where a re-adopting agent picks up."""
+
+    log_end: int = 0  # seq of the next log row
+    rows: dict[str, int] = {}  # log rows per output stream ("stdout", "stderr", "system")
+    metric_end: int = 0
+
+
+async def published_so_far(js: JetStreamContext, job_id: str, attempt: int) -> Published:
+    """Ask the streams for the attempt's last log batch and metrics batch (retrying while NATS
+    is unreachable: guessing would lose or double lines)."""
+    async def last(stream: str, subject: str) -> ev.LogBatch | ev.MetricsRecorded | None:
+        delay_s = 0.1
+        while True:
+            try:
+                msg = await js.get_last_msg(stream, subject)
+            except NotFoundError:
+                return None
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("reading the last message on %s failed (%s); retrying", subject, exc)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 2.0)
+                continue
+            event = ev.decode_job_event(msg.data)
+            ok = isinstance(event, (ev.LogBatch, ev.MetricsRecorded)) and event.attempt == attempt
+            return event if ok else None  # type: ignore[return-value]
+
+    logs = await last(subjects.LOG_STREAM, subjects.job_log(job_id))
+    metrics = await last(subjects.JOB_STREAM, subjects.job_event(job_id, "metrics"))
+    out = Published()
+    if isinstance(logs, ev.LogBatch):
+        out.log_end, out.rows = logs.first_seq + len(logs.text), dict(logs.stream_rows)
+    if isinstance(metrics, ev.MetricsRecorded):
+        out.metric_end = metrics.first_seq + len(metrics.name)
+    return out
+
+
+class ResumePoints:
+    """Per output stream, points (rows made so far, file offset) where the file had been fully
+    turned into rows. The newest point whose rows the server acknowledged is where a restarted
+    agent resumes reading; older ones are dropped."""
+
+    def __init__(self, start: dict[str, tuple[int, int]]) -> None:
+        self._points = {stream: collections.deque([point]) for stream, point in start.items()}
+
+    def note(self, stream: str, rows: int, offset: int) -> None:
+        points = self._points[stream]
+        if points[-1] != (rows, offset):
+            points.append((rows, offset))
+
+    def safe(self, acked_rows: Mapping[str, int]) -> dict[str, tuple[int, int]]:
+        out = {}
+        for stream, points in self._points.items():
+            limit = acked_rows.get(stream, 0)
+            while len(points) > 1 and points[1][0] <= limit:
+                points.popleft()
+            out[stream] = points[0]
+        return out
 
 
 class Reporter:
     """The adapters' Sink: turns parsed output into batched events for this attempt."""
 
     def __init__(self, js: JetStreamContext, job_id: str, attempt: int, max_bytes: int,
-                 host: str = "", log_cap_bytes: int = 0) -> None:
+                 host: str = "", log_cap_bytes: int = 0, *, published: Published | None = None,
+                 resumed: RunState | None = None) -> None:
         self.job_id, self.attempt = job_id, attempt
         self.host = host
         self.log_cap_bytes = log_cap_bytes  # 0: no cap
-        self.logged_bytes = 0
-        self.truncated = False
+        published = published or Published()
+        # Rows handed to the log batcher per stream, counting those a replay skips.
+        self.rows: dict[str, int] = dict(resumed.rows) if resumed else {}
+        # A re-adopting agent re-reads output the old one had published: so many rows to skip.
+        self.skip = {stream: n - self.rows.get(stream, 0) for stream, n in published.rows.items()
+                     if stream != "system" and n > self.rows.get(stream, 0)}
+        self.acked_rows: dict[str, int] = dict(published.rows)
+        self._built_rows: dict[str, int] = dict(published.rows)
+        self.feeding = ""  # the stream being parsed: its metrics are dropped while it replays
+        self.logged_bytes = resumed.logged_bytes if resumed else 0
+        self.truncated = bool(log_cap_bytes) and self.logged_bytes >= log_cap_bytes
+        self.shipped_checkpoints: set[str] = set(resumed.checkpoints) if resumed else set()
         self._notes: set[asyncio.Task[int]] = set()
         prefix = f"{job_id}:{attempt}"
         self.log_batcher = ColumnBatcher(
@@ -93,9 +191,11 @@ class Reporter:
             lambda first, c: ev.LogBatch(
                 job_id=job_id, attempt=attempt, ts_s=now_s(), first_seq=first,
                 line_ts_s=c["ts"], stream=c["stream"], level=c["level"], kind=c["kind"],
-                text=c["text"],
+                text=c["text"], stream_rows=self._count_built(c["stream"]),
             ),
             max_bytes,
+            first_seq=published.log_end,
+            on_ack=self._log_acked,
         )
         self.metric_batcher = ColumnBatcher(
             js,
@@ -108,6 +208,7 @@ class Reporter:
                 point_ts_s=c["ts"],
             ),
             max_bytes,
+            first_seq=published.metric_end,
         )
         self.progress_slot: LatestSlot[ProgressReading] = LatestSlot(
             js, subjects.job_event(job_id, "progress"), f"{prefix}:progress", self._progress_event
@@ -118,9 +219,26 @@ class Reporter:
         self.last_lines: collections.deque[str] = collections.deque(maxlen=LAST_LINES)
         self._rate_anchor: tuple[float, int] | None = None
 
+    def _count_built(self, streams: list[str]) -> dict[str, int]:
+        """Rows per stream up to the end of the batch being built (it carries them, so that a
+        restarted agent learns from the last batch what the stream holds)."""
+        for stream in set(streams):
+            self._built_rows[stream] = self._built_rows.get(stream, 0) + streams.count(stream)
+        return dict(self._built_rows)
+
+    def _log_acked(self, batch: ev.LogBatch) -> None:
+        self.acked_rows = batch.stream_rows
+
     # ---- Sink ------------------------------------------------------------------------------
     def logs(self, stream: str, texts: list[str], levels: list[str], kinds: list[str]) -> None:
         self.last_lines.extend(texts[-LAST_LINES:])
+        if skip := self.skip.get(stream, 0):
+            skipped = min(skip, len(texts))
+            self.skip[stream] = skip - skipped
+            self.rows[stream] = self.rows.get(stream, 0) + skipped
+            if skipped == len(texts):
+                return
+            texts, levels, kinds = texts[skipped:], levels[skipped:], kinds[skipped:]
         if self.truncated and stream != "system":
             return
         cut = False
@@ -131,6 +249,7 @@ class Reporter:
                 fits = bisect.bisect_right(list(itertools.accumulate(map(len, texts))), room)
                 texts, levels, kinds, cut = texts[:fits], levels[:fits], kinds[:fits], True
         n = len(texts)
+        self.rows[stream] = self.rows.get(stream, 0) + n
         ts = now_s()
         self.log_batcher.extend(map(len, texts), ([ts] * n, [stream] * n, levels, kinds, texts))
         if cut:
@@ -156,7 +275,7 @@ class Reporter:
 
     def metrics(self, step: int | None, epoch: float | None, values: Mapping[str, float]) -> None:
         n = len(values)
-        if n:
+        if n and not self.skip.get(self.feeding):
             names = list(values)
             self.metric_batcher.extend(
                 map(len, names),
@@ -204,6 +323,8 @@ class Reporter:
         )
 
     def checkpoint(self, path: str, step: int | None) -> None:
+        if path in self.shipped_checkpoints or any(c.path == path for c in self._checkpoints):
+            return  # a re-adopting agent finds the same directories again
         self._checkpoints.append(
             ev.CheckpointSaved(job_id=self.job_id, attempt=self.attempt, ts_s=now_s(), path=path, step=step)
         )
@@ -220,6 +341,7 @@ class Reporter:
                     self._js, subjects.job_event(self.job_id, "checkpoint"), ev.encode(event),
                     f"{self.job_id}:{self.attempt}:checkpoint:{event.path}",
                 )
+                self.shipped_checkpoints.add(event.path)
                 self._checkpoints.pop(0)
 
     async def drained(self) -> None:
@@ -250,7 +372,7 @@ class FileTail:
                 return b""
             os.lseek(self._fd, self.offset, os.SEEK_SET)
         chunks = []
-        while True:
+        for _ in range(READ_CHUNKS_AT_ONCE):  # bounded, so that a backlog can stop the reading
             data = os.read(self._fd, READ_CHUNK)
             if not data:
                 break
@@ -284,6 +406,8 @@ def child_env(launch_env: dict[str, str], ctx: LaunchContext) -> dict[str, str]:
 
 
 class TrainerRun:
+    """One attempt: launched here, or re-adopted from its state file after an agent restart."""
+
     def __init__(
         self,
         js: JetStreamContext,
@@ -297,6 +421,8 @@ class TrainerRun:
         python: str = "",
         trainer_options: dict[str, str] | None = None,
         log_cap_bytes: int = 0,
+        adopt: RunState | None = None,
+        published: Published | None = None,
     ) -> None:
         self.js = js
         self.host = host
@@ -312,24 +438,33 @@ class TrainerRun:
             gpu_ids=list(command.gpu_ids), python=python or sys.executable, job_dir=run_dir.parent,
             options=dict(trainer_options or {}), resume_from=command.resume_from,
         )
-        self.reporter = Reporter(js, self.job_id, self.attempt, batch_max_bytes, host, log_cap_bytes)
-        self.launched = asyncio.Event()  # set once spawned or failed to spawn
+        self.adopted = adopt
+        self.reporter = Reporter(js, self.job_id, self.attempt, batch_max_bytes, host, log_cap_bytes,
+                                 published=published, resumed=adopt)
+        start = {stream: ((adopt.rows.get(stream, 0), adopt.offsets.get(stream, 0)) if adopt else (0, 0))
+                 for stream in OUTPUT_STREAMS}
+        self.resume_points = ResumePoints(start)
+        self.launched = asyncio.Event()  # set once spawned (or adopted) or failed to spawn
         self.finished = asyncio.Event()
-        # Set once the trainer and everything it left behind were killed, just before the exit is
+        # Set once the trainer and everything it left behind are gone, just before the exit is
         # reported: from then on its GPUs are free here, even while the report is in flight
         # (the scheduler may place the next attempt on them the moment it sees the exit).
         self.released = False
-        self.proc: asyncio.subprocess.Process | None = None
-        self.root: process.ProcRef | None = None
+        self.root: process.ProcRef | None = None  # the keeper, leader of the trainer's group
         self.recorded: set[process.ProcRef] = set()
         self.stop_requested = False
-        self._exited = asyncio.Event()
+        self.killed = False  # this agent sent SIGKILL (the keeper may have died before writing)
+        self.returncode: int | None = adopt.returncode if adopt else None
+        self._saved: RunState | None = adopt
         self._kill_deadline_task: asyncio.Task[None] | None = None
         self._term_task: asyncio.Task[None] | None = None
 
     def pids(self) -> set[int]:
-        """Processes of this run known so far (the leader and recorded descendants)."""
+        """Processes of this run known so far (the keeper, the trainer, recorded descendants)."""
         return {ref.pid for ref in self.recorded}
+
+    def alive(self) -> bool:
+        return self.root is not None and not self.finished.is_set() and self.root.is_alive()
 
     def _event_id(self, kind: str) -> str:
         return f"{self.job_id}:{self.attempt}:{kind}"
@@ -339,6 +474,33 @@ class TrainerRun:
             self.js, subjects.job_event(self.job_id, kind), ev.encode(event), self._event_id(kind)
         )
 
+    # ---- the state file --------------------------------------------------------------------
+    def _save_state(self, **changes: object) -> None:
+        """Write the state file (atomically) if anything in it changed."""
+        assert self.root is not None
+        safe = self.resume_points.safe(self.reporter.acked_rows)
+        state = RunState(
+            job_id=self.job_id, attempt=self.attempt, pid=self.root.pid,
+            create_time=self.root.create_time, run_dir=str(self.run_dir),
+            stdout_path=str(self.run_dir / "stdout.log"), stderr_path=str(self.run_dir / "stderr.log"),
+            command=self.command,
+            offsets={stream: offset for stream, (_, offset) in safe.items()},
+            rows={stream: rows for stream, (rows, _) in safe.items()},
+            logged_bytes=self.reporter.logged_bytes,
+            checkpoints=sorted(self.reporter.shipped_checkpoints),
+            returncode=self.returncode,
+            reported=self._saved.reported if self._saved else False,
+        )
+        if changes:
+            state = msgspec.structs.replace(state, **changes)
+        if state == self._saved:
+            return
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_bytes(msgspec.json.encode(state))
+        os.replace(tmp, self.state_path)
+        self._saved = state
+
+    # ---- the life of the attempt -------------------------------------------------------------
     async def run(self) -> None:
         """The whole life of the attempt. Never raises for trainer problems: it reports them."""
         shippers = [
@@ -357,6 +519,10 @@ class TrainerRun:
             self.finished.set()
 
     async def _run(self) -> None:
+        if self.adopted is not None:
+            self._adopt(self.adopted)
+            await self._watch()
+            return
         try:
             spawned = await self._launch()
         except (LaunchError, OSError) as exc:
@@ -376,6 +542,19 @@ class TrainerRun:
             return
         await self._watch()
 
+    def _adopt(self, state: RunState) -> None:
+        self.root = process.ProcRef(state.pid, state.create_time)
+        self.recorded = process.descendants(self.root) | {self.root}
+        self.launched.set()
+        if self.returncode is not None:
+            how = "it had ended (its exit status was recorded)"
+        elif self.root.is_alive():
+            how = f"pid {state.pid} still runs; re-adopted"
+        else:
+            how = "it ended while no agent watched it"
+        where = ", ".join(f"{stream}.log from byte {state.offsets.get(stream, 0):,}" for stream in OUTPUT_STREAMS)
+        self.reporter.system(f"agent restarted on host {self.host}: {how}; reading {where}")
+
     async def _launch(self) -> bool:
         if self.stop_requested:
             await self._report_exit(None, None, "stopped before it started")
@@ -386,79 +565,144 @@ class TrainerRun:
         for path, content in launch.files.items():
             path.write_bytes(content)
         stdout_path, stderr_path = self.run_dir / "stdout.log", self.run_dir / "stderr.log"
-        self.proc = await process.spawn(
-            launch.argv, launch.cwd, child_env(launch.env, ctx), stdout_path, stderr_path
-        )
-        self.root = process.ProcRef.of(self.proc.pid) or process.ProcRef(self.proc.pid, 0.0)
+        self.root = process.spawn_kept(launch.argv, launch.cwd, child_env(launch.env, ctx), stdout_path, stderr_path)
         self.recorded = {self.root}
-        self.state_path.write_bytes(
-            msgspec.json.encode(
-                RunState(
-                    job_id=self.job_id, attempt=self.attempt, pid=self.root.pid,
-                    create_time=self.root.create_time, run_dir=str(self.run_dir),
-                    stdout_path=str(stdout_path), stderr_path=str(stderr_path),
-                )
-            )
-        )
+        self._save_state()
         self.launched.set()
         await self._publish(
             ev.JobStarted(
                 job_id=self.job_id, attempt=self.attempt, ts_s=now_s(), host=self.host,
-                pid=self.proc.pid, run_dir=str(self.run_dir), stdout_path=str(stdout_path),
+                pid=self.root.pid, run_dir=str(self.run_dir), stdout_path=str(stdout_path),
                 stderr_path=str(stderr_path),
             ),
             "started",
         )
-        self.reporter.system(f"started pid {self.proc.pid} on host {self.host}: {' '.join(launch.argv)}")
+        self.reporter.system(f"started pid {self.root.pid} on host {self.host}: {' '.join(launch.argv)}")
         return True
 
     async def _watch(self) -> None:
-        assert self.proc is not None and self.root is not None
+        assert self.root is not None
+        offsets = self.adopted.offsets if self.adopted else {}
         tails = [
-            FileTail(self.run_dir / "stdout.log", "stdout", self.max_line_chars),
-            FileTail(self.run_dir / "stderr.log", "stderr", self.max_line_chars),
+            FileTail(self.run_dir / f"{stream}.log", stream, self.max_line_chars, offsets.get(stream, 0))
+            for stream in OUTPUT_STREAMS
         ]
         parser = self.adapter.new_parser(self.command.spec, self.ctx)
-        waiter = asyncio.create_task(self.proc.wait(), name=f"{self.job_id}-wait")
+        waiter = asyncio.create_task(process.wait_gone(self.root), name=f"{self.job_id}-wait")
         delay = POLL_MIN_S
         next_snapshot = time.monotonic() + SNAPSHOT_EVERY_S
         try:
             while True:
                 exited = waiter.done()
                 got = False
-                for tail in tails:
-                    data = tail.read()
-                    if data or exited:
-                        lines, transient = tail.splitter.feed(data, final=exited)
-                        if lines or transient:
-                            got = True
-                            parser.feed(tail.stream, lines, transient, self.reporter)
-                if exited:
+                backlogged = self.reporter.log_batcher.pending_bytes > BACKLOG_MAX_BYTES
+                for tail in tails if not backlogged else ():
+                    if self._read(tail, parser):
+                        got = True
+                if exited and not got and not backlogged:
+                    for tail in tails:  # an unterminated last line
+                        self._feed(tail, parser, *tail.splitter.feed(b"", final=True))
                     break
                 if got:
                     delay = POLL_MIN_S
                     await asyncio.wait([waiter], timeout=POLL_BUSY_S)
                 else:
-                    await asyncio.wait([waiter], timeout=delay)
+                    await asyncio.wait([waiter], timeout=delay if not backlogged else POLL_BUSY_S)
                     delay = min(delay * 2, POLL_MAX_S)
                 if time.monotonic() >= next_snapshot:
                     parser.poll(self.reporter)
                     # Remember descendants now: once the leader dies they are reparented and
                     # can no longer be found from it.
                     self.recorded |= process.descendants(self.root)
+                    self._save_state()
                     next_snapshot = time.monotonic() + SNAPSHOT_EVERY_S
         finally:
+            waiter.cancel()
             for tail in tails:
                 tail.close()
-        returncode = waiter.result()
         parser.poll(self.reporter)
-        # Whatever the trainer left behind dies with it (dataloader workers, ignored SIGTERMs).
-        process.kill_all(self.root.pid, self.recorded)
+        if self.returncode is None:
+            self.returncode = process.read_exit_status(self.run_dir)
+        if self.returncode is None and self.killed:
+            self.returncode = -signal.SIGKILL
+        self._save_state()
+        await self._release()
+        if self.returncode is None:
+            await self._report_lost()
+            return
+        exit_code, sig, words = process.describe_exit(self.returncode)
+        await self._report_exit(exit_code, sig, words, parser)
+
+    def _read(self, tail: FileTail, parser: OutputParser) -> bool:
+        data = tail.read()
+        if not data:
+            return False
+        self._feed(tail, parser, *tail.splitter.feed(data))
+        if tail.splitter.clean:
+            self.resume_points.note(tail.stream, self.reporter.rows.get(tail.stream, 0), tail.offset)
+        return True
+
+    def _feed(self, tail: FileTail, parser: OutputParser, lines: list[str], transient: str | None) -> None:
+        if not lines and not transient:
+            return
+        self.reporter.feeding = tail.stream
+        if self.reporter.skip.get(tail.stream):
+            # Replaying what the old agent published: a line at a time, so that the metrics of
+            # the first new line are not dropped with the skipped ones.
+            for i, line in enumerate(lines):
+                if not self.reporter.skip.get(tail.stream):
+                    parser.feed(tail.stream, lines[i:], transient, self.reporter)
+                    return
+                parser.feed(tail.stream, [line], None, self.reporter)
+            lines = []
+        parser.feed(tail.stream, lines, transient, self.reporter)
+
+    async def _release(self) -> None:
+        """Kill whatever the trainer left behind (dataloader workers, ignored SIGTERMs) and
+        free its GPUs only once none of its processes is alive (with NVML, the heartbeat also
+        shows none of them on a GPU). One that survives SIGKILL (stuck in the kernel) keeps
+        its GPUs marked busy here, and the job's history says why."""
+        assert self.root is not None
         for task in (self._kill_deadline_task, self._term_task):
             if task is not None:
                 task.cancel()
-        exit_code, sig, words = process.describe_exit(returncode)
-        await self._report_exit(exit_code, sig, words, parser)
+        self.recorded |= process.descendants(self.root)
+        process.kill_all(self.root.pid, self.recorded)
+        deadline = time.monotonic() + RELEASE_WAIT_S
+        while (alive := [ref for ref in self.recorded if ref.is_alive()]) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if alive:
+            pids = ", ".join(str(ref.pid) for ref in sorted(alive, key=lambda r: r.pid))
+            detail = (f"pids {pids} survived SIGKILL for {RELEASE_WAIT_S:g}s; GPUs "
+                      f"{', '.join(map(str, self.command.gpu_ids)) or '(none)'} stay marked busy until they are gone")
+            self.reporter.system(detail, "ERROR")
+            await self._note("gpus_held", detail)
+            asyncio.create_task(self._release_when_gone(alive), name=f"{self.job_id}-held")
+            return
+        self.released = True
+
+    async def _release_when_gone(self, alive: list[process.ProcRef]) -> None:
+        while any(ref.is_alive() for ref in alive):
+            await asyncio.sleep(1.0)
+        self.released = True
+        await self._note("gpus_released", "the processes that survived SIGKILL are gone; GPUs free again")
+
+    async def _note(self, what: str, detail: str) -> None:
+        await publish_retrying(
+            self.js, subjects.job_event(self.job_id, "agent_note"),
+            ev.encode(ev.AgentNote(job_id=self.job_id, attempt=self.attempt, ts_s=now_s(), host=self.host,
+                                   what=what, detail=detail)),
+            f"{self.job_id}:{self.attempt}:{what}",
+        )
+
+    async def _report_lost(self) -> None:
+        reason = ("its exit status is unknown: the trainer ended while no agent watched it and its "
+                  "keeper did not record it")
+        self.reporter.system(reason, "ERROR")
+        await self.reporter.drained()
+        await self._publish(ev.JobLost(job_id=self.job_id, attempt=self.attempt, ts_s=now_s(),
+                                       host=self.host, reason=reason), "lost")
+        self._save_state(reported=True)
 
     async def _report_exit(
         self, exit_code: int | None, sig: int | None, words: str, parser: object = None
@@ -471,7 +715,8 @@ class TrainerRun:
             if sig is not None and not ok:
                 reason = words
         self.reporter.system(f"{words}; {outcome}", "INFO" if outcome != "failed" else "ERROR")
-        self.released = True
+        if self.root is None:
+            self.released = True  # never started
         await self.reporter.drained()
         await self._publish(
             ev.JobExited(
@@ -482,6 +727,8 @@ class TrainerRun:
             ),
             "exited",
         )
+        if self.root is not None:
+            self._save_state(reported=True)
 
     def stop(self, force: bool, grace_s: float) -> None:
         """Graceful: the trainer's own way if it has one (diffusion-pipe: a `save_quit` file),
@@ -489,11 +736,13 @@ class TrainerRun:
         everything recorded after `grace_s`. Force: SIGKILL now. Safe to call again (a force
         after a graceful stop escalates)."""
         self.stop_requested = True
-        if self.proc is None or self.root is None or self.proc.returncode is not None:
+        if not self.alive():
             return
+        assert self.root is not None
         self.recorded |= process.descendants(self.root)
         if force:
             self.reporter.system("force stop: SIGKILL to the process tree", "WARNING")
+            self.killed = True
             process.kill_all(self.root.pid, self.recorded)
             return
         own_way = getattr(self.adapter, "request_stop", None)
@@ -516,14 +765,16 @@ class TrainerRun:
 
     async def _kill_after(self, grace_s: float) -> None:
         if await self._still_running_after(grace_s, f"grace period of {grace_s:g}s over: SIGKILL"):
+            self.killed = True
             process.kill_all(self.root.pid, self.recorded)  # type: ignore[union-attr]
 
     async def _still_running_after(self, delay_s: float, say: str) -> bool:
         """After `delay_s`: if the trainer still runs, record its descendants (they can no
         longer be found once it dies), say what happens next, and answer True."""
         await asyncio.sleep(delay_s)
-        if self.root is None or self.proc is None or self.proc.returncode is not None:
+        if not self.alive():
             return False
+        assert self.root is not None
         self.recorded |= process.descendants(self.root)
         self.reporter.system(say, "WARNING")
         return True

@@ -10,12 +10,13 @@ import logging
 import sys
 from pathlib import Path
 
+import msgspec
 from nats.js import JetStreamContext
 
 from agent.export import export_context, run_export
 from agent.gpus import GpuInventory
 from agent.publisher import publish_retrying
-from agent.run import TrainerRun
+from agent.run import RunState, TrainerRun, published_so_far
 from shared import events as ev
 from shared import subjects
 from shared.clock import now_s
@@ -102,16 +103,41 @@ class Supervisor:
                 f"{command.job_id}:{command.attempt}:refused",
             )
             return
-        run = TrainerRun(
+        await self._begin(TrainerRun(
             self.js, self.host, command, self.run_dir(*key), self.state_path(*key),
             max_line_bytes=self.max_line_bytes, batch_max_bytes=self.batch_max_bytes,
             python=self.python, trainer_options=self.trainer_options, log_cap_bytes=self.log_cap_bytes,
-        )
+        ))
+
+    async def _begin(self, run: TrainerRun) -> None:
+        key = (run.job_id, run.attempt)
         self.runs[key] = run
-        task = asyncio.create_task(run.run(), name=f"run-{command.job_id}-{command.attempt}")
+        task = asyncio.create_task(run.run(), name=f"run-{run.job_id}-{run.attempt}")
         self._tasks[key] = task
         task.add_done_callback(lambda t, key=key: self._forget(key, t))
         await run.launched.wait()
+
+    async def readopt(self) -> None:
+        """After a restart: take every attempt back whose end was not reported yet. Live
+        trainers are watched on; ended ones are reported with the exit status their keeper
+        recorded (or as lost when none was)."""
+        for path in sorted(self.state_dir.glob("*.json")):
+            try:
+                state = msgspec.json.decode(path.read_bytes(), type=RunState)
+            except (OSError, msgspec.DecodeError) as exc:
+                log.error("state file %s unreadable (%s); not re-adopted", path, exc)
+                continue
+            if state.reported or state.command is None:
+                continue
+            published = await published_so_far(self.js, state.job_id, state.attempt)
+            log.info("re-adopting %s/%s (pid %s); the streams hold %s log rows", state.job_id,
+                     state.attempt, state.pid, published.rows)
+            await self._begin(TrainerRun(
+                self.js, self.host, state.command, Path(state.run_dir), path,
+                max_line_bytes=self.max_line_bytes, batch_max_bytes=self.batch_max_bytes,
+                python=self.python, trainer_options=self.trainer_options, log_cap_bytes=self.log_cap_bytes,
+                adopt=state, published=published,
+            ))
 
     def _why_refuse(self, command: StartJob) -> str:
         """Double-check the scheduler's placement against this host's own view (DESIGN §4):
@@ -137,7 +163,7 @@ class Supervisor:
     def host_jobs(self) -> list[ev.HostJob]:
         return [
             ev.HostJob(job_id=run.job_id, attempt=run.attempt, gpu_ids=list(run.command.gpu_ids),
-                       pid=run.proc.pid if run.proc else None)
+                       pid=run.root.pid if run.root else None)
             for run in self.active_runs()
         ]
 

@@ -180,6 +180,9 @@ class LogBatch(JobEvent, tag="logs"):
     level: list[str]
     kind: list[str]
     text: list[str]
+    # Rows of the attempt per stream (stdout, stderr, system) up to the end of this batch: a
+    # restarted agent reads the last batch to learn where each output file's rows stand.
+    stream_rows: dict[str, int] = {}
 
 
 LIFECYCLE = (
