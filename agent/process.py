@@ -183,6 +183,22 @@ def descendants(root: ProcRef) -> set[ProcRef]:
     return refs
 
 
+def tagged(job_id: str, attempt: int) -> set[ProcRef]:
+    """Every live process carrying the attempt's TRAINYARD_JOB_ID / TRAINYARD_ATTEMPT in its
+    environment: the trainer's descendants, also those that left its session and were never
+    seen as its children (a daemonised worker). Reads /proc; run it off the event loop."""
+    want = {"TRAINYARD_JOB_ID": job_id, "TRAINYARD_ATTEMPT": str(attempt)}
+    found = set()
+    for proc in psutil.process_iter():
+        try:
+            env = proc.environ()
+            if all(env.get(k) == v for k, v in want.items()) and proc.status() != psutil.STATUS_ZOMBIE:
+                found.add(ProcRef(proc.pid, proc.create_time()))
+        except psutil.Error:
+            continue
+    return found
+
+
 def signal_group(pgid: int, sig: signal.Signals) -> bool:
     try:
         os.killpg(pgid, sig)

@@ -3,21 +3,19 @@ gateway and agent as separate processes, exactly as `trainyard up` runs them."""
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from gateway.auth import TOKENS_FILE, TokenStore
+from tests.harness import TERMINAL, TRAINERS, Api, pid_alive
 from trainyard.stack import Stack, free_port
 
-TRAINERS = Path(__file__).parent / "trainers"
-TERMINAL = {"succeeded", "failed", "stopped", "lost"}
+__all__ = ["TERMINAL", "TRAINERS", "Api", "pid_alive", "python_job"]
 
 
 @dataclass
@@ -35,48 +33,6 @@ def nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nats]:
     stack.start_nats(tmp_path_factory.mktemp("nats"), port)
     yield Nats(f"nats://127.0.0.1:{port}", port, stack)
     stack.stop()
-
-
-class Api:
-    def __init__(self, base_url: str, token: str) -> None:
-        self.base = base_url
-        self.client = httpx.Client(base_url=f"{base_url}/api/v1/training",
-                                   headers={"Authorization": f"Bearer {token}"}, timeout=30.0)
-
-    def submit(self, command: list[str], **fields) -> str:
-        r = self.client.post("/jobs", json={"trainer": "command", "command": command, "gpus": 0, **fields})
-        assert r.status_code == 201, r.text
-        return r.json()["job_id"]
-
-    def status(self, job_id: str) -> dict:
-        r = self.client.get(f"/jobs/{job_id}/status")
-        assert r.status_code == 200, r.text
-        return r.json()
-
-    def wait(self, job_id: str, statuses=TERMINAL, timeout_s: float = 30.0) -> dict:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            st = self.status(job_id)
-            if st["status"] in statuses:
-                return st
-            if time.monotonic() > deadline:
-                raise AssertionError(f"job {job_id} still {st['status']} after {timeout_s}s")
-            time.sleep(0.05)
-
-    def logs(self, job_id: str, **params) -> list[dict]:
-        lines: list[dict] = []
-        after = None
-        while True:
-            q = {"limit": 10000, **params}
-            if after is not None:
-                q["after_seq"] = after
-            r = self.client.get(f"/jobs/{job_id}/logs", params=q)
-            assert r.status_code == 200, r.text
-            page = r.json()["lines"]
-            lines += page
-            if len(page) < 10000 or "tail" in params:
-                return lines
-            after = page[-1]["seq"]
 
 
 @dataclass
@@ -114,16 +70,3 @@ def cluster(nats: Nats, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cl
 
 def python_job(script: str, *args: str) -> list[str]:
     return [sys.executable, str(TRAINERS / script), *args]
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False

@@ -1,0 +1,20 @@
+"""The fault suite's rig: its own nats-server, gateway and agent, so that killing them touches
+no other test. Timeouts are short, but the lost grace is long enough for an agent restart."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.harness import Rig
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    rig = Rig(tmp_path_factory.mktemp("faults"))
+    try:
+        rig.start({"f": "2x80GB"})
+        yield rig
+    finally:
+        rig.stop()

@@ -1,0 +1,69 @@
+"""An agent killed (kill -9 or SIGTERM) while its trainers run: they keep running, the next
+agent re-adopts them and tails on from the saved offsets; each line is stored exactly once, the
+job ends with its real exit status, nothing is left alive and no GPU stays held."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.harness import TRAINERS, Rig, check_lines, job_processes, paced
+
+
+def wait_lines(rig: Rig, job: str, at_least: int, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while len(rig.api.logs(job, tail=at_least)) < at_least:
+        assert time.monotonic() < deadline, f"{job} never printed {at_least} lines"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+def test_a_restarted_agent_readopts_a_running_trainer_without_losing_or_doubling_a_line(rig: Rig, sig: int) -> None:
+    job = rig.api.submit(paced(1500, 3.0), gpus=1)
+    rig.api.wait(job, {"running"})
+    wait_lines(rig, job, 100)
+    rig.restart("agent-f", sig, down_s=0.7)  # the trainer prints on while no agent watches
+    final = rig.api.wait(job, timeout_s=30)
+    assert final["status"] == "succeeded", final
+    check = check_lines(rig.api, job, 1500)
+    assert check.exact, check
+    notes = [line["text"] for line in rig.api.logs(job, type="system")]
+    assert sum("started pid" in text for text in notes) == 1 and final["attempt"] == 1  # never started twice
+    assert any("agent restarted on host f" in text and "re-adopted" in text for text in notes), notes
+    assert job_processes(job) == []
+    assert rig.busy_gpus() == []
+
+
+def test_a_trainer_that_ends_while_no_agent_runs_is_reported_with_its_real_exit_code(rig: Rig) -> None:
+    job = rig.api.submit(paced(300, 1.0, exit_code=3), gpus=1)
+    rig.api.wait(job, {"running"})
+    wait_lines(rig, job, 20)
+    rig.kill("agent-f")
+    time.sleep(1.5)  # it ends meanwhile; its keeper records the exit status
+    assert job_processes(job) == []
+    rig.start_agent("f")
+    final = rig.api.wait(job, timeout_s=30)
+    assert (final["status"], final["exit_code"]) == ("failed", 3), final
+    assert check_lines(rig.api, job, 300).exact
+
+
+def test_stopping_a_readopted_trainer_works_and_kills_what_left_its_session(rig: Rig, tmp_path: Path) -> None:
+    pid_file = tmp_path / "pids"
+    job = rig.api.submit([sys.executable, str(TRAINERS / "stubborn.py"), str(pid_file)], gpus=1)
+    rig.api.wait(job, {"running"})
+    deadline = time.monotonic() + 10
+    while not pid_file.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    rig.restart("agent-f", signal.SIGKILL)
+    rig.wait_online(1)
+    r = rig.api.client.post(f"/jobs/{job}/stop", json={"grace_s": 1})
+    assert r.status_code in (200, 202), r.text
+    final = rig.api.wait(job, timeout_s=30)
+    assert final["status"] == "stopped", final
+    assert job_processes(job) == []  # the setsid'd child that ignores SIGTERM too
+    assert rig.busy_gpus() == []
