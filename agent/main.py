@@ -11,13 +11,11 @@ from pathlib import Path
 import msgspec
 import psutil
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
 
 from agent.gpus import GpuInventory
 from agent.supervisor import Supervisor
 from shared import events as ev
-from shared import provision, subjects
+from shared import subjects
 from shared.clock import now_s
 from shared.commands import decode_command
 from shared.config import AgentSettings
@@ -28,20 +26,28 @@ from shared.pullfeed import PullFeed
 log = logging.getLogger("trainyard.agent")
 
 
-async def ensure_command_consumer(js: JetStreamContext, host: str) -> None:
+async def wait_for_command_consumer(js: JetStreamContext, host: str, stopping: asyncio.Event) -> bool:
+    """The agent reads its commands from a durable consumer the gateway creates when it sees
+    the host's first heartbeat (an agent may not create consumers: natsauth). False if asked
+    to stop meanwhile."""
     name = subjects.agent_consumer(host)
-    config = ConsumerConfig(
-        durable_name=name,
-        filter_subject=subjects.cmd_filter(host),
-        ack_policy=AckPolicy.EXPLICIT,
-        deliver_policy=DeliverPolicy.ALL,
-        ack_wait=30.0,
-        max_ack_pending=256,
-    )
-    try:
-        await js.consumer_info(subjects.CMD_STREAM, name)
-    except NotFoundError:
-        await js.add_consumer(subjects.CMD_STREAM, config)
+    delay_s, said = 0.05, False
+    while not stopping.is_set():
+        try:
+            await js.consumer_info(subjects.CMD_STREAM, name, timeout=2.0)
+            return True
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # not there yet, streams not provisioned, NATS away
+            if not said:
+                log.info("waiting for the gateway to create command consumer %s (%s)", name, exc or type(exc).__name__)
+                said = True
+        try:
+            await asyncio.wait_for(stopping.wait(), delay_s)
+        except TimeoutError:
+            pass
+        delay_s = min(delay_s * 2, 0.25)
+    return False
 
 
 class Agent:
@@ -54,10 +60,8 @@ class Agent:
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
-        nc = await connect(self.settings.nats_url, f"agent-{self.host}")
+        nc = await connect(self.settings.nats_url, f"agent-{self.host}", credentials=self.settings.nats_credentials)
         js = nc.jetstream()
-        await provision.ensure_streams(js)
-        await ensure_command_consumer(js, self.host)
         self.supervisor = Supervisor(
             js, self.host, self.work_dir, self.gpus,
             max_line_bytes=self.settings.max_line_bytes,
@@ -66,13 +70,13 @@ class Agent:
             trainer_options={"diffusion_pipe_dir": self.settings.diffusion_pipe_dir},
             log_cap_bytes=self.settings.max_log_bytes_per_attempt,
         )
+        # Heartbeats first: the gateway creates this host's command consumer when it sees one.
+        beats = asyncio.create_task(self._heartbeat_loop(js), name="agent-heartbeat")
         await self.supervisor.readopt()
         feed = PullFeed(nc, subjects.CMD_STREAM, subjects.agent_consumer(self.host), batch=64)
-        await feed.start()
-        tasks = [
-            asyncio.create_task(self._command_loop(feed), name="agent-commands"),
-            asyncio.create_task(self._heartbeat_loop(js), name="agent-heartbeat"),
-        ]
+        if await wait_for_command_consumer(js, self.host, self._stopping):
+            await feed.start()
+        tasks = [asyncio.create_task(self._command_loop(feed), name="agent-commands"), beats]
         log.info("agent %s up; work dir %s; %s", self.host, self.work_dir, self.gpus.note or "")
         stop_wait = asyncio.create_task(self._stopping.wait(), name="agent-stop-wait")
         done, _ = await asyncio.wait([*tasks, stop_wait], return_when=asyncio.FIRST_COMPLETED)
@@ -81,9 +85,10 @@ class Agent:
         await asyncio.gather(*tasks, return_exceptions=True)
         stop_wait.cancel()
         await self.supervisor.shutdown(self.settings.stop_trainers_on_exit)
-        await self._publish_heartbeat(js, leaving=True)
+        if nc.is_connected:  # a last beat says "leaving" (the host goes offline at once)
+            await self._publish_heartbeat(js, leaving=True)
         await feed.stop()
-        await nc.drain()
+        await (nc.drain() if nc.is_connected else nc.close())
         for task in done:
             if task is not stop_wait and not task.cancelled() and task.exception():
                 raise task.exception()  # type: ignore[misc]

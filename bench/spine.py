@@ -28,8 +28,8 @@ from bench.common import bench_stack, print_table
 LINE = "line 0000000 some trainer output text"
 
 
-async def raw_jetstream(url: str, count: int, size: int) -> tuple[float, float]:
-    nc = await nats.connect(url)
+async def raw_jetstream(url: str, count: int, size: int, options: dict[str, str]) -> tuple[float, float]:
+    nc = await nats.connect(url, **options)
     js = nc.jetstream()
     await js.add_stream(name="BENCH_RAW", subjects=["bench.raw"])
     payload = b"x" * size
@@ -153,7 +153,7 @@ def main() -> None:
         api = b.start_gateway()
         wait_status(api, submit(api, [sys.executable, "-c", "print(1)"]), {"succeeded"}, 30)
 
-        pub, con = asyncio.run(raw_jetstream(url, args.raw, len(LINE)))
+        pub, con = asyncio.run(raw_jetstream(url, args.raw, len(LINE), b.stack.connect_options()))
         raw = min(pub, con)
         lines_s = throughput(api, f"import sys\nw=sys.stdout.write\nfor i in range({args.lines}): w('line %07d some trainer output text\\n' % i)", args.lines)
         metric_script = ("import sys\nw=sys.stdout.write\n"

@@ -18,10 +18,10 @@ from shared import provision, subjects
 from shared.natsconn import connect
 
 
-async def rebuild(nats_url: str, out_path: Path, timeout_s: float = 600.0) -> dict[str, int]:
+async def rebuild(nats_url: str, out_path: Path, credentials: str = "", timeout_s: float = 600.0) -> dict[str, int]:
     if out_path.exists():
         raise FileExistsError(f"{out_path} exists; remove it or choose another --out")
-    nc = await connect(nats_url, "projector-rebuild")
+    nc = await connect(nats_url, "projector-rebuild", credentials=credentials)
     js = nc.jetstream()
     await provision.ensure_streams(js)
     targets = {s: (await js.stream_info(s)).state.last_seq for s in subjects.EVENT_STREAMS}
@@ -45,5 +45,5 @@ async def rebuild(nats_url: str, out_path: Path, timeout_s: float = 600.0) -> di
     return targets
 
 
-def run_rebuild(nats_url: str, out_path: Path) -> dict[str, int]:
-    return asyncio.run(rebuild(nats_url, out_path))
+def run_rebuild(nats_url: str, out_path: Path, credentials: str = "") -> dict[str, int]:
+    return asyncio.run(rebuild(nats_url, out_path, credentials))

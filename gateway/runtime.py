@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -41,7 +42,7 @@ class GatewayRuntime:
         s = self.settings
         data_dir = Path(s.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.nc = await connect(s.nats_url, f"gateway-{s.replica}")
+        self.nc = await connect(s.nats_url, f"gateway-{s.replica}", credentials=s.nats_credentials)
         self.js = self.nc.jetstream()
         await provision.ensure_streams(self.js, log_max_age_s=s.log_max_age_s, log_max_bytes=s.log_max_bytes)
         await provision.ensure_lease_bucket(self.js)
@@ -54,6 +55,7 @@ class GatewayRuntime:
             lease_ttl_s=s.scheduler_lease_ttl_s,
         )
         await self.scheduler.start()
+        self._consumers = asyncio.create_task(self._provide_command_consumers(), name="command-consumers")
         self.webhooks = WebhookNotifier(self.js, self.projector, load_secret(s.webhook_secret, data_dir),
                                         lambda: self.scheduler.is_leader)
         self.reader = Reader(self.con)
@@ -68,6 +70,8 @@ class GatewayRuntime:
         """Undo whatever `start` got through, in reverse (a failed start calls this too). The
         scheduler goes first so that its lease is released while the rest winds down."""
         steps: list[tuple[str, Callable[[], Awaitable[None] | None]]] = []
+        if (consumers := getattr(self, "_consumers", None)) is not None:
+            consumers.cancel()
         for name in ("scheduler", "webhooks", "projector"):
             if (part := getattr(self, name, None)) is not None:
                 steps.append((name, part.stop))
@@ -75,7 +79,8 @@ class GatewayRuntime:
             if (part := getattr(self, name, None)) is not None:
                 steps.append((name, part.close))
         if self.nc is not None:
-            steps.append(("nats drain", self.nc.drain))
+            # Draining needs the server; while it is away, just close.
+            steps.append(("nats drain", self.nc.drain if self.nc.is_connected else self.nc.close))
         if (con := getattr(self, "con", None)) is not None:
             steps.append(("duckdb", con.close))
         for name, step in steps:
@@ -85,6 +90,19 @@ class GatewayRuntime:
                 await result
             if (took := time.monotonic() - started) > 1.0:
                 log.warning("shutdown: %s took %.1fs", name, took)
+
+    async def _provide_command_consumers(self) -> None:
+        """Each host that heartbeats gets its durable command consumer (agents may not create
+        consumers; natsauth). Checked every 0.1 s against the projected heartbeats."""
+        provided: set[str] = set()
+        while True:
+            for host in self.projector.heartbeats.keys() - provided:
+                try:
+                    await provision.ensure_command_consumer(self.js, host)
+                    provided.add(host)
+                except Exception as exc:  # NATS away: the next round tries again
+                    log.warning("command consumer for host %s not created yet: %s", host, exc)
+            await asyncio.sleep(0.1)
 
     async def projector_lag(self) -> dict[str, int]:
         """Per event stream: how many events the projection is behind (-1: NATS unreachable)."""

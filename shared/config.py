@@ -22,6 +22,8 @@ class GatewaySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=False)
     bind: str = "127.0.0.1"
     port: int = 8000
     nats_url: str = DEFAULT_NATS_URL
+    # A credentials file (natsauth: user and password) when nats-server has per-role users.
+    nats_credentials: str = ""
     replica: str = "g1"
     insecure: bool = False
     allowed_roots: list[str] = []
@@ -46,6 +48,7 @@ class AgentSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     host: str = ""
     work_dir: str = "./trainyard-work"
     nats_url: str = DEFAULT_NATS_URL
+    nats_credentials: str = ""  # this host's agent credentials (natsauth)
     heartbeat_interval_s: float = 3.0
     simulate_gpus: str = ""
     allowed_roots: list[str] = []

@@ -7,10 +7,19 @@ import logging
 import nats
 from nats.aio.client import Client
 
+from shared.natsauth import load_credentials
+
 log = logging.getLogger("trainyard.nats")
 
 
-async def connect(url: str, name: str, *, connect_timeout_s: float = 5.0) -> Client:
+async def connect(url: str, name: str, *, credentials: str = "", connect_timeout_s: float = 5.0) -> Client:
+    """`credentials`: a file from `trainyard up` / `natsauth.ensure_credentials` (user and
+    password); the connection then also uses that user's own inbox prefix."""
+    auth: dict[str, str] = {}
+    if credentials:
+        cred = load_credentials(credentials)
+        auth = {"user": cred.user, "password": cred.password, "inbox_prefix": cred.inbox_prefix}
+
     async def on_disconnect() -> None:
         log.warning("%s: disconnected from NATS", name)
 
@@ -31,4 +40,5 @@ async def connect(url: str, name: str, *, connect_timeout_s: float = 5.0) -> Cli
         reconnected_cb=on_reconnect,
         error_cb=on_error,
         pending_size=64 * 1024 * 1024,
+        **auth,
     )

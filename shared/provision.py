@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from nats.js import JetStreamContext
 from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
     DiscardPolicy,
     KeyValueConfig,
     RetentionPolicy,
@@ -75,3 +78,20 @@ async def ensure_lease_bucket(js: JetStreamContext, ttl_s: float = 10.0) -> None
         await js.create_key_value(
             KeyValueConfig(bucket=subjects.LEASE_BUCKET, ttl=ttl_s, storage=StorageType.FILE)
         )
+
+
+async def ensure_command_consumer(js: JetStreamContext, host: str) -> None:
+    """The durable pull consumer one host's agent reads its commands from (the gateway makes
+    it: agents may not create consumers)."""
+    name = subjects.agent_consumer(host)
+    try:
+        await js.consumer_info(subjects.CMD_STREAM, name)
+    except NotFoundError:
+        await js.add_consumer(subjects.CMD_STREAM, ConsumerConfig(
+            durable_name=name,
+            filter_subject=subjects.cmd_filter(host),
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=30.0,
+            max_ack_pending=256,
+        ))

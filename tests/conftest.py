@@ -53,7 +53,7 @@ def cluster(nats: Nats, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cl
     work_dir = tmp_path_factory.mktemp("agent")
     token = TokenStore(data_dir / TOKENS_FILE).create("admin")
     port = free_port()
-    stack = Stack()
+    stack = Stack(nats_dir=nats.stack.nats_dir, nats_port=nats.port)
     stack.start_agent("test-host", work_dir, nats.url, work_dir / "agent.log", "--heartbeat-interval-s", "1")
     stack.start_gateway(data_dir, port, nats.url)
     url = f"http://127.0.0.1:{port}"

@@ -35,6 +35,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         GatewaySettings, toml_path=_config_path(args), section="gateway",
         overrides={"data_dir": args.data_dir, "port": args.port, "bind": args.bind,
                    "nats_url": _nats_url(args), "insecure": args.insecure or None,
+                   "nats_credentials": args.nats_credentials,
                    "replica": args.replica, "host_timeout_s": args.host_timeout_s,
                    "host_lost_grace_s": args.host_lost_grace_s,
                    "scheduler_lease_ttl_s": args.scheduler_lease_ttl_s},
@@ -49,6 +50,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     settings = load_settings(
         AgentSettings, toml_path=_config_path(args), section="agent",
         overrides={"host": args.host, "work_dir": args.work_dir, "nats_url": _nats_url(args),
+                   "nats_credentials": args.nats_credentials,
                    "simulate_gpus": args.simulate_gpus,
                    "heartbeat_interval_s": args.heartbeat_interval_s,
                    "diffusion_pipe_dir": args.diffusion_pipe_dir, "python": args.python,
@@ -119,7 +121,9 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else Path(args.data_dir) / "trainyard.rebuilt.duckdb"
     try:
-        targets = run_rebuild(args.nats_url or DEFAULT_NATS_URL, out)
+        default_cred = Path(args.data_dir) / "nats" / "credentials" / "gateway.json"
+        cred = args.nats_credentials or (str(default_cred) if default_cred.exists() else "")
+        targets = run_rebuild(args.nats_url or DEFAULT_NATS_URL, out, cred)
     except FileExistsError as exc:
         print(f"trainyard projector rebuild: {exc}", file=sys.stderr)
         return 1
@@ -157,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     gw.add_argument("--port", type=int, default=None)
     gw.add_argument("--bind", default=None)
     gw.add_argument("--nats-url", default=None)
+    gw.add_argument("--nats-credentials", default=None, metavar="FILE",
+                    help="NATS user and password (JSON {user, password}); trainyard up writes them")
     gw.add_argument("--replica", default=None)
     gw.add_argument("--insecure", action="store_true", help="allow no tokens (loopback only)")
     gw.add_argument("--host-timeout-s", type=float, default=None,
@@ -172,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     ag.add_argument("--host", default=None)
     ag.add_argument("--work-dir", default=None)
     ag.add_argument("--nats-url", default=None)
+    ag.add_argument("--nats-credentials", default=None, metavar="FILE",
+                    help="this host's agent credentials (user agent-HOST)")
     ag.add_argument("--simulate-gpus", default=None, metavar="Nx80GB")
     ag.add_argument("--heartbeat-interval-s", type=float, default=None)
     ag.add_argument("--diffusion-pipe-dir", default=None, help="diffusion-pipe checkout (train.py's dir)")
@@ -187,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     rb = prs.add_parser("rebuild", help="replay the streams into a fresh DuckDB file")
     rb.add_argument("--data-dir", default="./trainyard-data")
     rb.add_argument("--nats-url", default=os.environ.get("TRAINYARD_NATS_URL"))
+    rb.add_argument("--nats-credentials", default=os.environ.get("TRAINYARD_NATS_CREDENTIALS", ""),
+                    metavar="FILE", help="gateway credentials (default: <data-dir>/nats/credentials/gateway.json if there)")
     rb.add_argument("--out", default=None)
     rb.set_defaults(func=cmd_rebuild)
 

@@ -16,6 +16,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared import natsauth
+
 
 def nats_server_binary() -> str:
     candidates = [Path(sysconfig.get_path("scripts")) / "nats-server", Path(sys.executable).parent / "nats-server"]
@@ -66,20 +68,44 @@ def wait_for_health(url: str, proc: subprocess.Popen, timeout_s: float = 30.0) -
     raise TimeoutError(f"gateway at {url} not healthy within {timeout_s}s")
 
 
-def write_nats_config(data_dir: Path, port: int) -> Path:
-    nats_dir = data_dir / "nats"
+def write_nats_config(nats_dir: Path, port: int) -> Path:
+    """The embedded server's config: loopback only, JetStream on file storage, and a NATS user
+    per role (natsauth) from the credential files in `nats_dir/credentials` (rewritten, and the
+    server reloaded, when an agent for a new host joins)."""
     nats_dir.mkdir(parents=True, exist_ok=True)
+    for user in (natsauth.GATEWAY_USER, natsauth.VIEWER_USER):
+        natsauth.ensure_credentials(nats_dir, user)
     conf = nats_dir / "nats-embedded.conf"
-    conf.write_text(
-        "# Written by trainyard up; the deployment template is nats.conf in the repository.\n"
-        f"listen: 127.0.0.1:{port}\n"
-        "max_payload: 8MB\n"
-        "jetstream {\n"
-        f'  store_dir: "{nats_dir / "jetstream"}"\n'
-        "  max_file_store: 50GB\n"
-        "}\n"
-    )
+    tmp = conf.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds passwords
+    with os.fdopen(fd, "w") as f:
+        f.write(
+            "# Written by trainyard up; the deployment template is nats.conf in the repository.\n"
+            f"listen: 127.0.0.1:{port}\n"
+            f'pid_file: "{nats_dir / "nats-server.pid"}"\n'
+            "max_payload: 8MB\n"
+            "jetstream {\n"
+            f'  store_dir: "{nats_dir / "jetstream"}"\n'
+            "  max_file_store: 50GB\n"
+            "}\n"
+            + natsauth.authorization_block(natsauth.all_credentials(nats_dir))
+        )
+    os.replace(tmp, conf)
     return conf
+
+
+def reload_nats(nats_dir: Path, timeout_s: float = 5.0) -> None:
+    """Make the running nats-server re-read its config (new users), and wait until it has."""
+    pid = int((nats_dir / "nats-server.pid").read_text())
+    log = nats_dir.parent / "logs" / "nats.log"
+    before = log.read_text(errors="replace").count("Reloaded server configuration") if log.exists() else 0
+    os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if log.exists() and log.read_text(errors="replace").count("Reloaded server configuration") > before:
+            return
+        time.sleep(0.02)
+    raise TimeoutError("nats-server did not reload its configuration")
 
 
 @dataclass
@@ -88,6 +114,38 @@ class Stack:
 
     procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
     logs: list = field(default_factory=list)
+    # Where the NATS config and credentials live (set by `start_nats`; give it to a Stack that
+    # starts gateways and agents against a server another Stack started).
+    nats_dir: Path | None = None
+    nats_port: int = 0
+
+    def credentials(self, user: str) -> Path | None:
+        return natsauth.ensure_credentials(self.nats_dir, user) if self.nats_dir else None
+
+    def connect_options(self, user: str = natsauth.GATEWAY_USER) -> dict[str, str]:
+        """nats-py `connect()` keyword arguments for `user` (tests and benchmarks)."""
+        path = self.credentials(user)
+        if path is None:
+            return {}
+        cred = natsauth.load_credentials(path)
+        return {"user": cred.user, "password": cred.password, "inbox_prefix": cred.inbox_prefix}
+
+    def _credential_flags(self, user: str) -> list[str]:
+        path = self.credentials(user)
+        return ["--nats-credentials", str(path)] if path else []
+
+    def _ensure_agent_user(self, host: str) -> list[str]:
+        """Credentials for this host's agent; a new one is added to the config and the running
+        server reloads it (SIGHUP) before the agent connects."""
+        if self.nats_dir is None:
+            return []
+        user = natsauth.agent_user(host)
+        known = {c.user for c in natsauth.all_credentials(self.nats_dir)}
+        path = natsauth.ensure_credentials(self.nats_dir, user)
+        if user not in known:
+            write_nats_config(self.nats_dir, self.nats_port)
+            reload_nats(self.nats_dir)
+        return ["--nats-credentials", str(path)]
 
     def spawn(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +157,8 @@ class Stack:
         return proc
 
     def start_nats(self, data_dir: Path, port: int) -> subprocess.Popen:
-        conf = write_nats_config(data_dir, port)
+        self.nats_dir, self.nats_port = data_dir / "nats", port
+        conf = write_nats_config(self.nats_dir, port)
         proc = self.spawn("nats", [nats_server_binary(), "-c", str(conf)], data_dir / "logs" / "nats.log")
         wait_for_port(port, proc, "nats-server")
         return proc
@@ -109,7 +168,7 @@ class Stack:
         proc = self.spawn(
             "gateway",
             [sys.executable, "-m", "trainyard", "gateway", "--data-dir", str(data_dir), "--port",
-             str(port), "--nats-url", nats_url, *extra],
+             str(port), "--nats-url", nats_url, *self._credential_flags(natsauth.GATEWAY_USER), *extra],
             data_dir / "logs" / "gateway.log", env,
         )
         wait_for_health(f"http://127.0.0.1:{port}", proc)
@@ -120,12 +179,15 @@ class Stack:
         return self.spawn(
             f"agent-{host}",
             [sys.executable, "-m", "trainyard", "agent", "--host", host, "--work-dir", str(work_dir),
-             "--nats-url", nats_url, *extra],
+             "--nats-url", nats_url, *self._ensure_agent_user(host), *extra],
             log_path, env,
         )
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        for name, proc in reversed(self.procs):
+        # Reverse start order, but nats-server always last (a restarted one was started after
+        # the gateway and agents, which still want to say goodbye through it).
+        ordered = sorted(reversed(self.procs), key=lambda item: item[0] == "nats")
+        for name, proc in ordered:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 try:

@@ -40,7 +40,7 @@ def test_kill_9_mid_stream_then_rebuild_equals_live(cluster: Cluster, tmp_path: 
     token = TokenStore(data_dir / TOKENS_FILE).create("viewer")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    stack = Stack()
+    stack = Stack(nats_dir=cluster.nats.stack.nats_dir, nats_port=cluster.nats.port)
     try:
         replica = start_replica(stack, data_dir, port, cluster.nats.url)
         n = 200_000
@@ -64,7 +64,8 @@ def test_kill_9_mid_stream_then_rebuild_equals_live(cluster: Cluster, tmp_path: 
         assert dupes == 0
         out = tmp_path / "rebuilt.duckdb"
         subprocess.run([sys.executable, "-m", "trainyard", "projector", "rebuild", "--nats-url",
-                        cluster.nats.url, "--out", str(out)], check=True, timeout=300)
+                        cluster.nats.url, "--nats-credentials", str(cluster.nats.stack.credentials("gateway")),
+                        "--out", str(out)], check=True, timeout=300)
         rebuilt = duckdb.connect(str(out), read_only=True)
         for table in JOB_TABLES:
             q = f"SELECT * FROM {table} ORDER BY ALL"

@@ -169,8 +169,8 @@ def test_a_big_job_is_not_starved_and_small_ones_backfill_elsewhere(gc: GpuClust
     assert results[elsewhere]["started_s"] < results[big]["started_s"]
 
 
-async def _start_directly(nats_url: str, host: str, job_id: str, gpu: int, seconds: float) -> None:
-    nc = await nats_py.connect(nats_url)
+async def _start_directly(gc: GpuCluster, host: str, job_id: str, gpu: int, seconds: float) -> None:
+    nc = await nats_py.connect(gc.nats_url, **gc.stack.connect_options())
     js = nc.jetstream()
     command = StartJob(job_id=job_id, attempt=1, ts_s=time.time(), gpu_ids=[gpu],
                        spec=CommandJob(command=sleeper(seconds), gpus=1))
@@ -180,8 +180,8 @@ async def _start_directly(nats_url: str, host: str, job_id: str, gpu: int, secon
     await nc.close()
 
 
-async def _refusals(nats_url: str, job_id: str, timeout_s: float) -> list[str]:
-    nc = await nats_py.connect(nats_url)
+async def _refusals(gc: GpuCluster, job_id: str, timeout_s: float) -> list[str]:
+    nc = await nats_py.connect(gc.nats_url, **gc.stack.connect_options())
     js = nc.jetstream()
     sub = await js.subscribe(subjects.job_event(job_id, "refused"), ordered_consumer=True)
     try:
@@ -194,9 +194,9 @@ async def _refusals(nats_url: str, job_id: str, timeout_s: float) -> list[str]:
 def test_the_agent_refuses_a_gpu_it_is_already_using(gc: GpuCluster) -> None:
     """Two starts for the same GPU reach the agent (as a scheduler with a stale view could send):
     the second is refused with a reason, and only the first runs."""
-    asyncio.run(_start_directly(gc.nats_url, "a", "job_outside_1", 0, 1.0))
-    asyncio.run(_start_directly(gc.nats_url, "a", "job_outside_2", 0, 1.0))
-    refusal = asyncio.run(_refusals(gc.nats_url, "job_outside_2", 10.0))
+    asyncio.run(_start_directly(gc, "a", "job_outside_1", 0, 1.0))
+    asyncio.run(_start_directly(gc, "a", "job_outside_2", 0, 1.0))
+    refusal = asyncio.run(_refusals(gc, "job_outside_2", 10.0))
     assert "GPU 0 is busy with job_outside_1" in refusal[0]
 
 
@@ -369,11 +369,11 @@ def test_diffusion_pipe_stops_its_own_way_and_success_needs_its_completion_line(
     assert final["status"] == "failed" and "TRAINING COMPLETE!" in final["reason"]
 
 
-async def _publish_stop(nats_url: str, host: str, job_id: str, attempt: int) -> None:
+async def _publish_stop(gc: GpuCluster, host: str, job_id: str, attempt: int) -> None:
     from shared import events as ev
     from shared.commands import StopJob
 
-    nc = await nats_py.connect(nats_url)
+    nc = await nats_py.connect(gc.nats_url, **gc.stack.connect_options())
     await nc.jetstream().publish(subjects.cmd(host, "stop"),
                                  ev.encode(StopJob(job_id=job_id, attempt=attempt, ts_s=time.time(), force=True)))
     await nc.close()
@@ -382,7 +382,7 @@ async def _publish_stop(nats_url: str, host: str, job_id: str, attempt: int) -> 
 def test_a_stop_for_an_attempt_that_ended_is_a_no_op_with_an_event(gc: GpuCluster) -> None:
     job = gc.submit(0.1, host="a")
     done = gc.api.wait(job)
-    asyncio.run(_publish_stop(gc.nats_url, "a", job, done["attempt"]))
+    asyncio.run(_publish_stop(gc, "a", job, done["attempt"]))
     deadline = time.monotonic() + 10
     while True:
         notes = [e["data"] for e in gc.api.client.get(f"/jobs/{job}/events").json() if e["type"] == "agent_note"]

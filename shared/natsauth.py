@@ -1,0 +1,107 @@
+"""NATS users per role (DESIGN §10): what each process may publish and subscribe to.
+
+- `gateway`: everything (it provisions streams, creates consumers, sends commands).
+- `agent-<host>`: reads only its own host's commands (its durable pull consumer, which the
+  gateway creates), publishes job events, logs and its own host's heartbeats. It may not
+  publish commands, create consumers or streams, or read another host's commands.
+- `viewer`: reads events, logs and heartbeats; publishes nothing of trainyard's.
+
+Each process gets its own inbox prefix (`_INBOX_<user>`), so that no user can subscribe to the
+replies another one receives. Job subjects are not host-scoped (`ty.job.<job>.<kind>`), so an
+agent's credentials can write events of any job; the projector only moves a job's state for
+the host and attempt the job is on, which bounds what a stolen agent credential can do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+import msgspec
+
+from shared import subjects
+from shared.ids import check_token
+
+GATEWAY_USER = "gateway"
+VIEWER_USER = "viewer"
+
+
+class NatsCredentials(msgspec.Struct, kw_only=True):
+    user: str
+    password: str
+
+    @property
+    def inbox_prefix(self) -> str:
+        return f"_INBOX_{self.user}"
+
+
+def agent_user(host: str) -> str:
+    return f"agent-{check_token(host, 'host')}"
+
+
+def load_credentials(path: str | Path) -> NatsCredentials:
+    return msgspec.json.decode(Path(path).read_bytes(), type=NatsCredentials)
+
+
+def permissions(user: str) -> dict[str, dict[str, list[str]]]:
+    inbox = [f"_INBOX_{user}.>"]
+    if user == GATEWAY_USER:
+        return {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}
+    if user == VIEWER_USER:
+        return {
+            "publish": {"allow": ["$JS.API.INFO", "$JS.API.STREAM.INFO.*", "$JS.API.STREAM.MSG.GET.*"]},
+            "subscribe": {"allow": ["ty.job.>", "ty.log.>", "ty.host.>", *inbox]},
+        }
+    host = user.removeprefix("agent-")
+    if not user.startswith("agent-") or check_token(host, "host") != host:
+        raise ValueError(f"no NATS role for user {user!r}")
+    consumer = subjects.agent_consumer(host)
+    return {
+        "publish": {"allow": [
+            "ty.job.>", "ty.log.>", subjects.host_event(host, ">"),
+            f"$JS.API.CONSUMER.INFO.{subjects.CMD_STREAM}.{consumer}",
+            f"$JS.API.CONSUMER.MSG.NEXT.{subjects.CMD_STREAM}.{consumer}",
+            f"$JS.ACK.{subjects.CMD_STREAM}.{consumer}.>",
+            # A restarted agent asks where an attempt's logs and metrics stand (re-adoption).
+            f"$JS.API.STREAM.MSG.GET.{subjects.LOG_STREAM}",
+            f"$JS.API.STREAM.MSG.GET.{subjects.JOB_STREAM}",
+            "$JS.API.INFO",
+        ]},
+        "subscribe": {"allow": inbox},
+    }
+
+
+def authorization_block(users: list[NatsCredentials]) -> str:
+    """The `authorization { users = [...] }` section of a nats-server config."""
+    lines = ["authorization {", "  users = ["]
+    for cred in users:
+        entry = {"user": cred.user, "password": cred.password, "permissions": permissions(cred.user)}
+        lines.append("    " + json.dumps(entry))  # the config format accepts JSON objects
+    lines += ["  ]", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def credentials_dir(nats_dir: Path) -> Path:
+    return nats_dir / "credentials"
+
+
+def ensure_credentials(nats_dir: Path, user: str) -> Path:
+    """The credentials file for `user` (created with a random password on first use, mode
+    0600); returns its path, which is what `--nats-credentials` takes."""
+    permissions(user)  # refuses an unknown role
+    folder = credentials_dir(nats_dir)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = folder / f"{user}.json"
+    if not path.exists():
+        cred = NatsCredentials(user=user, password=secrets.token_urlsafe(24))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(msgspec.json.encode(cred))
+    return path
+
+
+def all_credentials(nats_dir: Path) -> list[NatsCredentials]:
+    folder = credentials_dir(nats_dir)
+    return [load_credentials(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []

@@ -1,0 +1,91 @@
+"""NATS users per role, as `trainyard up` writes them (natsauth): an agent may read only its own
+host's commands and publish events and its own heartbeats; it may not publish commands, read
+another host's commands, or create consumers. A viewer may read, not write."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats as nats_py
+import pytest
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import ConsumerConfig
+
+from shared import natsauth, subjects
+from tests.harness import Rig
+
+DENIED_WITHIN_S = 1.0
+
+
+async def attempt(rig: Rig, user: str, action) -> tuple[bool, list[str]]:
+    """Run `action(nc, js)` connected as `user`: (succeeded, permission errors seen)."""
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    nc = await nats_py.connect(rig.nats_url, error_cb=on_error, **rig.stack.connect_options(user))
+    try:
+        await asyncio.wait_for(action(nc, nc.jetstream()), DENIED_WITHIN_S)
+        ok = True
+    except (NatsTimeout, TimeoutError, asyncio.TimeoutError, nats_py.errors.Error):
+        ok = False
+    await asyncio.sleep(0.1)  # a permission violation arrives as an asynchronous -ERR
+    await nc.close()
+    return ok, [e for e in errors if "permissions violation" in e.lower()]
+
+
+def run(rig: Rig, user: str, action) -> tuple[bool, list[str]]:
+    return asyncio.run(attempt(rig, user, action))
+
+
+def test_an_agent_may_pull_its_own_commands_and_publish_events_and_its_heartbeats(rig: Rig) -> None:
+    agent = natsauth.agent_user("f")
+
+    async def own(nc, js) -> None:
+        await js.consumer_info(subjects.CMD_STREAM, subjects.agent_consumer("f"))
+        await js.publish(subjects.host_event("f", "probe"), b"{}")
+        await js.publish(subjects.job_event("job_probe", "probe"), b"{}")
+
+    assert run(rig, agent, own) == (True, [])
+
+
+@pytest.mark.parametrize("what", ["publish a command", "read another host's commands",
+                                  "create a consumer", "sniff commands", "publish another host's heartbeat"])
+def test_an_agent_is_denied(rig: Rig, what: str) -> None:
+    rig.start_agent("other")  # the host whose commands agent f must not see
+    rig.wait_online(2)
+    actions = {
+        "publish a command": lambda nc, js: js.publish(subjects.cmd("other", "start"), b"{}"),
+        "read another host's commands": lambda nc, js: js.consumer_info(
+            subjects.CMD_STREAM, subjects.agent_consumer("other")),
+        "create a consumer": lambda nc, js: js.add_consumer(
+            subjects.CMD_STREAM, ConsumerConfig(durable_name="sneaky", filter_subject="ty.cmd.other.>")),
+        "sniff commands": lambda nc, js: sniff(nc),
+        "publish another host's heartbeat": lambda nc, js: js.publish(subjects.host_event("other", "heartbeat"), b"{}"),
+    }
+    ok, violations = run(rig, natsauth.agent_user("f"), actions[what])
+    assert not ok and violations, (ok, violations)
+    rig.kill("agent-other")
+
+
+async def sniff(nc) -> None:
+    await nc.subscribe("ty.cmd.>")
+    await nc.flush()
+    await asyncio.sleep(0.3)
+    raise TimeoutError  # reached only if the subscription was accepted without an error
+
+
+def test_a_viewer_reads_but_cannot_write(rig: Rig) -> None:
+    async def read(nc, js) -> None:
+        await js.stream_info(subjects.JOB_STREAM)
+        await nc.subscribe("ty.job.>")
+        await nc.flush()
+
+    assert run(rig, natsauth.VIEWER_USER, read) == (True, [])
+
+    async def write(nc, js) -> None:
+        await js.publish(subjects.job_event("job_probe", "submitted"), b"{}")
+
+    ok, violations = run(rig, natsauth.VIEWER_USER, write)
+    assert not ok and violations
