@@ -3,17 +3,14 @@ learn how a trainer ended even across an agent restart.
 
 A process is named by (pid, create_time) so a recycled PID is never signalled by mistake.
 
-A trainer is not the agent's child but its grandchild, under a *keeper*: a fork of the agent
-that leads the trainer's session, ignores the stop signals sent to the group, waits for the
-trainer and writes its exit status to a file in the run dir. An agent restarted while the
-trainer runs (DESIGN §5) cannot wait for a process that is not its child; it waits for the
-keeper to go and reads the file, so the job ends with its real exit code rather than "lost".
-The keeper costs a fork, not an interpreter start.
+A trainer runs under a keeper, forked by a helper process (agent/spawner.py says why); the
+agent waits for the keeper to go and reads the exit status it wrote.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -21,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+
+from agent.spawner import EXIT_STATUS_FILE
 
 
 @dataclass(frozen=True)
@@ -67,67 +66,48 @@ async def spawn(
         )
 
 
-EXIT_STATUS_FILE = "exit_status"
-_KEEPER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+class Spawner:
+    """The agent's side of agent/spawner.py: starts the helper once, asks it for keepers."""
 
+    def __init__(self) -> None:
+        self._proc: asyncio.subprocess.Process | None = None
+        self._lock = asyncio.Lock()
 
-def spawn_kept(argv: list[str], cwd: Path, env: dict[str, str], stdout_path: Path, stderr_path: Path) -> ProcRef:
-    """Start `argv` (never through a shell) under a keeper in a new session; returns the keeper,
-    which is the group leader: signal the group to reach the trainer. The keeper writes the
-    trainer's Popen-style return code to `EXIT_STATUS_FILE` next to `stdout_path`."""
-    status_path = stdout_path.parent / EXIT_STATUS_FILE
-    status_path.unlink(missing_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # the keeper: only system calls from here on, and never a return
-        code = 1
-        try:
-            code = _keep(argv, cwd, env, stdout_path, stderr_path, status_path)
-        finally:
-            os._exit(code)
-    return ProcRef.of(pid) or ProcRef(pid, 0.0)
+    async def _ensure(self) -> asyncio.subprocess.Process:
+        if self._proc is None or self._proc.returncode is not None:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "agent.spawner", stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, cwd=str(Path(__file__).resolve().parents[1]),
+            )
+        return self._proc
 
+    async def spawn(self, argv: list[str], cwd: Path, env: dict[str, str], stdout_path: Path,
+                    stderr_path: Path) -> ProcRef:
+        """Start `argv` (never through a shell) under a keeper in a new session; returns the
+        keeper, the group leader: signal the group to reach the trainer. The keeper writes the
+        trainer's Popen-style return code to `EXIT_STATUS_FILE` next to `stdout_path`."""
+        status_path = stdout_path.parent / EXIT_STATUS_FILE
+        status_path.unlink(missing_ok=True)
+        request = json.dumps({"argv": argv, "cwd": str(cwd), "env": env, "stdout": str(stdout_path),
+                              "stderr": str(stderr_path), "status": str(status_path)})
+        async with self._lock:
+            proc = await self._ensure()
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(request.encode() + b"\n")
+            await proc.stdin.drain()
+            line = await proc.stdout.readline()
+        if not line:
+            raise OSError("the spawner process exited")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise OSError(f"could not start a keeper: {reply['error']}")
+        return ProcRef.of(reply["pid"]) or ProcRef(reply["pid"], 0.0)
 
-def _keep(argv: list[str], cwd: Path, env: dict[str, str], stdout_path: Path, stderr_path: Path,
-          status_path: Path) -> int:
-    os.setsid()
-    signal.set_wakeup_fd(-1)  # the agent's event loop is not running here
-    for sig in _KEEPER_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    os.closerange(3, 65536)  # the agent's NATS socket and files are not the keeper's to hold
-    child = os.fork()
-    if child == 0:
-        _exec_trainer(argv, cwd, env, stdout_path, stderr_path)
-    while True:
-        try:
-            _, status = os.waitpid(child, 0)
-            break
-        except InterruptedError:
-            continue
-    tmp = status_path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.write(fd, str(os.waitstatus_to_exitcode(status)).encode())
-    os.close(fd)
-    os.rename(tmp, status_path)
-    return 0
-
-
-def _exec_trainer(argv: list[str], cwd: Path, env: dict[str, str], stdout_path: Path, stderr_path: Path) -> None:
-    try:
-        for sig in (*_KEEPER_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ):
-            signal.signal(sig, signal.SIG_DFL)  # Python ignores SIGPIPE; a trainer must not
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-        os.dup2(os.open(stdout_path, flags, 0o644), 1)
-        os.dup2(os.open(stderr_path, flags, 0o644), 2)
-        os.chdir(cwd)
-        os.execvpe(argv[0], argv, env)
-    except BaseException as exc:
-        os.write(2, f"trainyard: could not start {argv[0]}: {exc}\n".encode())
-    os._exit(127)
+    async def close(self) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
+            await self._proc.wait()
 
 
 def read_exit_status(run_dir: Path) -> int | None:

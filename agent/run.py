@@ -82,7 +82,7 @@ class RunState(msgspec.Struct, kw_only=True):
 
     job_id: str
     attempt: int
-    pid: int  # the keeper (process.spawn_kept), which leads the trainer's process group
+    pid: int  # the keeper (agent/spawner.py), which leads the trainer's process group
     create_time: float
     run_dir: str
     stdout_path: str
@@ -423,8 +423,10 @@ class TrainerRun:
         log_cap_bytes: int = 0,
         adopt: RunState | None = None,
         published: Published | None = None,
+        spawner: process.Spawner | None = None,
     ) -> None:
         self.js = js
+        self.spawner = spawner or process.Spawner()
         self.host = host
         self.job_id = command.job_id
         self.attempt = command.attempt
@@ -565,7 +567,7 @@ class TrainerRun:
         for path, content in launch.files.items():
             path.write_bytes(content)
         stdout_path, stderr_path = self.run_dir / "stdout.log", self.run_dir / "stderr.log"
-        self.root = process.spawn_kept(launch.argv, launch.cwd, child_env(launch.env, ctx), stdout_path, stderr_path)
+        self.root = await self.spawner.spawn(launch.argv, launch.cwd, child_env(launch.env, ctx), stdout_path, stderr_path)
         self.recorded = {self.root}
         self._save_state()
         self.launched.set()

@@ -15,6 +15,7 @@ from nats.js import JetStreamContext
 
 from agent.export import export_context, run_export
 from agent.gpus import GpuInventory
+from agent.process import Spawner
 from agent.publisher import publish_retrying
 from agent.run import RunState, TrainerRun, published_so_far
 from shared import events as ev
@@ -53,6 +54,7 @@ class Supervisor:
         self.runs: dict[tuple[str, int], TrainerRun] = {}
         self._exports: set[asyncio.Task[None]] = set()
         self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self.spawner = Spawner()
 
     def run_dir(self, job_id: str, attempt: int) -> Path:
         return self.work_dir / "runs" / job_id / str(attempt)
@@ -107,6 +109,7 @@ class Supervisor:
             self.js, self.host, command, self.run_dir(*key), self.state_path(*key),
             max_line_bytes=self.max_line_bytes, batch_max_bytes=self.batch_max_bytes,
             python=self.python, trainer_options=self.trainer_options, log_cap_bytes=self.log_cap_bytes,
+            spawner=self.spawner,
         ))
 
     async def _begin(self, run: TrainerRun) -> None:
@@ -202,3 +205,4 @@ class Supervisor:
         for task in list(self._tasks.values()):
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await self.spawner.close()

@@ -77,7 +77,7 @@ def stream_routes(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard]) 
                 if len(page) == PAGE:
                     continue
                 now = runtime.projector.states.get(job_id)
-                if now is None or now.is_terminal or now.attempt != which:
+                if now is None or now.is_terminal or now.attempt > which:
                     # The exit is shown only once its lines are queryable: nothing is missed.
                     yield end(job_id)
                     return

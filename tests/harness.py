@@ -158,6 +158,16 @@ class Rig:
         for host, gpus in agents.items():
             self.start_agent(host, gpus)
         self.wait_online(len(agents))
+        for host in agents:
+            self.wait_agent_ready(host)
+
+    def wait_agent_ready(self, host: str, timeout_s: float = 30.0) -> None:
+        """Until the agent reads its commands (the gateway created its consumer)."""
+        log = self.tmp / f"agent-{host}.log"
+        deadline = time.monotonic() + timeout_s
+        while f"agent {host} up" not in (log.read_text() if log.exists() else ""):
+            assert time.monotonic() < deadline, f"agent {host} not up: {log.read_text()[-2000:]}"
+            time.sleep(0.05)
 
     def start_nats(self) -> None:
         self.procs["nats"] = self.stack.start_nats(self.tmp / "nats", self.nats_port)
