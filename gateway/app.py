@@ -15,6 +15,7 @@ from gateway import views
 from gateway.auth import TokenStore, caller_name, caller_role, make_auth_guard
 from gateway.cluster_routes import cluster_routes
 from gateway.compat000 import seed000_router
+from gateway.request_bodies import body_operation
 from gateway.sql import SqlRequest, encode_result
 from gateway.streams import stream_routes
 from gateway.errors import (
@@ -29,6 +30,7 @@ from gateway.params import csv_list as _csv
 from gateway.params import decode_body, log_filters
 from gateway.params import since_seconds as _since
 from gateway.runtime import GatewayRuntime
+from shared.jobspec import JobRequest
 from shared.jobstate import JobStatus
 
 PREFIX = "/api/v1/training"
@@ -67,7 +69,9 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
         svc().check_owner(job_id, caller_role(request), caller_name(request))
         return caller_name(request)
 
-    @post(f"{PREFIX}/jobs", guards=operator, status_code=201)
+    @post(f"{PREFIX}/jobs", guards=operator, status_code=201, operation_class=body_operation(
+        JobRequest, "A job: `trainer` picks the shape (command, hf, swift, diffusion-pipe). Seed 002's "
+        "body without `trainer` but with `model_path`/`data_path` is a swift job. Unknown fields: 422."))
     async def create_job(request: Request) -> views.SubmitResponse:
         body = await request.body()
         return await svc().submit(body, role=caller_role(request), user=caller_name(request))
@@ -140,7 +144,9 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
         svc().state(job_id)
         return await svc().reader.events(job_id, limit, after_seq)
 
-    @post(f"{PREFIX}/jobs/{{job_id:str}}/stop", guards=operator, status_code=200)
+    @post(f"{PREFIX}/jobs/{{job_id:str}}/stop", guards=operator, status_code=200,
+          operation_class=body_operation(StopRequest, "Optional; default: graceful, the job's grace period.",
+                                           required=False))
     async def stop_job(job_id: str, request: Request) -> views.StopResponse:
         stop = decode_body(_stop_decoder, await request.body(), StopRequest())
         return await svc().stop(job_id, force=stop.force, grace_s=stop.grace_s, user=owner(job_id, request))
@@ -155,7 +161,9 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
         """A failed, lost or stopped job back to the queue as a new attempt."""
         return await svc().retry(job_id, user=owner(job_id, request))
 
-    @post(f"{PREFIX}/jobs/{{job_id:str}}/resume", guards=operator, status_code=200)
+    @post(f"{PREFIX}/jobs/{{job_id:str}}/resume", guards=operator, status_code=200,
+          operation_class=body_operation(CheckpointRequest, "Optional; default: the latest checkpoint.",
+                                           required=False))
     async def resume_job(job_id: str, request: Request) -> views.StopResponse:
         """A new attempt from the latest checkpoint, or `{"checkpoint": "checkpoint-50"}`."""
         req = decode_body(_checkpoint_decoder, await request.body(), CheckpointRequest())
@@ -170,14 +178,17 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
         """204. The job leaves every view; its events stay. 409 while it is active."""
         await svc().delete(job_id, user=owner(job_id, request))
 
-    @post(f"{PREFIX}/jobs/{{job_id:str}}/export", guards=operator, status_code=200)
+    @post(f"{PREFIX}/jobs/{{job_id:str}}/export", guards=operator, status_code=200,
+          operation_class=body_operation(CheckpointRequest, "Optional; default: the latest checkpoint.",
+                                           required=False))
     async def export_job(job_id: str, request: Request) -> views.ExportResponse:
         """The job's export step (swift: merge the LoRA of the latest or a named checkpoint);
         its progress and result path appear under `exports` in the job's detail."""
         req = decode_body(_checkpoint_decoder, await request.body(), CheckpointRequest())
         return await svc().export(job_id, req.checkpoint, user=owner(job_id, request))
 
-    @post("/api/v1/sql", guards=admin, status_code=200)
+    @post("/api/v1/sql", guards=admin, status_code=200,
+          operation_class=body_operation(SqlRequest, "One read-only statement and its limits."))
     async def run_sql(request: Request) -> Response[bytes]:
         """Read-only SQL over the projection (schema in the README): one SELECT/WITH/EXPLAIN,
         `limit` rows at most (default 1,000, max 10,000), `timeout_s` (default 10, max 60)."""

@@ -21,6 +21,7 @@ from gateway import views
 from gateway.auth import caller_name, caller_role
 from gateway.errors import InvalidField, ServiceError
 from gateway.params import decode_body, log_filters, since_seconds
+from gateway.request_bodies import body_operation
 from gateway.runtime import GatewayRuntime
 from shared.jobstate import JobStatus
 
@@ -79,7 +80,8 @@ def seed000_router(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard],
     def svc():
         return runtime.service
 
-    @post("/training/start", guards=operator, status_code=201)
+    @post("/training/start", guards=operator, status_code=201,
+          operation_class=body_operation(StartRequest, "Seed 000's start body."))
     async def start(request: Request) -> Response[Envelope]:
         req: StartRequest = decode_body(_start, await request.body())
         body = msgspec.json.encode({
@@ -92,7 +94,8 @@ def seed000_router(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard],
                          "gpu_id": req.gpu_id, "queue_position": made.queue_position}, 201,
                         "training task created")
 
-    @post("/training/stop/{task_id:str}", guards=operator, status_code=200)
+    @post("/training/stop/{task_id:str}", guards=operator, status_code=200,
+          operation_class=body_operation(StopRequest, "Optional.", required=False))
     async def stop(task_id: str, request: Request) -> Response[Envelope]:
         req: StopRequest = decode_body(_stop, await request.body(), StopRequest())
         svc().check_owner(task_id, caller_role(request), caller_name(request))

@@ -60,3 +60,16 @@ def test_no_input_gets_a_5xx(live: tuple[str, str]) -> None:
         exercise()
     assert count > 100
     assert not failures, "\n".join(failures[:20])
+
+
+def test_request_bodies_the_routes_decode_themselves_are_documented(live: tuple[str, str]) -> None:
+    paths = httpx.get(f"{live[0]}/docs/openapi.json").json()["paths"]
+    job = paths["/api/v1/training/jobs"]["post"]["requestBody"]
+    alternatives = job["content"]["application/json"]["schema"]["anyOf"]
+    assert {alt["properties"]["trainer"]["enum"][0] for alt in alternatives} == {"command", "hf", "swift", "diffusion-pipe"}
+    assert job["required"] is True
+    for path in ("/api/v1/training/jobs/{job_id}/stop", "/api/v1/training/jobs/{job_id}/resume",
+                 "/api/v1/training/jobs/{job_id}/export", "/api/v1/sql", "/api/v1/training/start",
+                 "/api/v1/training/stop/{task_id}"):
+        body = paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert body["type"] == "object" and body["properties"], path
