@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import signal
 import time
@@ -70,25 +71,25 @@ class Agent:
             trainer_options={"diffusion_pipe_dir": self.settings.diffusion_pipe_dir},
             log_cap_bytes=self.settings.max_log_bytes_per_attempt,
         )
-        # Heartbeats first: the gateway creates this host's command consumer when it sees one.
-        beats = asyncio.create_task(self._heartbeat_loop(js), name="agent-heartbeat")
-        await self.supervisor.readopt()
         feed = PullFeed(nc, subjects.CMD_STREAM, subjects.agent_consumer(self.host), batch=64)
-        if await wait_for_command_consumer(js, self.host, self._stopping):
-            await feed.start()
-        tasks = [asyncio.create_task(self._command_loop(feed), name="agent-commands"), beats]
-        log.info("agent %s up; work dir %s; %s", self.host, self.work_dir, self.gpus.note or "")
+        # Heartbeats first: the gateway creates this host's command consumer when it sees one.
+        # Everything else may wait on NATS, so it runs as a task that a stop cancels.
+        tasks = [asyncio.create_task(self._heartbeat_loop(js), name="agent-heartbeat"),
+                 asyncio.create_task(self._serve(js, feed), name="agent-commands")]
         stop_wait = asyncio.create_task(self._stopping.wait(), name="agent-stop-wait")
         done, _ = await asyncio.wait([*tasks, stop_wait], return_when=asyncio.FIRST_COMPLETED)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         stop_wait.cancel()
+        started = time.monotonic()
         await self.supervisor.shutdown(self.settings.stop_trainers_on_exit)
         if nc.is_connected:  # a last beat says "leaving" (the host goes offline at once)
             await self._publish_heartbeat(js, leaving=True)
         await feed.stop()
         await (nc.drain() if nc.is_connected else nc.close())
+        if (took := time.monotonic() - started) > 2.0:
+            log.warning("stopping took %.1fs", took)
         for task in done:
             if task is not stop_wait and not task.cancelled() and task.exception():
                 raise task.exception()  # type: ignore[misc]
@@ -96,7 +97,17 @@ class Agent:
     def request_stop(self) -> None:
         self._stopping.set()
 
-    async def _command_loop(self, feed: PullFeed) -> None:
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def _serve(self, js: JetStreamContext, feed: PullFeed) -> None:
+        """Re-adopt what a previous agent left running, then read commands."""
+        await self.supervisor.readopt()
+        if not await wait_for_command_consumer(js, self.host, self._stopping):
+            return
+        await feed.start()
+        log.info("agent %s up; work dir %s; %s", self.host, self.work_dir, self.gpus.note or "")
         while True:
             for msg in await feed.next_batch():
                 try:
@@ -153,12 +164,23 @@ class Agent:
             await asyncio.sleep(self.settings.heartbeat_interval_s)
 
 
+# How long a stop may take before the agent writes every thread's stack to its log and exits
+# anyway (trainers are unaffected: they run in their own sessions under their keepers).
+SHUTDOWN_LIMIT_S = 20.0
+
+
 def run_agent(settings: AgentSettings) -> None:
     async def main() -> None:
         agent = Agent(settings)
         loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            if not agent.stopping:
+                faulthandler.dump_traceback_later(SHUTDOWN_LIMIT_S, exit=True)
+            agent.request_stop()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, agent.request_stop)
+            loop.add_signal_handler(sig, stop)
         await agent.run()
 
     asyncio.run(main())

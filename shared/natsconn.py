@@ -40,5 +40,8 @@ async def connect(url: str, name: str, *, credentials: str = "", connect_timeout
         reconnected_cb=on_reconnect,
         error_cb=on_error,
         pending_size=64 * 1024 * 1024,
+        # A drain at shutdown waits this long for subscriptions to settle (nats-py's default
+        # is 30 s, which is how long a stop hung after a server restart left one unsettled).
+        drain_timeout=2,
         **auth,
     )
