@@ -164,7 +164,9 @@ def main() -> int:
         stopper.join()
         rig.wait_healthy()
         rig.wait_online(len(AGENTS))
-        time.sleep(1.0)  # the last exits' GPUs are released by the next heartbeat
+        settle = time.monotonic() + 15  # the last fault may have been a moment ago
+        while retrying(rig.busy_gpus) and time.monotonic() < settle:
+            time.sleep(0.2)
         return report(rig, jobs, finals, faults, time.monotonic() - started)
     finally:
         rig.stop()
@@ -205,7 +207,8 @@ def report(rig: Rig, jobs: list[PlannedJob], finals: dict[str, dict], faults: li
         ("missing lines", str(missing), ""),
         ("streams out of order", str(disordered), ""),
         ("orphan processes", str(len(orphans)), ", ".join(map(str, orphans[:10]))),
-        ("GPUs held at the end", str(len(held)), ""),
+        ("GPUs held at the end", str(len(held)),
+         ", ".join(f"{g['host']}/{g['index']} {g['state']} {g.get('job_id') or ''}".strip() for g in held[:6])),
         ("wall time", f"{wall_s:.0f} s", ""),
     ]
     print_table(rows, figure_width=16)

@@ -20,6 +20,11 @@ from nats.aio.subscription import Subscription
 log = logging.getLogger("trainyard.pullfeed")
 
 
+# While waiting, how often to check whether the pull request was lost (a reconnect): what a
+# NATS restart costs a feed in delay, at most.
+LOST_REQUEST_CHECK_S = 0.25
+
+
 class ConsumerGone(Exception):
     """The server deleted the consumer this feed reads (status 409 Consumer Deleted)."""
 
@@ -46,6 +51,8 @@ class PullFeed:
         self._sub: Subscription | None = None
         self._inbox = ""
         self._error: Exception | None = None
+        self._requested_at = 0.0
+        self._reconnects_seen = 0
 
     async def start(self) -> None:
         self._inbox = self._nc.new_inbox()
@@ -84,7 +91,15 @@ class PullFeed:
             "max_bytes": self._max_bytes,
         }
         self._outstanding += count
+        self._requested_at = asyncio.get_running_loop().time()
+        self._reconnects_seen = self._nc.stats["reconnects"]
         await self._nc.publish(self._next_subject, json.dumps(body).encode(), reply=self._inbox)
+
+    def _request_lost(self, now: float) -> bool:
+        """A pull request dies silently with the connection or the server: after a reconnect,
+        or when neither a message nor a status came for longer than a request lives."""
+        return (self._nc.stats["reconnects"] != self._reconnects_seen
+                or now - self._requested_at > self._expires_s + 1.0)
 
     async def next_batch(self, max_msgs: int | None = None, timeout_s: float | None = None) -> list[Msg]:
         """Wait for at least one message (or `timeout_s`, then return []); take what is there."""
@@ -96,7 +111,7 @@ class PullFeed:
             if self._outstanding <= 0:
                 await self._request(self._batch)
             self._wake.clear()
-            wait_s = self._expires_s + 1.0
+            wait_s = LOST_REQUEST_CHECK_S
             if deadline is not None:
                 wait_s = min(wait_s, deadline - loop.time())
                 if wait_s <= 0:
@@ -106,9 +121,8 @@ class PullFeed:
             except TimeoutError:
                 if deadline is not None and loop.time() >= deadline:
                     return []
-                # No message and no status for longer than a request lives: the request was
-                # lost (server restart, reconnect). Ask again.
-                self._outstanding = 0
+                if self._request_lost(loop.time()):
+                    self._outstanding = 0  # ask again
         limit = len(self._buf) if max_msgs is None else min(max_msgs, len(self._buf))
         batch = [self._buf.popleft() for _ in range(limit)]
         if self._outstanding < self._batch // 2:
