@@ -52,11 +52,13 @@ class ClusterService:
         for host in sorted(self.projector.heartbeats):
             beat = self.projector.heartbeats[host]
             online = self.scheduler.host_online(beat, now)
-            claimed = {g for hj in beat.jobs for g in hj.gpu_ids}
+            # What the agent reports busy beyond the projection: an ended attempt whose
+            # processes survive (its GPUs stay held), processes trainyard did not start.
+            reported = self.scheduler.busy_by_report(beat, self.projector.live_states)
+            holders = {g: hj.job_id for hj in beat.jobs for g in hj.gpu_ids}
             for g in beat.gpus:
-                job = users.get((host, g.index))
-                foreign = bool(g.pids) and g.index not in claimed
-                state = "offline" if not online else "busy" if job or foreign else "free"
+                job = users.get((host, g.index)) or (holders.get(g.index) if g.index in reported else None)
+                state = "offline" if not online else "busy" if job or g.index in reported else "free"
                 out.append(views.GpuView(
                     host=host, index=g.index, uuid=g.uuid, name=g.name, state=state, job_id=job,
                     memory_total_mb=g.memory_total_mb, memory_used_mb=g.memory_used_mb,

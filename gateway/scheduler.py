@@ -151,11 +151,11 @@ class Scheduler:
         for beat in self.projector.heartbeats.values():
             view = hosts.get(beat.host)
             if view is not None:
-                view.busy |= self._busy_by_report(beat, states)
+                view.busy |= self.busy_by_report(beat, states)
         return self.queued(), hosts
 
     @staticmethod
-    def _busy_by_report(beat: ev.HostHeartbeat, states: dict[str, JobState]) -> set[int]:
+    def busy_by_report(beat: ev.HostHeartbeat, states: dict[str, JobState]) -> set[int]:
         """GPUs the agent reports in use that the projection does not explain: attempts the job
         is no longer on here (a returning host, about to be fenced; a job unknown to trainyard)
         and GPUs with processes trainyard did not start (NVML). A report older than the job's
