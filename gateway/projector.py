@@ -83,6 +83,9 @@ class PreparedBatch:
     beats: list[ev.HostHeartbeat] = field(default_factory=list)  # all of them, for gpu_samples
     controls: list[tuple[int, ev.AnyControl]] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    # Latest percent of jobs that asked for progress webhooks (the others' progress is left to
+    # the writer to decode).
+    percent: dict[str, float] = field(default_factory=dict)
     jobs_changed: bool = False
 
 
@@ -182,7 +185,9 @@ class Projector:
         # Per job: the job-stream sequence of its last applied event (answers cached by it).
         self.job_versions: dict[str, int] = {}
         # Jobs whose end was told to their webhook (or every try was used up).
-        self.webhooks_settled: set[str] = set()
+        # (job, webhook event) delivered or given up on: never sent again, also after a restart.
+        self.webhooks_settled: set[tuple[str, str]] = set()
+        self.percent: dict[str, float] = {}  # latest, of jobs with progress webhooks
         self.states: dict[str, JobState] = {}  # as committed to DuckDB: what the API shows
         self.live_states: dict[str, JobState] = {}  # ahead of the commit: what the scheduler uses
         self.needs: dict[str, JobNeeds] = {}
@@ -238,8 +243,11 @@ class Projector:
             "SELECT type FROM scheduler_events ORDER BY stream_seq DESC LIMIT 1"
         ).fetchall()
         self.scheduler_paused = bool(last) and last[0][0] == "paused"
-        self.webhooks_settled = {r[0] for r in self.con.execute(
-            "SELECT DISTINCT job_id FROM job_events WHERE type = 'webhook' AND contains(data, '\"final\":true')"
+        self.percent = dict(self.con.execute(
+            "SELECT job_id, percent FROM progress WHERE percent IS NOT NULL").fetchall())
+        self.webhooks_settled = {(r[0], r[1]) for r in self.con.execute(
+            "SELECT DISTINCT job_id, json_extract_string(data, '$.event') FROM job_events "
+            "WHERE type = 'webhook' AND contains(data, '\"final\":true')"
         ).fetchall()}
         for beat in self.con.execute(
             "SELECT host, last_seen_s, agent_started_s, heartbeat_interval_s, cpu_percent, "
@@ -354,9 +362,10 @@ class Projector:
             self.live_states.pop(job_id, None)
         for item in batch.jobs:
             if isinstance(item.event, ev.WebhookDelivery) and item.event.final:
-                self.webhooks_settled.add(item.event.job_id)
+                self.webhooks_settled.add((item.event.job_id, item.event.event))
+        self.percent.update(batch.percent)
         self.heartbeats.update(batch.heartbeats)
-        if batch.jobs_changed or batch.heartbeats:
+        if batch.jobs_changed or batch.heartbeats or batch.percent:
             for callback in self.on_jobs_changed:
                 callback()
 
@@ -401,6 +410,18 @@ class Projector:
                 batch.beats.append(beat)
         return batch
 
+    def _note_percent(self, msg: Msg, batch: PreparedBatch) -> None:
+        job_id = msg.subject.split(".")[2]
+        needs = self.needs.get(job_id) or batch.needs.get(job_id)
+        if needs is None or not needs.spec.webhook_progress:
+            return
+        try:
+            event = ev.decode_job_event(msg.data)
+        except msgspec.DecodeError:
+            return
+        if isinstance(event, ev.JobProgress) and event.percent is not None:
+            batch.percent[job_id] = event.percent
+
     def _evolve_item(self, seq: int, msg: Msg, batch: PreparedBatch) -> JobItem:
         item = JobItem(seq, msg)
         if msg.subject.startswith("ty.ctl."):
@@ -411,7 +432,10 @@ class Projector:
             item.applied = False  # not a job event: recorded in scheduler_events instead
             item.note = "control"
             return item
-        if msg.subject.rpartition(".")[2] not in _LIFECYCLE_KINDS:
+        kind = msg.subject.rpartition(".")[2]
+        if kind == "progress":
+            self._note_percent(msg, batch)
+        if kind not in _LIFECYCLE_KINDS:
             return item  # metrics, progress, checkpoints: decoded by the writer
         try:
             event = ev.decode_job_event(msg.data)

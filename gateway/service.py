@@ -199,6 +199,8 @@ class JobService:
             raise Forbidden("'command' jobs run arbitrary programs and need the admin role")
         if spec.host is not None and not is_valid_token(spec.host):
             raise InvalidField("host is not a valid host name", field="host")
+        if spec.webhook_progress and not spec.webhook_url:
+            raise InvalidField("webhook_progress needs a webhook_url to post to", field="webhook_progress")
         spec = self._check_paths(spec)
         self._refuse_if_pinned_gpus_busy(spec)
         job_id = new_job_id()

@@ -1,11 +1,13 @@
-"""Webhooks: a job that names `webhook_url` is told when it ends (DESIGN §8).
+"""Webhooks: a job that names `webhook_url` is told when it ends (DESIGN §8), and, with
+`webhook_progress: [25, 50, 75]`, when its progress first reaches each of those percentages
+(event `job.progress.<N>`).
 
 The gateway holding the scheduler lease delivers (so one delivery per end, across replicas):
 a POST of JSON with `X-Trainyard-Signature: sha256=<HMAC-SHA256 of timestamp + "." + body>`,
 `X-Trainyard-Timestamp`, `X-Trainyard-Event` and `X-Trainyard-Delivery`. A non-2xx answer or no
 answer is retried after 1, 2, 4 and 8 s (5 tries in all). Every try is an event on the job
-(`webhook`), so deliveries show in its history; the last one says `final`, and a job whose end
-was delivered (or whose tries ran out) is never told again, also after a restart.
+(`webhook`), so deliveries show in its history; the last one says `final`, and a job is never
+told the same event again once it was delivered (or its tries ran out), also after a restart.
 """
 
 from __future__ import annotations
@@ -56,14 +58,15 @@ class WebhookNotifier:
         self.secret = secret
         self.is_leader = is_leader
         self.retry_delays_s = retry_delays_s
-        self._running: dict[str, asyncio.Task[None]] = {}
+        self._running: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._watched: dict[str, str] = {}  # job -> url, for jobs that name a webhook
         self._needs_seen = 0
         self._http = httpx.AsyncClient(timeout=TIMEOUT_S, follow_redirects=False)
         projector.on_jobs_changed.append(self.check)
 
     def check(self) -> None:
-        """Start a delivery for every ended job with a webhook that has not been told."""
+        """Start a delivery for every event a job with a webhook has not been told yet: its
+        progress milestones reached, its end."""
         if not self.is_leader():
             return
         needs = self.projector.needs
@@ -71,27 +74,33 @@ class WebhookNotifier:
             self._watched = {j: n.spec.webhook_url for j, n in needs.items() if n.spec.webhook_url}
             self._needs_seen = len(needs)
         for job_id, url in list(self._watched.items()):
-            if job_id in self.projector.webhooks_settled:
-                del self._watched[job_id]
-                continue
-            if job_id in self._running:
-                continue
             # The live view: the end is known here as soon as its event is decoded.
             state = self.projector.live_states.get(job_id)
-            if state is None or not state.is_terminal:
+            if state is None:
                 continue
-            task = asyncio.create_task(self._deliver(job_id, url, state), name=f"webhook-{job_id}")
-            self._running[job_id] = task
-            task.add_done_callback(lambda _t, j=job_id: self._running.pop(j, None))
+            percent = self.projector.percent.get(job_id)
+            due = [f"job.progress.{m}" for m in sorted(needs[job_id].spec.webhook_progress)
+                   if percent is not None and percent >= m]
+            if state.is_terminal:
+                due.append(f"job.{state.status.value}")
+            for event in due:
+                key = (job_id, event)
+                if key in self.projector.webhooks_settled or key in self._running:
+                    continue
+                task = asyncio.create_task(self._deliver(job_id, url, state, event, percent),
+                                           name=f"webhook-{job_id}-{event}")
+                self._running[key] = task
+                task.add_done_callback(lambda _t, k=key: self._running.pop(k, None))
+            if state.is_terminal and all((job_id, e) in self.projector.webhooks_settled for e in due):
+                del self._watched[job_id]
 
-    async def _deliver(self, job_id: str, url: str, state) -> None:
-        event = f"job.{state.status.value}"
+    async def _deliver(self, job_id: str, url: str, state, event: str, percent: float | None) -> None:
         delivery_id = f"wh_{time.time_ns():x}"
         body = msgspec.json.encode({
             "event": event, "delivery_id": delivery_id, "job_id": job_id, "status": state.status.value,
             "attempt": state.attempt, "host": state.host, "exit_code": state.exit_code,
             "signal": state.signal, "reason": state.reason, "started_s": state.started_s,
-            "finished_s": state.finished_s,
+            "finished_s": state.finished_s, "percent": percent,
         })
         tries = len(self.retry_delays_s) + 1
         for n in range(1, tries + 1):
@@ -117,7 +126,7 @@ class WebhookNotifier:
             )
             if final:
                 if not ok:
-                    log.warning("webhook of %s gave up after %d tries: %s", job_id, n, error)
+                    log.warning("webhook %s of %s gave up after %d tries: %s", event, job_id, n, error)
                 return
             await asyncio.sleep(self.retry_delays_s[n - 1])
 

@@ -48,6 +48,8 @@ class JobRequestBase(
     if_busy: Literal["queue", "reject"] = "queue"
     # Told when the job ends: POSTed JSON, signed with HMAC-SHA256 (README: Webhooks).
     webhook_url: Annotated[str, Meta(pattern=r"^https?://[^\s]+$", max_length=2000)] | None = None
+    # Also told when progress first reaches each of these percentages, e.g. [25, 50, 75].
+    webhook_progress: Annotated[list[Annotated[int, Meta(ge=1, le=99)]], Meta(max_length=10)] = []
 
     @property
     def trainer(self) -> str:

@@ -81,3 +81,32 @@ def test_webhook_urls_must_be_http(cluster: Cluster) -> None:
     r = cluster.api.client.post("/jobs", json={"trainer": "command", "command": ["true"], "gpus": 0,
                                                "webhook_url": "file:///etc/passwd"})
     assert r.status_code == 422 and r.json()["field"] == "webhook_url"
+
+
+PROGRESSING = ("import json, time\n"
+               "for i in range(1, 21):\n"
+               "    print('@trainyard ' + json.dumps({'step': i, 'total_steps': 20}), flush=True)\n"
+               "    time.sleep(0.05)\n")
+
+
+def test_progress_milestones_are_posted_once_each_then_the_end(cluster: Cluster) -> None:
+    receiver = Receiver()
+    job = cluster.api.submit([sys.executable, "-c", PROGRESSING], webhook_url=receiver.url,
+                             webhook_progress=[75, 25, 50])
+    assert cluster.api.wait(job)["status"] == "succeeded"
+    events = webhook_events(cluster, job, 4)
+    assert sorted(e["event"] for e in events) == ["job.progress.25", "job.progress.50", "job.progress.75", "job.succeeded"]
+    assert all(e["ok"] and e["final"] for e in events)
+    time.sleep(1.0)  # later progress and heartbeats tell it nothing again
+    payloads = {json.loads(body)["event"]: json.loads(body) for _, body in receiver.calls}
+    assert len(receiver.calls) == 4 and set(payloads) == {e["event"] for e in events}
+    for milestone in (25, 50, 75):
+        assert payloads[f"job.progress.{milestone}"]["percent"] >= milestone
+
+
+def test_progress_milestones_need_a_url_and_sane_percentages(cluster: Cluster) -> None:
+    base = {"trainer": "command", "command": ["true"], "gpus": 0}
+    r = cluster.api.client.post("/jobs", json={**base, "webhook_progress": [50]})
+    assert r.status_code == 422 and r.json()["field"] == "webhook_progress"
+    r = cluster.api.client.post("/jobs", json={**base, "webhook_url": "http://127.0.0.1:9/x", "webhook_progress": [0]})
+    assert r.status_code == 422 and "webhook_progress" in r.json()["field"]
