@@ -10,6 +10,7 @@ import hmac
 import json
 import os
 import secrets
+import time
 from pathlib import Path
 
 from litestar.connection import ASGIConnection
@@ -25,6 +26,10 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+# How often a request may look whether the token file changed (a new token works within this).
+RECHECK_S = 0.5
+
+
 class TokenStore:
     """The token file, re-read when it changes: `trainyard token create` works on a running
     gateway."""
@@ -34,9 +39,14 @@ class TokenStore:
         self._roles: dict[str, str] = {}
         self._names: dict[str, str] = {}
         self._stamp: tuple[int, int] | None = None
+        self._checked_at = -RECHECK_S
         self._reload()
 
-    def _reload(self) -> None:
+    def _reload(self, force: bool = True) -> None:
+        now = time.monotonic()
+        if not force and now - self._checked_at < RECHECK_S:
+            return
+        self._checked_at = now
         try:
             st = self.path.stat()
         except FileNotFoundError:
@@ -61,7 +71,7 @@ class TokenStore:
 
     def identity_of(self, token: str) -> tuple[str, str] | None:
         """(role, name) of a token, or None."""
-        self._reload()
+        self._reload(force=False)
         digest = _hash(token)
         found = None
         for known in self._roles:  # look at every entry: no early exit
@@ -109,7 +119,9 @@ def make_auth_guard(store: TokenStore | None):
     def requires(role: str):
         needed = ROLES.index(role)
 
-        def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+        # async, though it never awaits: Litestar runs a sync guard in a worker thread, a thread
+        # hop on every request (a quarter of the requests/s one gateway serves).
+        async def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
             if store is None:  # --insecure on loopback
                 connection.scope.setdefault("state", {}).update(role="admin", user="local")
                 return
