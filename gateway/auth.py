@@ -26,7 +26,8 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-# How often a request may look whether the token file changed (a new token works within this).
+# How often a request with a known token looks whether the token file changed (a removed token
+# stops working within this).
 RECHECK_S = 0.5
 
 
@@ -70,14 +71,22 @@ class TokenStore:
         return found[0] if found else None
 
     def identity_of(self, token: str) -> tuple[str, str] | None:
-        """(role, name) of a token, or None."""
+        """(role, name) of a token, or None. A token not known yet makes the file be looked
+        at again at once: `trainyard token create` works on the next request."""
         self._reload(force=False)
         digest = _hash(token)
+        found = self._find(digest)
+        if found is None:
+            self._reload()
+            found = self._find(digest)
+        return (self._roles[found], self._names[found]) if found else None
+
+    def _find(self, digest: str) -> str | None:
         found = None
         for known in self._roles:  # look at every entry: no early exit
             if hmac.compare_digest(known, digest):
                 found = known
-        return (self._roles[found], self._names[found]) if found else None
+        return found
 
     def create(self, role: str, name: str | None = None) -> str:
         if role not in ROLES:
