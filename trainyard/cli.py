@@ -64,6 +64,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
     return 0
 
 
+# `trainyard up` starts a part that died again, unless it died this often within the window.
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60.0
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from gateway.auth import ensure_admin_token
     from trainyard.stack import Stack, host_token
@@ -83,28 +88,46 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        stack.start_nats(data_dir, args.nats_port)
         extra_gw = ["--bind", args.bind]
-        stack.start_gateway(data_dir, args.port, nats_url, *extra_gw)
         agent_extra = []
         if args.simulate_gpus:
             agent_extra += ["--simulate-gpus", args.simulate_gpus]
         if args.stop_trainers_on_exit:
             agent_extra += ["--stop-trainers-on-exit"]
         host = host_token(args.host or socket.gethostname())
-        stack.start_agent(host, data_dir / "work", nats_url, data_dir / "logs" / "agent.log", *agent_extra)
+        # How each part starts, so that one that dies can be started again.
+        starters = {
+            "nats": lambda: stack.start_nats(data_dir, args.nats_port),
+            "gateway": lambda: stack.start_gateway(data_dir, args.port, nats_url, *extra_gw),
+            f"agent-{host}": lambda: stack.start_agent(host, data_dir / "work", nats_url,
+                                                      data_dir / "logs" / "agent.log", *agent_extra),
+        }
+        for start in starters.values():
+            start()
         print(f"trainyard is up\n  API:    {api_url}/api/v1/training  (docs: {api_url}/docs)\n"
               f"  token:  {token}   (saved in {data_dir / 'api-token'})\n"
               f"  NATS:   {nats_url}  (agents on other hosts: trainyard agent --host NAME --nats-url ...)\n"
               f"  agent:  {host}\n  data:   {data_dir}\n  logs:   {data_dir / 'logs'}\n"
               "Ctrl-C stops trainyard" + (" and its trainers." if args.stop_trainers_on_exit
                                           else "; running trainers keep running."), flush=True)
+        restarts: dict[str, list[float]] = {name: [] for name in starters}
         while not stopping:
-            for name, proc in stack.procs:
-                if proc.poll() is not None:
-                    print(f"trainyard: {name} exited with code {proc.returncode}; stopping "
-                          f"(see {data_dir / 'logs'})", file=sys.stderr)
+            for name, proc in list(stack.procs):
+                if proc.poll() is None or stopping:
+                    continue
+                recent = [t for t in restarts[name] if time.monotonic() - t < RESTART_WINDOW_S]
+                if len(recent) >= MAX_RESTARTS:
+                    print(f"trainyard: {name} exited with code {proc.returncode} {len(recent)} times within "
+                          f"{RESTART_WINDOW_S:.0f}s; stopping (see {data_dir / 'logs'})", file=sys.stderr)
                     stopping = True
+                    break
+                # A part that dies is started again: an agent re-adopts its running trainers,
+                # a gateway resumes its projection, NATS keeps its streams on disk.
+                print(f"trainyard: {name} exited with code {proc.returncode}; starting it again", file=sys.stderr,
+                      flush=True)
+                stack.procs.remove((name, proc))
+                restarts[name] = [*recent, time.monotonic()]
+                starters[name]()
             time.sleep(0.2)
     except (RuntimeError, TimeoutError, FileNotFoundError) as exc:
         print(f"trainyard up: {exc} (logs in {data_dir / 'logs'})", file=sys.stderr)
