@@ -59,6 +59,9 @@ class WebhookNotifier:
         self.is_leader = is_leader
         self.retry_delays_s = retry_delays_s
         self._running: dict[tuple[str, str], asyncio.Task[None]] = {}
+        # Delivered (or given up on) by this process: the projector learns it only once the
+        # final `webhook` event comes back, and a check in between must not deliver again.
+        self._finished: set[tuple[str, str]] = set()
         self._watched: dict[str, str] = {}  # job -> url, for jobs that name a webhook
         self._needs_seen = 0
         self._http = httpx.AsyncClient(timeout=TIMEOUT_S, follow_redirects=False)
@@ -85,7 +88,7 @@ class WebhookNotifier:
                 due.append(f"job.{state.status.value}")
             for event in due:
                 key = (job_id, event)
-                if key in self.projector.webhooks_settled or key in self._running:
+                if key in self.projector.webhooks_settled or key in self._running or key in self._finished:
                     continue
                 task = asyncio.create_task(self._deliver(job_id, url, state, event, percent),
                                            name=f"webhook-{job_id}-{event}")
@@ -125,6 +128,7 @@ class WebhookNotifier:
                 headers={"Nats-Msg-Id": f"{job_id}:{delivery_id}:{n}"},
             )
             if final:
+                self._finished.add((job_id, event))
                 if not ok:
                     log.warning("webhook %s of %s gave up after %d tries: %s", event, job_id, n, error)
                 return
