@@ -8,8 +8,8 @@
 
 Each process gets its own inbox prefix (`_INBOX_<user>`), so that no user can subscribe to the
 replies another one receives. Job subjects are not host-scoped (`ty.job.<job>.<kind>`), so an
-agent's credentials can write events of any job; the projector only moves a job's state for
-the host and attempt the job is on, which bounds what a stolen agent credential can do.
+agent's credentials can write events of any job: the state machine refuses reports on attempts
+a job has moved past, but does not check which host sent them (host-scoped job subjects would).
 """
 
 from __future__ import annotations
