@@ -21,7 +21,7 @@ from shared.clock import now_s
 from shared.commands import decode_command
 from shared.config import AgentSettings
 from shared.ids import check_token
-from shared.natsconn import connect
+from shared.natsconn import close_quietly, connect
 from shared.pullfeed import PullFeed
 
 log = logging.getLogger("trainyard.agent")
@@ -87,7 +87,7 @@ class Agent:
         if nc.is_connected:  # a last beat says "leaving" (the host goes offline at once)
             await self._publish_heartbeat(js, leaving=True)
         await feed.stop()
-        await (nc.drain() if nc.is_connected else nc.close())
+        await close_quietly(nc)
         if (took := time.monotonic() - started) > 2.0:
             log.warning("stopping took %.1fs", took)
         for task in done:

@@ -15,7 +15,7 @@ from nats.js.errors import NotFoundError
 from gateway.projector import Projector
 from gateway.schema import open_db
 from shared import provision, subjects
-from shared.natsconn import connect
+from shared.natsconn import close_quietly, connect
 
 
 async def rebuild(nats_url: str, out_path: Path, credentials: str = "", timeout_s: float = 600.0) -> dict[str, int]:
@@ -41,7 +41,7 @@ async def rebuild(nats_url: str, out_path: Path, credentials: str = "", timeout_
             except NotFoundError:
                 pass
         con.close()
-        await nc.drain()
+        await close_quietly(nc)
     return targets
 
 

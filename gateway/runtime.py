@@ -23,7 +23,7 @@ from gateway.webhooks import WebhookNotifier, load_secret
 from gateway.writes import EventWriter
 from shared import provision, subjects
 from shared.config import GatewaySettings
-from shared.natsconn import connect
+from shared.natsconn import close_quietly, connect
 
 log = logging.getLogger("trainyard.gateway")
 
@@ -83,9 +83,8 @@ class GatewayRuntime:
         for name in ("reader", "sql"):
             if (part := getattr(self, name, None)) is not None:
                 steps.append((name, part.close))
-        if self.nc is not None:
-            # Draining needs the server; while it is away, just close.
-            steps.append(("nats drain", self.nc.drain if self.nc.is_connected else self.nc.close))
+        if (nc := self.nc) is not None:
+            steps.append(("nats close", lambda: close_quietly(nc)))
         if (con := getattr(self, "con", None)) is not None:
             steps.append(("duckdb", con.close))
         for name, step in steps:
