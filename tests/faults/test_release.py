@@ -5,6 +5,7 @@ those that left the trainer's session); a start delivered twice runs one trainer
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ import nats as nats_py
 from shared import subjects
 from shared.commands import StartJob
 from shared.jobspec import CommandJob
-from tests.harness import TRAINERS, Rig, job_processes, paced, pid_alive
+from tests.harness import TRAINERS, Rig, job_processes, pid_alive
 
 
 def test_a_worker_that_left_the_session_dies_with_the_job_before_its_gpu_is_free(rig: Rig, tmp_path: Path) -> None:
@@ -40,20 +41,23 @@ async def _publish_twice(rig: Rig, command: StartJob) -> None:
 
 def test_a_start_delivered_twice_runs_one_trainer(rig: Rig) -> None:
     job_id = f"job_twice_{int(time.time())}"
+    # A trainer that prints at once and ends: the gateway, which knows no such job, has the
+    # agent stop it (fencing, tested elsewhere), and a slower one might not have printed yet.
     command = StartJob(job_id=job_id, attempt=1, ts_s=time.time(), gpu_ids=[1],
-                       spec=CommandJob(command=paced(50, 1.0), gpus=1))
+                       spec=CommandJob(command=[shutil.which("echo") or "/bin/echo", "out 0"], gpus=1))
     asyncio.run(_publish_twice(rig, command))
     agent_log = rig.tmp / "agent-f.log"
     deadline = time.monotonic() + 10
     while f"start {job_id}/1 already handled; ignored" not in agent_log.read_text():
         assert time.monotonic() < deadline, "the duplicate start was never read"
         time.sleep(0.05)
-    # (The gateway knows no such job and has the agent stop it: fencing, tested elsewhere.)
     stdout = rig.tmp / "work-f" / "runs" / job_id / "1" / "stdout.log"
-    while "out 0" not in stdout.read_text():  # the trainer printed (fencing may stop it soon after)
-        assert time.monotonic() < deadline, stdout.read_text()
+    deadline = time.monotonic() + 10
+    while not stdout.exists() or "out 0" not in stdout.read_text():  # (the keeper creates the file)
+        assert time.monotonic() < deadline, "the trainer never printed"
         time.sleep(0.05)
-    assert stdout.read_text().splitlines().count("out 0") == 1  # one trainer wrote it
+    time.sleep(0.5)  # a second trainer, if one had been started, would have printed by now
+    assert stdout.read_text().splitlines() == ["out 0"]  # one trainer wrote it
     deadline = time.monotonic() + 15
     while job_processes(job_id):
         assert time.monotonic() < deadline
