@@ -141,7 +141,7 @@ class ClusterService:
             estimated_wait_s=waits.get(job_id),
         )
 
-    async def remove_from_queue(self, job_id: str, user: str = "") -> views.QueueRemoval:
+    async def remove_from_queue(self, job_id: str, user: str = "") -> views.StopResponse:
         state = self._state(job_id)
         if state.status not in (JobStatus.QUEUED, JobStatus.PENDING) or self.scheduler.placement(job_id):
             raise Conflict(f"job {job_id} is {state.status.value}, not waiting in the queue; "
@@ -150,7 +150,7 @@ class ClusterService:
                                 reason=f"removed from the queue by {user or 'request'}")
         await self.writer.publish_and_wait(subjects.job_event(job_id, "cancelled"), event,
                                            f"{job_id}:{state.attempt}:cancelled")
-        return views.QueueRemoval(job_id=job_id, status=self._state(job_id).status.value,
+        return views.StopResponse(job_id=job_id, status=self._state(job_id).status.value,
                                   message="removed from the queue")
 
     # ---- the processor ------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def cluster_routes(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard],
         return await cluster().process_now()
 
     @delete(f"{prefix}/queue/{{job_id:str}}", guards=operator, status_code=200)
-    async def queue_remove(job_id: str, request: Request) -> views.QueueRemoval:
+    async def queue_remove(job_id: str, request: Request) -> views.StopResponse:
         """Take a queued (or held) job out of the queue; it ends as `stopped`."""
         runtime.service.check_owner(job_id, caller_role(request), caller_name(request))
         return await cluster().remove_from_queue(job_id, caller_name(request))

@@ -410,15 +410,18 @@ class Projector:
                 batch.beats.append(beat)
         return batch
 
-    def _note_percent(self, msg: Msg, batch: PreparedBatch) -> None:
-        job_id = msg.subject.split(".")[2]
+    def _note_percent(self, item: JobItem, batch: PreparedBatch) -> None:
+        """The percent of a job that asked for progress webhooks; the decoded event stays on
+        the item, so the writer does not decode it again."""
+        job_id = item.msg.subject.split(".")[2]
         needs = self.needs.get(job_id) or batch.needs.get(job_id)
         if needs is None or not needs.spec.webhook_progress:
             return
         try:
-            event = ev.decode_job_event(msg.data)
+            event = ev.decode_job_event(item.msg.data)
         except msgspec.DecodeError:
-            return
+            return  # the writer records it as undecodable
+        item.event = event
         if isinstance(event, ev.JobProgress) and event.percent is not None:
             batch.percent[job_id] = event.percent
 
@@ -434,7 +437,7 @@ class Projector:
             return item
         kind = msg.subject.rpartition(".")[2]
         if kind == "progress":
-            self._note_percent(msg, batch)
+            self._note_percent(item, batch)
         if kind not in _LIFECYCLE_KINDS:
             return item  # metrics, progress, checkpoints: decoded by the writer
         try:

@@ -3,9 +3,10 @@
 The routes read raw bytes and decode them with msgspec (`params.decode_body`), so that every
 bad body gets the one error mapping (422 naming the field) and seed 002's job shape (no
 `trainer`: a swift job) can be recognised. Litestar therefore does not see a body type; this
-puts each one into the OpenAPI document: an `Operation` subclass per route whose request body is the JSON Schema msgspec
-derives from the type, with its definitions inlined (Litestar rebuilds `components/schemas`
-from the types it knows, so references into it would dangle; no body type is recursive).
+puts each one into the OpenAPI document: an `Operation` subclass per route whose request body
+is the JSON Schema msgspec derives from the type, with its definitions inlined (Litestar
+rebuilds `components/schemas` from the types it knows, so references into it would dangle; no
+body type is recursive).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Any
 
 import msgspec
 from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody
-
 
 
 def body_schema(body_type: Any) -> dict[str, Any]:

@@ -47,6 +47,15 @@ def stream_routes(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard]) 
         state = runtime.projector.states.get(job_id)
         return ServerSentEventMessage(data=state.status.value if state else "deleted", event="end")
 
+    async def end_or_wait(job_id: str, seen: dict[str, int], finished: bool,
+                          ) -> tuple[dict[str, int], ServerSentEventMessage | None, bool]:
+        """After a page: the `end` event if the stream is finished, else wait for the next
+        change (with a keep-alive now and then). (seen, message to send, finished)."""
+        if finished:
+            return seen, end(job_id), True
+        seen, keepalive = await changed(seen)
+        return seen, keepalive, False
+
     @get(f"{prefix}/jobs/{{job_id:str}}/logs/stream", guards=viewer)
     async def follow_logs(
         job_id: str, request: Request, type: str = "all", level: str | None = None,
@@ -77,13 +86,13 @@ def stream_routes(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard]) 
                 if len(page) == PAGE:
                     continue
                 now = runtime.projector.states.get(job_id)
-                if now is None or now.is_terminal or now.attempt > which:
-                    # The exit is shown only once its lines are queryable: nothing is missed.
-                    yield end(job_id)
+                # The exit is shown only once its lines are queryable: nothing is missed.
+                seen, message, finished = await end_or_wait(
+                    job_id, seen, now is None or now.is_terminal or now.attempt > which)
+                if message:
+                    yield message
+                if finished:
                     return
-                seen, keepalive = await changed(seen)
-                if keepalive:
-                    yield keepalive
 
         return ServerSentEvent(lines())
 
@@ -103,12 +112,11 @@ def stream_routes(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard]) 
                     last = body
                     yield ServerSentEventMessage(data=body.decode(), event="progress")
                 state = runtime.projector.states.get(job_id)
-                if state is None or state.is_terminal:
-                    yield end(job_id)
+                seen, message, finished = await end_or_wait(job_id, seen, state is None or state.is_terminal)
+                if message:
+                    yield message
+                if finished:
                     return
-                seen, keepalive = await changed(seen)
-                if keepalive:
-                    yield keepalive
 
         return ServerSentEvent(updates())
 

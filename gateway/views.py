@@ -150,6 +150,8 @@ class ExportResponse(msgspec.Struct, kw_only=True):
 
 
 class StopResponse(msgspec.Struct, kw_only=True):
+    """What an action on one job answers: stop, start, retry, resume, removal from the queue."""
+
     job_id: str
     status: str
     message: str
@@ -257,12 +259,6 @@ class ProcessResult(msgspec.Struct, kw_only=True):
     processor_running: bool
     placed: list[dict[str, Any]]
     still_waiting: int
-
-
-class QueueRemoval(msgspec.Struct, kw_only=True):
-    job_id: str
-    status: str
-    message: str
 
 
 class SystemStatus(msgspec.Struct, kw_only=True):

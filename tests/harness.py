@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import msgspec
+import nats as nats_py
 import psutil
 
 from gateway.auth import TOKENS_FILE, TokenStore
@@ -140,6 +142,7 @@ class Rig:
     agent_flags: tuple[str, ...] = ("--heartbeat-interval-s", "0.5")
     stack: Stack = field(default_factory=Stack)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    agent_gpus: dict[str, str] = field(default_factory=dict)  # host -> its --simulate-gpus
 
     def __post_init__(self) -> None:
         self.nats_port, self.port = free_port(), free_port()
@@ -179,7 +182,7 @@ class Rig:
         self.procs[f"agent-{host}"] = self.stack.start_agent(
             host, self.tmp / f"work-{host}", self.nats_url, self.tmp / f"agent-{host}.log",
             "--simulate-gpus", gpus, *self.agent_flags)
-        self.procs[f"agent-{host}"].gpus = gpus  # type: ignore[attr-defined]
+        self.agent_gpus[host] = gpus
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs[name]
@@ -188,7 +191,6 @@ class Rig:
 
     def restart(self, name: str, sig: int = signal.SIGKILL, down_s: float = 0.0) -> None:
         """Kill `name` ("nats", "gateway", "agent-HOST") and start it again on the same data."""
-        gpus = getattr(self.procs[name], "gpus", "")
         self.kill(name, sig)
         time.sleep(down_s)
         if name == "nats":
@@ -196,7 +198,8 @@ class Rig:
         elif name == "gateway":
             self.start_gateway()
         else:
-            self.start_agent(name.removeprefix("agent-"), gpus)
+            host = name.removeprefix("agent-")
+            self.start_agent(host, self.agent_gpus[host])
 
     def wait_online(self, count: int, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -226,3 +229,12 @@ class Rig:
     def stop(self) -> None:
         self.stack.stop()
 
+
+
+async def publish_commands(nats_url: str, options: dict[str, str], subject: str, *commands: msgspec.Struct) -> None:
+    """Publish commands straight to the command stream, as the gateway would (gateway user)."""
+    nc = await nats_py.connect(nats_url, **options)
+    js = nc.jetstream()
+    for command in commands:
+        await js.publish(subject, msgspec.json.encode(command))
+    await nc.close()

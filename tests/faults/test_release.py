@@ -10,13 +10,11 @@ import sys
 import time
 from pathlib import Path
 
-import msgspec
-import nats as nats_py
 
 from shared import subjects
 from shared.commands import StartJob
 from shared.jobspec import CommandJob
-from tests.harness import TRAINERS, Rig, job_processes, pid_alive
+from tests.harness import TRAINERS, Rig, job_processes, pid_alive, publish_commands
 
 
 def test_a_worker_that_left_the_session_dies_with_the_job_before_its_gpu_is_free(rig: Rig, tmp_path: Path) -> None:
@@ -31,21 +29,15 @@ def test_a_worker_that_left_the_session_dies_with_the_job_before_its_gpu_is_free
     assert any(f"left the trainer's session: pids {worker}" in text for text in system), system
 
 
-async def _publish_twice(rig: Rig, command: StartJob) -> None:
-    nc = await nats_py.connect(rig.nats_url, **rig.stack.connect_options())
-    js = nc.jetstream()
-    for _ in range(2):  # e.g. a redelivery after a lost ack, or a retried publish past the dedupe window
-        await js.publish(subjects.cmd("f", "start"), msgspec.json.encode(command))
-    await nc.close()
-
-
 def test_a_start_delivered_twice_runs_one_trainer(rig: Rig) -> None:
     job_id = f"job_twice_{int(time.time())}"
     # A trainer that prints at once and ends: the gateway, which knows no such job, has the
     # agent stop it (fencing, tested elsewhere), and a slower one might not have printed yet.
     command = StartJob(job_id=job_id, attempt=1, ts_s=time.time(), gpu_ids=[1],
                        spec=CommandJob(command=[shutil.which("echo") or "/bin/echo", "out 0"], gpus=1))
-    asyncio.run(_publish_twice(rig, command))
+    # twice: e.g. a redelivery after a lost ack, or a retried publish past the dedupe window
+    asyncio.run(publish_commands(rig.nats_url, rig.stack.connect_options(), subjects.cmd("f", "start"),
+                                 command, command))
     agent_log = rig.tmp / "agent-f.log"
     deadline = time.monotonic() + 10
     while f"start {job_id}/1 already handled; ignored" not in agent_log.read_text():

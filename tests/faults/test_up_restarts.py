@@ -38,7 +38,7 @@ def test_up_starts_a_killed_agent_again_and_the_job_finishes_intact(tmp_path: Pa
         assert first is not None
         psutil.Process(first).kill()
         deadline = time.monotonic() + 30
-        while (second := agent_pid("supervised")) in (None, first):
+        while agent_pid("supervised") in (None, first):
             assert time.monotonic() < deadline and up.poll() is None, "the agent was not started again"
             time.sleep(0.1)
         assert api.wait(job, timeout_s=60)["status"] == "succeeded"

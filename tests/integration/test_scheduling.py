@@ -26,9 +26,10 @@ import pytest
 from gateway.auth import TOKENS_FILE, TokenStore
 from gateway.main import SHUTDOWN_LIMIT_S
 from shared import subjects
-from shared.commands import StartJob
+from shared.commands import StartJob, StopJob
 from shared.jobspec import CommandJob
 from tests.conftest import Api, pid_alive
+from tests.harness import publish_commands
 from trainyard.stack import Stack, free_port
 
 AGENTS = {"a": "2x80GB", "b": "2x80GB", "c": "4x40GB"}
@@ -170,14 +171,9 @@ def test_a_big_job_is_not_starved_and_small_ones_backfill_elsewhere(gc: GpuClust
 
 
 async def _start_directly(gc: GpuCluster, host: str, job_id: str, gpu: int, seconds: float) -> None:
-    nc = await nats_py.connect(gc.nats_url, **gc.stack.connect_options())
-    js = nc.jetstream()
     command = StartJob(job_id=job_id, attempt=1, ts_s=time.time(), gpu_ids=[gpu],
                        spec=CommandJob(command=sleeper(seconds), gpus=1))
-    from shared import events as ev
-
-    await js.publish(subjects.cmd(host, "start"), ev.encode(command))
-    await nc.close()
+    await publish_commands(gc.nats_url, gc.stack.connect_options(), subjects.cmd(host, "start"), command)
 
 
 async def _refusals(gc: GpuCluster, job_id: str, timeout_s: float) -> list[str]:
@@ -370,13 +366,8 @@ def test_diffusion_pipe_stops_its_own_way_and_success_needs_its_completion_line(
 
 
 async def _publish_stop(gc: GpuCluster, host: str, job_id: str, attempt: int) -> None:
-    from shared import events as ev
-    from shared.commands import StopJob
-
-    nc = await nats_py.connect(gc.nats_url, **gc.stack.connect_options())
-    await nc.jetstream().publish(subjects.cmd(host, "stop"),
-                                 ev.encode(StopJob(job_id=job_id, attempt=attempt, ts_s=time.time(), force=True)))
-    await nc.close()
+    stop = StopJob(job_id=job_id, attempt=attempt, ts_s=time.time(), force=True)
+    await publish_commands(gc.nats_url, gc.stack.connect_options(), subjects.cmd(host, "stop"), stop)
 
 
 def test_a_stop_for_an_attempt_that_ended_is_a_no_op_with_an_event(gc: GpuCluster) -> None:
