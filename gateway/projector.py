@@ -32,6 +32,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from gateway.live_logs import LiveLogs
 from gateway.schema import PROJECTED_TABLES
 from shared import events as ev
 from shared import subjects
@@ -81,6 +82,7 @@ class PreparedBatch:
     submit_seqs: dict[str, int] = field(default_factory=dict)
     heartbeats: dict[str, ev.HostHeartbeat] = field(default_factory=dict)  # latest per host
     beats: list[ev.HostHeartbeat] = field(default_factory=list)  # all of them, for gpu_samples
+    logs: list[ev.LogBatch] = field(default_factory=list)  # the log stream's, decoded
     controls: list[tuple[int, ev.AnyControl]] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     # Latest percent of jobs that asked for progress webhooks (the others' progress is left to
@@ -193,6 +195,10 @@ class Projector:
         self.needs: dict[str, JobNeeds] = {}
         self.heartbeats: dict[str, ev.HostHeartbeat] = {}
         self.on_jobs_changed: list[Callable[[], None]] = []
+        # Log lines for followers, ahead of the commit (gateway/live_logs.py says why); the
+        # version counts the batches handed to it.
+        self.live_logs = LiveLogs()
+        self.live_version = 0
         self.tables = Tables(con)
         # One writer thread and cursor per stream: a log batch never queues behind a job-event
         # batch. They append to different tables and update different offset rows, so DuckDB's
@@ -324,6 +330,9 @@ class Projector:
                 await self._wait_for_logs_of_exits(msgs)
             batch = self.prepare(stream, msgs)
             self._announce(batch)
+            if batch.logs:
+                async with self._changed:
+                    self._changed.notify_all()
             try:
                 await loop.run_in_executor(self._writers[stream], self.write, batch)
             except Exception as exc:
@@ -365,6 +374,10 @@ class Projector:
                 self.webhooks_settled.add((item.event.job_id, item.event.event))
         self.percent.update(batch.percent)
         self.heartbeats.update(batch.heartbeats)
+        for logs in batch.logs:
+            self.live_logs.announce(logs)
+        if batch.logs:
+            self.live_version += 1
         if batch.jobs_changed or batch.heartbeats or batch.percent:
             for callback in self.on_jobs_changed:
                 callback()
@@ -379,6 +392,8 @@ class Projector:
         for job_id in batch.deleted:
             self.states.pop(job_id, None)
             self.needs.pop(job_id, None)
+        for logs in batch.logs:
+            self.live_logs.committed(logs)
         async with self._changed:
             self.applied[batch.stream] = max(self.applied[batch.stream], batch.last_seq)
             self._changed.notify_all()
@@ -399,6 +414,15 @@ class Projector:
         if stream == subjects.JOB_STREAM:
             for seq, msg in fresh:
                 batch.jobs.append(self._evolve_item(seq, msg, batch))
+        elif stream == subjects.LOG_STREAM:
+            for _, msg in fresh:
+                try:
+                    event = ev.decode_job_event(msg.data)
+                except msgspec.DecodeError:
+                    log.error("undecodable log batch on %s skipped", msg.subject)
+                    continue
+                if isinstance(event, ev.LogBatch):
+                    batch.logs.append(event)
         elif stream == subjects.HOST_STREAM:
             for _, msg in fresh:
                 try:
@@ -486,7 +510,7 @@ class Projector:
             if batch.stream == subjects.JOB_STREAM:
                 self._write_job_events(con, batch)
             elif batch.stream == subjects.LOG_STREAM:
-                self._apply_logs(con, batch.msgs)
+                self._apply_logs(con, batch.logs)
             elif batch.stream == subjects.HOST_STREAM:
                 self._write_host_events(con, batch)
             con.execute(
@@ -497,16 +521,9 @@ class Projector:
             con.execute("ROLLBACK")
             raise
 
-    def _apply_logs(self, con: duckdb.DuckDBPyConnection, fresh: list[tuple[int, Msg]]) -> None:
+    def _apply_logs(self, con: duckdb.DuckDBPyConnection, batches: list[ev.LogBatch]) -> None:
         cols: dict[str, list] = {k: [] for k in ("job_id", "job_key", "attempt", "seq", "ts_s", "stream", "level", "kind", "text")}
-        for _, msg in fresh:
-            try:
-                batch = ev.decode_job_event(msg.data)
-            except msgspec.DecodeError:
-                log.error("undecodable log batch on %s skipped", msg.subject)
-                continue
-            if not isinstance(batch, ev.LogBatch):
-                continue
+        for batch in batches:
             n = len(batch.text)
             cols["job_id"].extend([batch.job_id] * n)
             cols["job_key"].extend([job_key(batch.job_id)] * n)

@@ -1,9 +1,11 @@
 """Live streams over SSE: a job's log lines and its progress, until the job ends.
 
-Each stream waits on the projector's condition (woken by every applied batch), so a line is
-sent as soon as it is queryable, with no polling interval. Log events carry the line's `seq` as
-their SSE id: a client that reconnects with `Last-Event-ID` (or `?after_seq=`) gets exactly the
-lines after it. A comment every 15 s keeps proxies from closing an idle stream. The stream ends
+Each stream waits on the projector's condition, with no polling interval. A log stream is woken
+as soon as the projector has decoded a batch: small batches come to it from memory before they
+are committed (gateway/live_logs.py), others by a query once they are; a follower queries DuckDB
+only when lines it has not examined were committed. A progress stream is woken by every commit.
+Log events carry the line's `seq` as their SSE id: a client that reconnects with
+`Last-Event-ID` (or `?after_seq=`) gets exactly the lines after it. A comment every 15 s keeps proxies from closing an idle stream. The stream ends
 with an `end` event once the job has ended and every line has been sent.
 """
 
@@ -22,10 +24,25 @@ from litestar.types import Guard
 
 from gateway.errors import InvalidField
 from gateway.params import log_filters
+from gateway.queries import LEVELS
 from gateway.runtime import GatewayRuntime
+from gateway.views import LogLine
 
 KEEPALIVE_S = 15.0
 PAGE = 1000
+
+
+_line_encoder = msgspec.json.Encoder()
+
+
+def _encode_line(line: LogLine) -> str:
+    return _line_encoder.encode(line).decode()
+
+
+def _wanted(line: LogLine, kind: str, min_level: str | None) -> bool:
+    """The filters of `Reader.logs`, for lines from memory."""
+    return (kind == "all" or line.kind == kind) and (
+        min_level is None or line.level in LEVELS[LEVELS.index(min_level):])
 
 
 def stream_routes(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard]) -> list[HTTPRouteHandler]:
@@ -42,6 +59,17 @@ def stream_routes(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard]) 
             pass
         now = dict(projector.applied)
         return now, (ServerSentEventMessage(comment="keep-alive") if now == since else None)
+
+    async def changed_logs(version: int, applied: dict[str, int]) -> ServerSentEventMessage | None:
+        """Wait until the projector decodes or commits anything after the state a follower
+        looked at; after KEEPALIVE_S of nothing, a keep-alive comment to send."""
+        projector = runtime.projector
+        try:
+            await projector.wait_until(
+                lambda: projector.live_version != version or projector.applied != applied, KEEPALIVE_S)
+        except TimeoutError:
+            return ServerSentEventMessage(comment="keep-alive")
+        return None
 
     def end(job_id: str) -> ServerSentEventMessage:
         state = runtime.projector.states.get(job_id)
@@ -74,25 +102,46 @@ def stream_routes(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard]) 
         which = attempt if attempt is not None else max(state.attempt, 1)
 
         async def lines() -> AsyncIterator[ServerSentEventMessage]:
-            after = after_seq if after_seq is not None else -1
-            seen = dict(runtime.projector.applied)
+            projector = runtime.projector
+            live = projector.live_logs
+            after = after_seq if after_seq is not None else -1  # the last line sent
+            covered = after  # every line up to here was examined (sent or filtered out)
             while True:
-                page = await svc().reader.logs(job_id, kind=kind, min_level=min_level,
-                                               tail=None, limit=PAGE, since_s=None, after_seq=after, q=None,
-                                               attempt=which)
+                looked_at = (projector.live_version, dict(projector.applied))
+                fresh = live.lines_after(job_id, which, covered)
+                queried = full = False
+                if fresh is not None:  # decoded, maybe not committed yet: no query needed
+                    page, covered = fresh, fresh[-1].seq
+                    page = [line for line in page if _wanted(line, kind, min_level)]
+                elif (stored := live.stored_through(job_id, which)) is None or stored > covered:
+                    page = await svc().reader.logs(job_id, kind=kind, min_level=min_level,
+                                                   tail=None, limit=PAGE, since_s=None, after_seq=after,
+                                                   q=None, attempt=which)
+                    queried, full = True, len(page) == PAGE
+                    # `stored` was read before the query: every line up to it is examined now
+                    # (a full page only up to its last line).
+                    covered = max(covered, page[-1].seq if full else (stored if stored is not None else after))
+                else:
+                    page = []
                 for line in page:
-                    after = line.seq
-                    yield ServerSentEventMessage(data=msgspec.json.encode(line).decode(), event="log", id=line.seq)
-                if len(page) == PAGE:
+                    if line.seq > after:  # a line committed during the query may come again
+                        after = line.seq
+                        yield ServerSentEventMessage(data=_encode_line(line), event="log", id=line.seq)
+                covered = max(covered, after)
+                if full:
                     continue
-                now = runtime.projector.states.get(job_id)
-                # The exit is shown only once its lines are queryable: nothing is missed.
-                seen, message, finished = await end_or_wait(
-                    job_id, seen, now is None or now.is_terminal or now.attempt > which)
-                if message:
-                    yield message
-                if finished:
+                now = projector.states.get(job_id)
+                # The exit is shown only once its lines are committed; the stream ends once every
+                # committed line was examined: nothing is missed.
+                if now is None or now.is_terminal or now.attempt > which:
+                    stored = live.stored_through(job_id, which)
+                    if (stored is not None and stored > covered) or (stored is None and queried and page):
+                        continue
+                    yield end(job_id)
                     return
+                keepalive = await changed_logs(*looked_at)
+                if keepalive:
+                    yield keepalive
 
         return ServerSentEvent(lines())
 

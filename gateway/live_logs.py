@@ -1,0 +1,77 @@
+"""Log lines for live followers, straight from the projector's decoded batches.
+
+A follower of a job's log (SSE, `trainyard logs -f`) used to learn of a new line only once the
+projector had committed it to DuckDB, and then read it back with a query: two steps of several
+milliseconds each on the path from a trainer's first line to the user (DESIGN §9's budget).
+Now the projector hands every small log batch to `LiveLogs` as soon as it has decoded it, before
+the write, and a follower that has examined every line up to the batch's first takes the lines
+from memory. GET /logs and SQL show a line once it is committed, a few milliseconds later; a
+write that fails stops the projector, and its restart stores the same lines from the stream, so a
+line a follower saw is never lost, only late in the table.
+
+`LiveLogs` also knows, per attempt, the last line committed. A follower compares it with the
+last line it examined, so it queries DuckDB only when there is something to read, not on every
+batch of every job.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from gateway import views
+from shared import events as ev
+
+# Batches up to this size are kept for followers: the latency-critical ones are a few lines.
+# A bigger batch means a trainer printing fast, where the DuckDB path is as quick as needed.
+LIVE_BATCH_MAX_LINES = 256
+LIVE_BATCH_MAX_TEXT = 64 * 1024
+# Attempts remembered (least recently written dropped first). Forgetting is safe: a follower
+# then reads from DuckDB.
+LIVE_ATTEMPTS = 256
+STORED_ATTEMPTS = 10_000
+
+Attempt = tuple[str, int]  # (job_id, attempt)
+
+
+class LiveLogs:
+    def __init__(self) -> None:
+        self._recent: OrderedDict[Attempt, ev.LogBatch] = OrderedDict()
+        self._stored: OrderedDict[Attempt, int] = OrderedDict()
+
+    def announce(self, batch: ev.LogBatch) -> None:
+        """A batch was decoded (it is not committed yet)."""
+        key = (batch.job_id, batch.attempt)
+        self._recent.pop(key, None)
+        if len(batch.text) <= LIVE_BATCH_MAX_LINES and sum(map(len, batch.text)) <= LIVE_BATCH_MAX_TEXT:
+            self._recent[key] = batch
+            if len(self._recent) > LIVE_ATTEMPTS:
+                self._recent.popitem(last=False)
+
+    def committed(self, batch: ev.LogBatch) -> None:
+        """A batch is in DuckDB."""
+        key = (batch.job_id, batch.attempt)
+        last = batch.first_seq + len(batch.text) - 1
+        self._stored[key] = max(last, self._stored.pop(key, last))
+        if len(self._stored) > STORED_ATTEMPTS:
+            self._stored.popitem(last=False)
+
+    def lines_after(self, job_id: str, attempt: int, covered: int) -> list[views.LogLine] | None:
+        """Every line of the attempt after `covered`, if the newest batch in memory starts at or
+        before `covered + 1` (so nothing between is missing); None if it cannot say."""
+        batch = self._recent.get((job_id, attempt))
+        if batch is None:
+            return None
+        last = batch.first_seq + len(batch.text) - 1
+        if batch.first_seq > covered + 1 or last <= covered:
+            return None
+        start = covered + 1 - batch.first_seq
+        return [
+            views.LogLine(seq=batch.first_seq + i, attempt=attempt, ts_s=batch.line_ts_s[i],
+                          stream=batch.stream[i], level=batch.level[i], kind=batch.kind[i],
+                          text=batch.text[i])
+            for i in range(max(0, start), len(batch.text))
+        ]
+
+    def stored_through(self, job_id: str, attempt: int) -> int | None:
+        """The last line of the attempt committed since this gateway started; None if unknown."""
+        return self._stored.get((job_id, attempt))
