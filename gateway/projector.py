@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 from dataclasses import dataclass, field
 
 import duckdb
@@ -44,6 +45,7 @@ from shared.pullfeed import PullFeed
 log = logging.getLogger("trainyard.projector")
 
 _spec_encoder = msgspec.json.Encoder()
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,15 @@ class Tables:
 FEW_ROWS = 3
 
 
+def _decoded(msgs: list[tuple[int, Msg]], decode: Callable[[bytes], T], what: str) -> Iterator[T]:
+    """Each message decoded; one that does not decode is skipped, with an error logged."""
+    for _, msg in msgs:
+        try:
+            yield decode(msg.data)
+        except msgspec.DecodeError:
+            log.error("undecodable %s on %s skipped", what, msg.subject)
+
+
 def _state_columns(state: JobState) -> dict[str, object]:
     """The `jobs` columns that follow the job's status."""
     return {
@@ -205,11 +216,16 @@ class Projector:
         # optimistic concurrency lets their transactions run side by side.
         self._writers = {s: ThreadPoolExecutor(1, thread_name_prefix=f"projector-{s}") for s in subjects.EVENT_STREAMS}
         self._cursors = {s: con.cursor() for s in subjects.EVENT_STREAMS}
-        self._changed = asyncio.Condition()
+        # Set (and replaced) whenever the projection moves. Not an asyncio.Condition: a waiter
+        # holds a Condition's lock around its wait, and a waiter torn down mid-wait (an SSE
+        # client that disconnects closes its generator there) could leave the lock held for
+        # good, and with it every later commit.
+        self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._feeds: list[PullFeed] = []
         self.healthy = False
         self.last_error = ""
+        self._stopping = False
         self._load()
 
     # ---- start-up ----------------------------------------------------------------------------
@@ -288,10 +304,20 @@ class Projector:
             feed = PullFeed(nc, stream, consumer, batch=self.batch)
             await feed.start()
             self._feeds.append(feed)
-            self._tasks.append(
-                asyncio.create_task(self._follow(stream, feed), name=f"projector-{stream}")
-            )
+            task = asyncio.create_task(self._follow(stream, feed), name=f"projector-{stream}")
+            task.add_done_callback(self._follow_ended)
+            self._tasks.append(task)
         self.healthy = True
+
+    def _follow_ended(self, task: asyncio.Task[None]) -> None:
+        """A stream's follower ends only at stop. One that ends otherwise (a bug) must not go
+        unseen: the projection would silently freeze, so /health says so."""
+        if self._stopping or not self.healthy:  # a stop, or a failed write that said why
+            return
+        error = "cancelled" if task.cancelled() else repr(task.exception())
+        self.healthy = False
+        self.last_error = f"{task.get_name()} ended: {error}"
+        log.error("projector stopped: %s", self.last_error, exc_info=None if task.cancelled() else task.exception())
 
     async def _reset_consumer(self, js: JetStreamContext, stream: str, consumer: str) -> None:
         """Point this replica's consumer right after the sequence DuckDB holds. The DuckDB file
@@ -311,6 +337,7 @@ class Projector:
         await js.add_consumer(stream, config)
 
     async def stop(self) -> None:
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -331,8 +358,7 @@ class Projector:
             batch = self.prepare(stream, msgs)
             self._announce(batch)
             if batch.logs:
-                async with self._changed:
-                    self._changed.notify_all()
+                self._notify()
             try:
                 await loop.run_in_executor(self._writers[stream], self.write, batch)
             except Exception as exc:
@@ -342,7 +368,7 @@ class Projector:
                 self.last_error = f"{stream}: {exc}"
                 log.exception("projector stopped on %s", stream)
                 raise
-            await self._merge(batch)
+            self._merge(batch)
 
     async def _wait_for_logs_of_exits(self, msgs: list[Msg]) -> None:
         needed = 0
@@ -382,7 +408,7 @@ class Projector:
             for callback in self.on_jobs_changed:
                 callback()
 
-    async def _merge(self, batch: PreparedBatch) -> None:
+    def _merge(self, batch: PreparedBatch) -> None:
         """The batch is committed: the API may show it."""
         self.states.update(batch.states)
         for item in batch.jobs:
@@ -394,17 +420,22 @@ class Projector:
             self.needs.pop(job_id, None)
         for logs in batch.logs:
             self.live_logs.committed(logs)
-        async with self._changed:
-            self.applied[batch.stream] = max(self.applied[batch.stream], batch.last_seq)
-            self._changed.notify_all()
+        self.applied[batch.stream] = max(self.applied[batch.stream], batch.last_seq)
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     async def wait_applied(self, stream: str, seq: int, timeout_s: float) -> None:
         await self.wait_until(lambda: self.applied[stream] >= seq, timeout_s)
 
     async def wait_until(self, predicate: Callable[[], bool], timeout_s: float) -> None:
-        """Wait until `predicate` holds; it is re-checked after every applied batch."""
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(predicate), timeout_s)
+        """Wait until `predicate` holds; it is re-checked whenever the projection moves (a batch
+        committed, a log batch decoded). TimeoutError after `timeout_s`."""
+        async with asyncio.timeout(timeout_s):
+            while not predicate():
+                await self._changed.wait()
 
     # ---- preparing a batch (event loop: decode and evolve, no I/O) -----------------------------
     def prepare(self, stream: str, msgs: list[Msg]) -> PreparedBatch:
@@ -415,21 +446,9 @@ class Projector:
             for seq, msg in fresh:
                 batch.jobs.append(self._evolve_item(seq, msg, batch))
         elif stream == subjects.LOG_STREAM:
-            for _, msg in fresh:
-                try:
-                    event = ev.decode_job_event(msg.data)
-                except msgspec.DecodeError:
-                    log.error("undecodable log batch on %s skipped", msg.subject)
-                    continue
-                if isinstance(event, ev.LogBatch):
-                    batch.logs.append(event)
+            batch.logs = [e for e in _decoded(fresh, ev.decode_job_event, "log batch") if isinstance(e, ev.LogBatch)]
         elif stream == subjects.HOST_STREAM:
-            for _, msg in fresh:
-                try:
-                    beat = ev.decode_heartbeat(msg.data)
-                except msgspec.DecodeError:
-                    log.error("undecodable host event on %s skipped", msg.subject)
-                    continue
+            for beat in _decoded(fresh, ev.decode_heartbeat, "host event"):
                 batch.heartbeats[beat.host] = beat
                 batch.beats.append(beat)
         return batch

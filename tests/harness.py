@@ -51,6 +51,18 @@ class Api:
                 raise AssertionError(f"job {job_id} still {st['status']} after {timeout_s}s")
             time.sleep(0.05)
 
+    def wait_progress(self, job_id: str, timeout_s: float = 30.0) -> dict:
+        """Until the trainer reported a step: it runs its own code (its signal handlers too),
+        not just an interpreter starting up."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            progress = self.client.get(f"/jobs/{job_id}/progress").json()
+            if progress.get("step") is not None:
+                return progress
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} reported no step in {timeout_s}s")
+            time.sleep(0.05)
+
     def logs(self, job_id: str, **params) -> list[dict]:
         lines: list[dict] = []
         after = None

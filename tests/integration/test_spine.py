@@ -96,7 +96,7 @@ def test_graceful_stop_kills_a_child_that_ignores_sigterm(cluster: Cluster, tmp_
 def test_stop_graceful_and_force(cluster: Cluster) -> None:
     api = cluster.api
     job = api.submit(python_job("sleeper.py"))
-    api.wait(job, {"running"})
+    api.wait_progress(job)  # its SIGTERM handler is in place
     r = api.client.post(f"/jobs/{job}/stop", json={"force": False, "grace_s": 30})
     assert r.status_code == 200
     final = api.wait(job)
@@ -269,3 +269,24 @@ def test_list_pages_by_cursor_newest_first(cluster: Cluster) -> None:
             break
     assert seen[:5] == list(reversed(made))
     assert cluster.api.client.get("/jobs", params={"cursor": "nonsense"}).status_code in (400, 422)
+
+
+def test_followers_that_hang_up_mid_wait_do_not_stall_the_projection(cluster: Cluster) -> None:
+    """`trainyard logs -f` stopped with Ctrl-C, many times, while jobs overlap: each follower is
+    torn down mid-wait by the server. Under an asyncio.Condition that once left the projector's
+    lock held (or its job stream's follower gone): later jobs stayed invisible (404) and hosts
+    looked silent. Every job must stay visible and every follower get its line."""
+    api = cluster.api
+    headers = {"Authorization": f"Bearer {cluster.token}"}
+    trainer = [sys.executable, "-c", "print('hello', flush=True); import time; time.sleep(0.5)"]
+    jobs = []
+    for _ in range(40):
+        job = api.submit(trainer)
+        jobs.append(job)
+        with httpx.stream("GET", f"{cluster.url}/api/v1/training/jobs/{job}/logs/stream",
+                          params={"type": "train"}, headers=headers, timeout=10) as r:
+            assert r.status_code == 200, f"{job}: {r.read()!r}"
+            assert any('"text":"hello"' in line for line in r.iter_lines() if line.startswith("data:"))
+    for job in jobs:
+        assert api.wait(job)["status"] == "succeeded"
+    assert api.client.get("/health").json()["projector"] == "ok"
