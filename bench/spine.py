@@ -3,7 +3,7 @@
   (a) raw JetStream: async publish + pull consume of line-sized messages
   (b) trainyard end to end: trainer stdout -> rows queryable in DuckDB, log lines and metric points
   (c) submit -> first log line through the API (followed over SSE, and polled), beside the bare
-      start of the same process
+      start of the same process (taken in turn with them)
   (d) stop (trainer exits on SIGTERM) -> terminal status visible
   (e) the agent's CPU while a trainer prints 10k lines/s
 
@@ -176,9 +176,14 @@ def main() -> None:
                          f"for i in range({args.metric_lines}): "
                          "w('@trainyard {\"step\": %d, \"metrics\": {\"loss\": 0.5, \"lr\": 0.0001, \"grad_norm\": 1.5, \"acc\": 0.9, \"tok_s\": 1234.0}}\\n' % i)")
         points_s = throughput(api, metric_script, args.metric_lines * 5)
-        firsts = sorted(first_line_latency(api) for _ in range(args.runs))
-        polled = sorted(first_line_polled(api) for _ in range(args.runs))
-        bares = sorted(bare_start() for _ in range(args.runs))
+        # Interleaved, so that the machine's drift (a shared VM) weighs on both sides alike.
+        firsts, polled, bares = [], [], []
+        for _ in range(args.runs):
+            firsts.append(first_line_latency(api))
+            bares.append(bare_start())
+            polled.append(first_line_polled(api))
+            bares.append(bare_start())
+        firsts, polled, bares = sorted(firsts), sorted(polled), sorted(bares)
         stops = sorted(stop_latency(api) for _ in range(max(5, args.runs // 2)))
         cpu = agent_cpu(api, agent.pid, 10_000, 8)
 

@@ -9,9 +9,9 @@ from memory. GET /logs and SQL show a line once it is committed, a few milliseco
 write that fails stops the projector, and its restart stores the same lines from the stream, so a
 line a follower saw is never lost, only late in the table.
 
-`LiveLogs` also knows, per attempt, the last line committed. A follower compares it with the
-last line it examined, so it queries DuckDB only when there is something to read, not on every
-batch of every job.
+`LiveLogs` also knows, per attempt, the last line committed (loaded at start, then kept by the
+projector: one integer per attempt). A follower compares it with the last line it examined, so
+it queries DuckDB only when there is something to read, not on every batch of every job.
 """
 
 from __future__ import annotations
@@ -25,18 +25,19 @@ from shared import events as ev
 # A bigger batch means a trainer printing fast, where the DuckDB path is as quick as needed.
 LIVE_BATCH_MAX_LINES = 256
 LIVE_BATCH_MAX_TEXT = 64 * 1024
-# Attempts remembered (least recently written dropped first). Forgetting is safe: a follower
-# then reads from DuckDB.
+# Attempts whose newest batch is kept (least recently written dropped first). Forgetting one is
+# safe: its followers then read from DuckDB.
 LIVE_ATTEMPTS = 256
-STORED_ATTEMPTS = 10_000
 
 Attempt = tuple[str, int]  # (job_id, attempt)
 
 
 class LiveLogs:
-    def __init__(self) -> None:
+    def __init__(self, stored: dict[str, dict[int, int]] | None = None) -> None:
         self._recent: OrderedDict[Attempt, ev.LogBatch] = OrderedDict()
-        self._stored: OrderedDict[Attempt, int] = OrderedDict()
+        # job -> attempt -> the last line committed (as the projection held at start, then
+        # kept up by `committed`).
+        self._stored: dict[str, dict[int, int]] = stored or {}
 
     def announce(self, batch: ev.LogBatch) -> None:
         """A batch was decoded (it is not committed yet)."""
@@ -49,11 +50,15 @@ class LiveLogs:
 
     def committed(self, batch: ev.LogBatch) -> None:
         """A batch is in DuckDB."""
-        key = (batch.job_id, batch.attempt)
+        attempts = self._stored.setdefault(batch.job_id, {})
         last = batch.first_seq + len(batch.text) - 1
-        self._stored[key] = max(last, self._stored.pop(key, last))
-        if len(self._stored) > STORED_ATTEMPTS:
-            self._stored.popitem(last=False)
+        attempts[batch.attempt] = max(last, attempts.get(batch.attempt, -1))
+
+    def deleted(self, job_id: str) -> None:
+        """The job and its lines are gone from DuckDB."""
+        self._stored.pop(job_id, None)
+        for key in [key for key in self._recent if key[0] == job_id]:
+            del self._recent[key]
 
     def lines_after(self, job_id: str, attempt: int, covered: int) -> list[views.LogLine] | None:
         """Every line of the attempt after `covered`, if the newest batch in memory starts at or
@@ -72,6 +77,6 @@ class LiveLogs:
             for i in range(max(0, start), len(batch.text))
         ]
 
-    def stored_through(self, job_id: str, attempt: int) -> int | None:
-        """The last line of the attempt committed since this gateway started; None if unknown."""
-        return self._stored.get((job_id, attempt))
+    def stored_through(self, job_id: str, attempt: int) -> int:
+        """The last line of the attempt in DuckDB; -1 if none is."""
+        return self._stored.get(job_id, {}).get(attempt, -1)

@@ -208,7 +208,7 @@ class Projector:
         self.on_jobs_changed: list[Callable[[], None]] = []
         # Log lines for followers, ahead of the commit (gateway/live_logs.py says why); the
         # version counts the batches handed to it.
-        self.live_logs = LiveLogs()
+        self.live_logs = LiveLogs()  # loaded from DuckDB in _load
         self.live_version = 0
         self.tables = Tables(con)
         # One writer thread and cursor per stream: a log batch never queues behind a job-event
@@ -261,6 +261,11 @@ class Projector:
                 host=r[21], min_gpu_memory_gb=r[22], spec=decode_spec(r[23]), submitted_by=r[27] or "",
             )
         self.live_states = dict(self.states)
+        stored: dict[str, dict[int, int]] = {}
+        for job_id, attempt, last in self.con.execute(
+                "SELECT job_id, attempt, max(seq) FROM logs GROUP BY job_id, attempt").fetchall():
+            stored.setdefault(job_id, {})[attempt] = last
+        self.live_logs = LiveLogs(stored)
         last = self.con.execute(
             "SELECT type FROM scheduler_events ORDER BY stream_seq DESC LIMIT 1"
         ).fetchall()
@@ -418,6 +423,7 @@ class Projector:
         for job_id in batch.deleted:
             self.states.pop(job_id, None)
             self.needs.pop(job_id, None)
+            self.live_logs.deleted(job_id)
         for logs in batch.logs:
             self.live_logs.committed(logs)
         self.applied[batch.stream] = max(self.applied[batch.stream], batch.last_seq)

@@ -109,18 +109,18 @@ def stream_routes(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard]) 
             while True:
                 looked_at = (projector.live_version, dict(projector.applied))
                 fresh = live.lines_after(job_id, which, covered)
-                queried = full = False
+                full = False
                 if fresh is not None:  # decoded, maybe not committed yet: no query needed
                     page, covered = fresh, fresh[-1].seq
                     page = [line for line in page if _wanted(line, kind, min_level)]
-                elif (stored := live.stored_through(job_id, which)) is None or stored > covered:
+                elif (stored := live.stored_through(job_id, which)) > covered:
                     page = await svc().reader.logs(job_id, kind=kind, min_level=min_level,
                                                    tail=None, limit=PAGE, since_s=None, after_seq=after,
                                                    q=None, attempt=which)
-                    queried, full = True, len(page) == PAGE
+                    full = len(page) == PAGE
                     # `stored` was read before the query: every line up to it is examined now
                     # (a full page only up to its last line).
-                    covered = max(covered, page[-1].seq if full else (stored if stored is not None else after))
+                    covered = max(covered, page[-1].seq if full else stored)
                 else:
                     page = []
                 for line in page:
@@ -134,8 +134,7 @@ def stream_routes(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard]) 
                 # The exit is shown only once its lines are committed; the stream ends once every
                 # committed line was examined: nothing is missed.
                 if now is None or now.is_terminal or now.attempt > which:
-                    stored = live.stored_through(job_id, which)
-                    if (stored is not None and stored > covered) or (stored is None and queried and page):
+                    if live.stored_through(job_id, which) > covered:
                         continue
                     yield end(job_id)
                     return

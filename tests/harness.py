@@ -5,6 +5,7 @@ process of a job left alive, no GPU held."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -62,6 +63,20 @@ class Api:
             if time.monotonic() > deadline:
                 raise AssertionError(f"job {job_id} reported no step in {timeout_s}s")
             time.sleep(0.05)
+
+    def follow(self, job_id: str, timeout_s: float = 60.0, **params) -> tuple[list[dict], str]:
+        """A job's log as `trainyard logs -f` gets it (SSE, from the start): (lines, how it ended)."""
+        lines, event, end = [], "", ""
+        with self.client.stream("GET", f"/jobs/{job_id}/logs/stream", params=params, timeout=timeout_s) as r:
+            assert r.status_code == 200, r.read()
+            for raw in r.iter_lines():
+                if raw.startswith("event:"):
+                    event = raw[6:].strip()
+                elif raw.startswith("data:") and event == "log":
+                    lines.append(json.loads(raw[5:]))
+                elif raw.startswith("data:") and event == "end":
+                    end = raw[5:].strip()
+        return lines, end
 
     def logs(self, job_id: str, **params) -> list[dict]:
         lines: list[dict] = []

@@ -25,10 +25,17 @@ def test_a_gateway_killed_mid_batch_loses_nothing_and_keeps_the_queue(rig: Rig) 
         rig.wait_healthy()
     assert queue_order(rig) == before
     assert all(rig.api.status(job)["status"] == "queued" for job in waiting)
+    # Followed from the start across the restarts, while it still prints: the same lines as stored.
+    followed, how = rig.api.follow(running)
+    assert how == "succeeded"
     rig.api.client.post("/queue/processor/start")
     assert rig.api.wait(running, timeout_s=30)["status"] == "succeeded"
     check = check_lines(rig.api, running, 3000)
     assert check.exact, check
+    assert [(l["seq"], l["text"]) for l in followed] == [(l["seq"], l["text"]) for l in rig.api.logs(running)]
     for job in waiting:
         assert rig.api.wait(job, timeout_s=30)["status"] == "succeeded"
         assert check_lines(rig.api, job, 20).exact
+    rig.restart("gateway")
+    rig.wait_healthy()
+    assert rig.api.follow(running) == (followed, "succeeded"), "an ended job's log, followed after a restart"

@@ -43,9 +43,13 @@ def test_a_big_batch_is_left_to_duckdb_and_hides_the_older_one() -> None:
 
 
 def test_the_last_committed_line_is_known_per_attempt() -> None:
-    live = LiveLogs()
-    assert live.stored_through("job_a", 1) is None, "unknown until a commit is seen"
+    live = LiveLogs({"job_old": {1: 41}})  # as the projection held at start
+    assert live.stored_through("job_old", 1) == 41
+    assert live.stored_through("job_a", 1) == -1, "nothing committed"
     live.committed(batch(0, ["a", "b"]))
     live.committed(batch(2, ["c"]))
     assert live.stored_through("job_a", 1) == 2
-    assert live.stored_through("job_a", 2) is None
+    assert live.stored_through("job_a", 2) == -1
+    live.announce(batch(3, ["d"]))
+    live.deleted("job_a")
+    assert live.stored_through("job_a", 1) == -1 and live.lines_after("job_a", 1, 2) is None
