@@ -681,10 +681,18 @@ class Projector:
         if len(states) <= FEW_ROWS:
             # One parameterised UPDATE per job: about half the cost of UPDATE ... FROM an
             # Arrow table when a batch moves one or two jobs, which is the latency-critical case.
+            # Only the columns that changed since the last commit (the row holds that state):
+            # DuckDB updates column by column, and a list column costs a delete and an insert,
+            # so "started" costs 1 ms instead of 3.
             for state in states:
                 row = _state_columns(state)
-                sets = ", ".join(f"{k} = ?" for k in row)
-                con.execute(f"UPDATE jobs SET {sets} WHERE job_id = ?", [*row.values(), state.job_id])
+                committed = self.states.get(state.job_id)
+                if committed is not None:
+                    before = _state_columns(committed)
+                    row = {k: v for k, v in row.items() if before[k] != v}
+                if row:
+                    sets = ", ".join(f"{k} = ?" for k in row)
+                    con.execute(f"UPDATE jobs SET {sets} WHERE job_id = ?", [*row.values(), state.job_id])
             return
         rows = [_state_columns(x) for x in states]
         columns = {"job_id": [x.job_id for x in states], **{k: [r[k] for r in rows] for k in rows[0]}}
