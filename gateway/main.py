@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import faulthandler
 import importlib.util
+import io
 import ipaddress
 import logging
 from pathlib import Path
@@ -73,7 +74,22 @@ class BoundedShutdownServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: object) -> None:
         if not self.should_exit:
             faulthandler.dump_traceback_later(SHUTDOWN_LIMIT_S, exit=True)
+            # faulthandler shows threads, not coroutines: a shutdown stuck on an await shows an
+            # idle loop there. The tasks still pending say what it waits for.
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                loop.call_soon_threadsafe(loop.call_later, SHUTDOWN_LIMIT_S - 3, _log_pending_tasks)
         super().handle_exit(sig, frame)
+
+
+def _log_pending_tasks() -> None:
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=12, file=out)
+    log.error("shutdown still running after %.0fs; pending tasks:\n%s", SHUTDOWN_LIMIT_S - 3, out.getvalue())
 
 
 def _have(module: str) -> bool:
