@@ -21,8 +21,8 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import duckdb
 import msgspec
@@ -206,10 +206,10 @@ class Projector:
         self.needs: dict[str, JobNeeds] = {}
         self.heartbeats: dict[str, ev.HostHeartbeat] = {}
         self.on_jobs_changed: list[Callable[[], None]] = []
-        # Log lines for followers, ahead of the commit (gateway/live_logs.py says why); the
-        # version counts the batches handed to it.
+        # Log lines for followers, ahead of the commit (gateway/live_logs.py says why).
         self.live_logs = LiveLogs()  # loaded from DuckDB in _load
-        self.live_version = 0
+        # Counts the moves of the projection: a batch committed, a log batch decoded.
+        self.version = 0
         self.tables = Tables(con)
         # One writer thread and cursor per stream: a log batch never queues behind a job-event
         # batch. They append to different tables and update different offset rows, so DuckDB's
@@ -362,8 +362,6 @@ class Projector:
                 await self._wait_for_logs_of_exits(msgs)
             batch = self.prepare(stream, msgs)
             self._announce(batch)
-            if batch.logs:
-                self._notify()
             try:
                 await loop.run_in_executor(self._writers[stream], self.write, batch)
             except Exception as exc:
@@ -408,7 +406,7 @@ class Projector:
         for logs in batch.logs:
             self.live_logs.announce(logs)
         if batch.logs:
-            self.live_version += 1
+            self._notify()  # log followers take these before the commit
         if batch.jobs_changed or batch.heartbeats or batch.percent:
             for callback in self.on_jobs_changed:
                 callback()
@@ -430,6 +428,7 @@ class Projector:
         self._notify()
 
     def _notify(self) -> None:
+        self.version += 1
         self._changed.set()
         self._changed = asyncio.Event()
 

@@ -19,6 +19,12 @@ T = TypeVar("T")
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_KINDS = ("train", "eval", "system")
 
+
+def levels_from(min_level: str) -> tuple[str, ...]:
+    """The levels a `level=` filter keeps: this one and every graver one."""
+    return LEVELS[LEVELS.index(min_level):]
+
+
 _JOB_COLUMNS = (
     "job_id, name, trainer, status, priority, gpus, attempt, host, gpu_ids, submitted_s, "
     "started_s, finished_s, exit_code, reason"
@@ -206,7 +212,7 @@ class Reader:
             params.append(kind)
         if min_level:
             where.append("level IN (SELECT unnest(?::VARCHAR[]))")
-            params.append(list(LEVELS[LEVELS.index(min_level):]))
+            params.append(list(levels_from(min_level)))
         if attempt is not None:
             where.append("attempt = ?")
             params.append(attempt)

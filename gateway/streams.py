@@ -1,17 +1,18 @@
 """Live streams over SSE: a job's log lines and its progress, until the job ends.
 
-Each stream waits on the projector's condition, with no polling interval. A log stream is woken
-as soon as the projector has decoded a batch: small batches come to it from memory before they
-are committed (gateway/live_logs.py), others by a query once they are; a follower queries DuckDB
-only when lines it has not examined were committed. A progress stream is woken by every commit.
-Log events carry the line's `seq` as their SSE id: a client that reconnects with
-`Last-Event-ID` (or `?after_seq=`) gets exactly the lines after it. A comment every 15 s keeps proxies from closing an idle stream. The stream ends
-with an `end` event once the job has ended and every line has been sent.
+Each stream waits on the projector (`wait_until`), with no polling interval. A log stream is
+woken whenever the projection moves: small batches come to it from memory as soon as they are
+decoded, before they are committed (gateway/live_logs.py), others by a query once they are; a
+follower queries DuckDB only when lines it has not examined were committed. A progress stream is
+woken by commits of the job stream, where progress and metrics travel. Log events carry the
+line's `seq` as their SSE id: a client that reconnects with `Last-Event-ID` (or `?after_seq=`)
+gets exactly the lines after it. A comment every 15 s keeps proxies from closing an idle stream.
+A stream ends with an `end` event once the job has ended and every line has been sent.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 import msgspec
@@ -24,9 +25,10 @@ from litestar.types import Guard
 
 from gateway.errors import InvalidField
 from gateway.params import log_filters
-from gateway.queries import LEVELS
+from gateway.queries import levels_from
 from gateway.runtime import GatewayRuntime
 from gateway.views import LogLine
+from shared.subjects import JOB_STREAM
 
 KEEPALIVE_S = 15.0
 PAGE = 1000
@@ -41,32 +43,18 @@ def _encode_line(line: LogLine) -> str:
 
 def _wanted(line: LogLine, kind: str, min_level: str | None) -> bool:
     """The filters of `Reader.logs`, for lines from memory."""
-    return (kind == "all" or line.kind == kind) and (
-        min_level is None or line.level in LEVELS[LEVELS.index(min_level):])
+    return (kind == "all" or line.kind == kind) and (min_level is None or line.level in levels_from(min_level))
 
 
 def stream_routes(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard]) -> list[HTTPRouteHandler]:
     def svc():
         return runtime.service
 
-    async def changed(since: dict[str, int]) -> tuple[dict[str, int], ServerSentEventMessage | None]:
-        """Wait until the projector applies anything new; after KEEPALIVE_S of nothing, hand
-        back a keep-alive comment to send."""
-        projector = runtime.projector
+    async def changed(moved: Callable[[], bool]) -> ServerSentEventMessage | None:
+        """Wait until the projection `moved`; after KEEPALIVE_S of nothing, a keep-alive
+        comment to send."""
         try:
-            await projector.wait_until(lambda: projector.applied != since, KEEPALIVE_S)
-        except TimeoutError:
-            pass
-        now = dict(projector.applied)
-        return now, (ServerSentEventMessage(comment="keep-alive") if now == since else None)
-
-    async def changed_logs(version: int, applied: dict[str, int]) -> ServerSentEventMessage | None:
-        """Wait until the projector decodes or commits anything after the state a follower
-        looked at; after KEEPALIVE_S of nothing, a keep-alive comment to send."""
-        projector = runtime.projector
-        try:
-            await projector.wait_until(
-                lambda: projector.live_version != version or projector.applied != applied, KEEPALIVE_S)
+            await runtime.projector.wait_until(moved, KEEPALIVE_S)
         except TimeoutError:
             return ServerSentEventMessage(comment="keep-alive")
         return None
@@ -74,15 +62,6 @@ def stream_routes(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard]) 
     def end(job_id: str) -> ServerSentEventMessage:
         state = runtime.projector.states.get(job_id)
         return ServerSentEventMessage(data=state.status.value if state else "deleted", event="end")
-
-    async def end_or_wait(job_id: str, seen: dict[str, int], finished: bool,
-                          ) -> tuple[dict[str, int], ServerSentEventMessage | None, bool]:
-        """After a page: the `end` event if the stream is finished, else wait for the next
-        change (with a keep-alive now and then). (seen, message to send, finished)."""
-        if finished:
-            return seen, end(job_id), True
-        seen, keepalive = await changed(seen)
-        return seen, keepalive, False
 
     @get(f"{prefix}/jobs/{{job_id:str}}/logs/stream", guards=viewer)
     async def follow_logs(
@@ -107,7 +86,7 @@ def stream_routes(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard]) 
             after = after_seq if after_seq is not None else -1  # the last line sent
             covered = after  # every line up to here was examined (sent or filtered out)
             while True:
-                looked_at = (projector.live_version, dict(projector.applied))
+                looked_at = projector.version
                 fresh = live.lines_after(job_id, which, covered)
                 full = False
                 if fresh is not None:  # decoded, maybe not committed yet: no query needed
@@ -138,7 +117,7 @@ def stream_routes(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard]) 
                         continue
                     yield end(job_id)
                     return
-                keepalive = await changed_logs(*looked_at)
+                keepalive = await changed(lambda: projector.version != looked_at)
                 if keepalive:
                     yield keepalive
 
@@ -151,20 +130,23 @@ def stream_routes(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard]) 
         svc().state(job_id)
 
         async def updates() -> AsyncIterator[ServerSentEventMessage]:
+            projector = runtime.projector
             last: bytes | None = None
-            seen = dict(runtime.projector.applied)
             while True:
+                # Progress and metrics are job-stream events: only its commits can change them.
+                looked_at = projector.applied[JOB_STREAM]
                 view = await svc().progress(job_id)
                 body = msgspec.json.encode(view)
                 if body != last:
                     last = body
                     yield ServerSentEventMessage(data=body.decode(), event="progress")
-                state = runtime.projector.states.get(job_id)
-                seen, message, finished = await end_or_wait(job_id, seen, state is None or state.is_terminal)
-                if message:
-                    yield message
-                if finished:
+                state = projector.states.get(job_id)
+                if state is None or state.is_terminal:
+                    yield end(job_id)
                     return
+                keepalive = await changed(lambda: projector.applied[JOB_STREAM] != looked_at)
+                if keepalive:
+                    yield keepalive
 
         return ServerSentEvent(updates())
 

@@ -64,19 +64,30 @@ class Api:
                 raise AssertionError(f"job {job_id} reported no step in {timeout_s}s")
             time.sleep(0.05)
 
-    def follow(self, job_id: str, timeout_s: float = 60.0, **params) -> tuple[list[dict], str]:
+    def sse_events(self, path: str, headers: dict | None = None, timeout_s: float = 60.0,
+                   ) -> list[tuple[str, str, str]]:
+        """(event, id, data) of an SSE stream until it closes."""
+        events, event, ident, data = [], "message", "", []
+        with self.client.stream("GET", path, headers=headers, timeout=timeout_s) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.read()
+            for line in r.iter_lines():
+                if line == "":
+                    if data:
+                        events.append((event, ident, "\n".join(data)))
+                    event, ident, data = "message", "", []
+                elif line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("id:"):
+                    ident = line[3:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].strip())
+        return events
+
+    def follow(self, job_id: str) -> tuple[list[dict], str]:
         """A job's log as `trainyard logs -f` gets it (SSE, from the start): (lines, how it ended)."""
-        lines, event, end = [], "", ""
-        with self.client.stream("GET", f"/jobs/{job_id}/logs/stream", params=params, timeout=timeout_s) as r:
-            assert r.status_code == 200, r.read()
-            for raw in r.iter_lines():
-                if raw.startswith("event:"):
-                    event = raw[6:].strip()
-                elif raw.startswith("data:") and event == "log":
-                    lines.append(json.loads(raw[5:]))
-                elif raw.startswith("data:") and event == "end":
-                    end = raw[5:].strip()
-        return lines, end
+        events = self.sse_events(f"/jobs/{job_id}/logs/stream")
+        lines = [json.loads(data) for event, _, data in events if event == "log"]
+        return lines, next((data for event, _, data in events if event == "end"), "")
 
     def logs(self, job_id: str, **params) -> list[dict]:
         lines: list[dict] = []

@@ -165,26 +165,6 @@ def test_auth_is_required(cluster: Cluster) -> None:
     assert health["status"] == "ok" and health["nats"] == "connected"
 
 
-def sse_events(cluster: Cluster, path: str, headers: dict | None = None, timeout_s: float = 30) -> list[tuple[str, str, str]]:
-    """(event, id, data) of an SSE stream until it closes."""
-    events, event, ident, data = [], "message", "", []
-    with httpx.stream("GET", f"{cluster.url}/api/v1/training{path}", timeout=timeout_s,
-                      headers={"Authorization": f"Bearer {cluster.token}", **(headers or {})}) as r:
-        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-        for line in r.iter_lines():
-            if line == "":
-                if data:
-                    events.append((event, ident, "\n".join(data)))
-                event, ident, data = "message", "", []
-            elif line.startswith("event:"):
-                event = line[6:].strip()
-            elif line.startswith("id:"):
-                ident = line[3:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].strip())
-    return events
-
-
 def test_log_and_progress_streams_follow_a_job_until_it_ends(cluster: Cluster) -> None:
     script = ("import time\n"
               "for i in range(20):\n"
@@ -192,14 +172,14 @@ def test_log_and_progress_streams_follow_a_job_until_it_ends(cluster: Cluster) -
               "    print('@trainyard {\"step\": %d, \"total_steps\": 20}' % (i + 1), flush=True)\n"
               "    time.sleep(0.05)\n")
     job = cluster.api.submit([sys.executable, "-c", script])
-    events = sse_events(cluster, f"/jobs/{job}/logs/stream?type=train")
+    events = cluster.api.sse_events(f"/jobs/{job}/logs/stream?type=train")
     logs = [json.loads(d) for e, _, d in events if e == "log"]
     assert [l["text"] for l in logs] == [f"line {i}" for i in range(20)]
     assert events[-1][:1] == ("end",) and events[-1][2] == "succeeded"
     # Reconnecting with Last-Event-ID gets exactly the lines after it.
-    resumed = sse_events(cluster, f"/jobs/{job}/logs/stream?type=train", {"Last-Event-ID": str(logs[14]["seq"])})
+    resumed = cluster.api.sse_events(f"/jobs/{job}/logs/stream?type=train", {"Last-Event-ID": str(logs[14]["seq"])})
     assert [json.loads(d)["text"] for e, _, d in resumed if e == "log"] == [f"line {i}" for i in range(15, 20)]
-    progress = sse_events(cluster, f"/jobs/{job}/progress/stream")
+    progress = cluster.api.sse_events(f"/jobs/{job}/progress/stream")
     assert progress[-1][0] == "end" and json.loads(progress[-2][2])["step"] == 20
     assert cluster.api.client.get(f"/jobs/{job}/logs/stream", params={"level": "LOUD"}).status_code == 422
 
@@ -277,14 +257,12 @@ def test_followers_that_hang_up_mid_wait_do_not_stall_the_projection(cluster: Cl
     lock held (or its job stream's follower gone): later jobs stayed invisible (404) and hosts
     looked silent. Every job must stay visible and every follower get its line."""
     api = cluster.api
-    headers = {"Authorization": f"Bearer {cluster.token}"}
     trainer = [sys.executable, "-c", "print('hello', flush=True); import time; time.sleep(0.5)"]
     jobs = []
     for _ in range(40):
         job = api.submit(trainer)
         jobs.append(job)
-        with httpx.stream("GET", f"{cluster.url}/api/v1/training/jobs/{job}/logs/stream",
-                          params={"type": "train"}, headers=headers, timeout=10) as r:
+        with api.client.stream("GET", f"/jobs/{job}/logs/stream", params={"type": "train"}, timeout=10) as r:
             assert r.status_code == 200, f"{job}: {r.read()!r}"
             assert any('"text":"hello"' in line for line in r.iter_lines() if line.startswith("data:"))
     for job in jobs:
