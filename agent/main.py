@@ -17,6 +17,7 @@ from agent.gpus import GpuInventory
 from agent.supervisor import Supervisor
 from shared import events as ev
 from shared import subjects
+from shared.aio import cancel_and_wait, wait_set
 from shared.clock import now_s
 from shared.commands import decode_command
 from shared.config import AgentSettings
@@ -43,10 +44,7 @@ async def wait_for_command_consumer(js: JetStreamContext, host: str, stopping: a
             if not said:
                 log.info("waiting for the gateway to create command consumer %s (%s)", name, exc or type(exc).__name__)
                 said = True
-        try:
-            await asyncio.wait_for(stopping.wait(), delay_s)
-        except TimeoutError:
-            pass
+        await wait_set(stopping, delay_s)
         delay_s = min(delay_s * 2, 0.25)
     return False
 
@@ -78,9 +76,7 @@ class Agent:
                  asyncio.create_task(self._serve(js, feed), name="agent-commands")]
         stop_wait = asyncio.create_task(self._stopping.wait(), name="agent-stop-wait")
         done, _ = await asyncio.wait([*tasks, stop_wait], return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
         stop_wait.cancel()
         started = time.monotonic()
         await self.supervisor.shutdown(self.settings.stop_trainers_on_exit)

@@ -37,6 +37,7 @@ from agent.lines import LineSplitter
 from agent.publisher import ColumnBatcher, LatestSlot, publish_retrying
 from shared import events as ev
 from shared import subjects
+from shared.aio import cancel_and_wait
 from shared.clock import now_s
 from shared.commands import StartJob
 
@@ -518,9 +519,7 @@ class TrainerRun:
         try:
             await self._run()
         finally:
-            for task in shippers:
-                task.cancel()
-            await asyncio.gather(*shippers, return_exceptions=True)
+            await cancel_and_wait(shippers)
             self.launched.set()
             self.finished.set()
 

@@ -20,6 +20,7 @@ from agent.publisher import publish_retrying
 from agent.run import RunState, TrainerRun, published_so_far
 from shared import events as ev
 from shared import subjects
+from shared.aio import cancel_and_wait
 from shared.clock import now_s
 from shared.commands import AnyCommand, ExportJob, StartJob, StopJob
 
@@ -201,8 +202,7 @@ class Supervisor:
                 run.stop(force=False, grace_s=10.0)
             waits = [run.finished.wait() for run in self.runs.values()]
             if waits:
-                await asyncio.wait_for(asyncio.gather(*waits), timeout=15.0)
-        for task in list(self._tasks.values()):
-            task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+                async with asyncio.timeout(15.0):  # not wait_for: see shared/aio.py
+                    await asyncio.gather(*waits)
+        await cancel_and_wait(list(self._tasks.values()))
         await self.spawner.close()

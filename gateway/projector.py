@@ -37,6 +37,7 @@ from gateway.live_logs import LiveLogs
 from gateway.schema import PROJECTED_TABLES
 from shared import events as ev
 from shared import subjects
+from shared.aio import cancel_and_wait
 from shared.ids import job_key
 from shared.jobspec import JobRequest
 from shared.jobstate import IllegalTransition, JobState, JobStatus, evolve
@@ -343,9 +344,7 @@ class Projector:
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         for feed in self._feeds:
             await feed.stop()
         for writer in self._writers.values():

@@ -32,6 +32,7 @@ from gateway.placement import Assignment, HostView, QueuedJob, plan
 from gateway.projector import Projector
 from shared import events as ev
 from shared import subjects
+from shared.aio import cancel_and_wait, wait_set
 from shared.clock import now_s
 from shared.commands import StartJob, StopJob
 from shared.jobstate import ON_HOST, JobState, JobStatus
@@ -202,9 +203,7 @@ class Scheduler:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         if self._sub is not None:
             await self._sub.unsubscribe()
         await self.lease.release()
@@ -220,10 +219,7 @@ class Scheduler:
 
     async def _loop(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._kick.wait(), self.interval_s)
-            except TimeoutError:
-                pass
+            await wait_set(self._kick, self.interval_s)
             self._kick.clear()
             if not self.is_leader:
                 continue

@@ -64,7 +64,8 @@ class SqlRunner:
             loop = asyncio.get_running_loop()
             future = loop.run_in_executor(self._pool, self._execute, cursor, req)
             try:
-                return await asyncio.wait_for(asyncio.shield(future), req.timeout_s)
+                async with asyncio.timeout(req.timeout_s):  # not wait_for: see shared/aio.py
+                    return await asyncio.shield(future)
             except TimeoutError:
                 cursor.interrupt()
                 await asyncio.gather(future, return_exceptions=True)

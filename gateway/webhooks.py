@@ -27,6 +27,7 @@ from nats.js import JetStreamContext
 from gateway.projector import Projector
 from shared import events as ev
 from shared import subjects
+from shared.aio import cancel_and_wait
 from shared.clock import now_s
 
 log = logging.getLogger("trainyard.webhooks")
@@ -135,7 +136,5 @@ class WebhookNotifier:
             await asyncio.sleep(self.retry_delays_s[n - 1])
 
     async def stop(self) -> None:
-        for task in list(self._running.values()):
-            task.cancel()
-        await asyncio.gather(*self._running.values(), return_exceptions=True)
+        await cancel_and_wait(list(self._running.values()))
         await self._http.aclose()

@@ -54,6 +54,7 @@ async def close_quietly(nc: Client, timeout_s: float = 5.0) -> None:
     commands are redelivered and handled idempotently, and the projector keeps its own offsets.
     """
     try:
-        await asyncio.wait_for(nc.close(), timeout_s)
+        async with asyncio.timeout(timeout_s):  # not wait_for: see shared/aio.py
+            await nc.close()
     except Exception as exc:  # closing is best effort (a timeout too); the process is ending
         log.warning("NATS connection not closed cleanly: %s", exc)

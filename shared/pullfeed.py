@@ -17,6 +17,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from shared.aio import wait_set
+
 log = logging.getLogger("trainyard.pullfeed")
 
 
@@ -116,9 +118,7 @@ class PullFeed:
                 wait_s = min(wait_s, deadline - loop.time())
                 if wait_s <= 0:
                     return []
-            try:
-                await asyncio.wait_for(self._wake.wait(), wait_s)
-            except TimeoutError:
+            if not await wait_set(self._wake, wait_s):
                 if deadline is not None and loop.time() >= deadline:
                     return []
                 if self._request_lost(loop.time()):
