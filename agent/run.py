@@ -136,7 +136,7 @@ async def published_so_far(js: JetStreamContext, job_id: str, attempt: int) -> P
     metrics = await last(subjects.JOB_STREAM, subjects.job_event(job_id, "metrics"))
     out = Published()
     if isinstance(logs, ev.LogBatch):
-        out.log_end, out.rows = logs.first_seq + len(logs.text), dict(logs.stream_rows)
+        out.log_end, out.rows = logs.end_seq, dict(logs.stream_rows)
     if isinstance(metrics, ev.MetricsRecorded):
         out.metric_end = metrics.first_seq + len(metrics.name)
     return out
@@ -193,7 +193,7 @@ class Reporter:
             subjects.job_log(job_id),
             f"{prefix}:log",
             ("ts", "stream", "level", "kind", "text"),
-            lambda first, c: ev.LogBatch(
+            lambda first, c: ev.LogBatch.of_lines(
                 job_id=job_id, attempt=attempt, ts_s=now_s(), first_seq=first,
                 line_ts_s=c["ts"], stream=c["stream"], level=c["level"], kind=c["kind"],
                 text=c["text"], stream_rows=self._count_built(c["stream"]),
@@ -276,7 +276,9 @@ class Reporter:
         task.add_done_callback(self._notes.discard)
 
     def system(self, text: str, level: str = "INFO") -> None:
-        self.logs("system", [f"trainyard: {text}"], [level], ["system"])
+        # A message of several lines (an error's text) is several log lines, as a trainer's is.
+        lines = f"trainyard: {text}".split("\n")
+        self.logs("system", lines, [level] * len(lines), ["system"] * len(lines))
 
     def metrics(self, step: int | None, epoch: float | None, values: Mapping[str, float]) -> None:
         n = len(values)

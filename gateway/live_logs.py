@@ -43,7 +43,7 @@ class LiveLogs:
         """A batch was decoded (it is not committed yet)."""
         key = (batch.job_id, batch.attempt)
         self._recent.pop(key, None)
-        if len(batch.text) <= LIVE_BATCH_MAX_LINES and sum(map(len, batch.text)) <= LIVE_BATCH_MAX_TEXT:
+        if batch.count <= LIVE_BATCH_MAX_LINES and len(batch.text) <= LIVE_BATCH_MAX_TEXT:
             self._recent[key] = batch
             if len(self._recent) > LIVE_ATTEMPTS:
                 self._recent.popitem(last=False)
@@ -51,8 +51,7 @@ class LiveLogs:
     def committed(self, batch: ev.LogBatch) -> None:
         """A batch is in DuckDB."""
         attempts = self._stored.setdefault(batch.job_id, {})
-        last = batch.first_seq + len(batch.text) - 1
-        attempts[batch.attempt] = max(last, attempts.get(batch.attempt, -1))
+        attempts[batch.attempt] = max(batch.end_seq - 1, attempts.get(batch.attempt, -1))
 
     def deleted(self, job_id: str) -> None:
         """The job and its lines are gone from DuckDB."""
@@ -66,15 +65,15 @@ class LiveLogs:
         batch = self._recent.get((job_id, attempt))
         if batch is None:
             return None
-        last = batch.first_seq + len(batch.text) - 1
-        if batch.first_seq > covered + 1 or last <= covered:
+        if batch.first_seq > covered + 1 or batch.end_seq - 1 <= covered:
             return None
-        start = covered + 1 - batch.first_seq
+        start = max(0, covered + 1 - batch.first_seq)
+        columns = zip(batch.times(), ev.expand(batch.stream), ev.expand(batch.level), ev.expand(batch.kind),
+                      batch.texts())
         return [
-            views.LogLine(seq=batch.first_seq + i, attempt=attempt, ts_s=batch.line_ts_s[i],
-                          stream=batch.stream[i], level=batch.level[i], kind=batch.kind[i],
-                          text=batch.text[i])
-            for i in range(max(0, start), len(batch.text))
+            views.LogLine(seq=batch.first_seq + i, attempt=attempt, ts_s=ts, stream=stream, level=level,
+                          kind=kind, text=text)
+            for i, (ts, stream, level, kind, text) in enumerate(columns) if i >= start
         ]
 
     def stored_through(self, job_id: str, attempt: int) -> int:

@@ -27,6 +27,7 @@ from typing import TypeVar
 import duckdb
 import msgspec
 import pyarrow as pa
+import pyarrow.compute as pc
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -105,6 +106,9 @@ _JOB_KEYED_TABLES = ("logs", "metrics")
 # building and scanning an Arrow table (which wins from about a dozen rows on). The first line of
 # a job, and most lifecycle events, are batches of one.
 SMALL_BATCH_ROWS = 8
+# Shorter runs than this, on average, are built from a list instead (Tables.runs).
+RUN_MIN_ROWS = 32
+LOG_COLUMNS = ("job_id", "job_key", "attempt", "seq", "ts_s", "stream", "level", "kind", "text")
 
 
 class Tables:
@@ -123,6 +127,16 @@ class Tables:
             [v if isinstance(v, pa.Array) else pa.array(v, type=types[k]) for k, v in columns.items()],
             names=list(columns),
         )
+
+    def runs(self, table: str, column: str, runs: list[tuple[object, int]]) -> pa.Array:
+        """A column given as runs of (value, count), repeated in C. Runs of a few rows each
+        (stdout and stderr interleaved line by line) are cheaper as a list."""
+        kind = self._types[table][column]
+        if len(runs) == 1:
+            return pa.repeat(pa.scalar(runs[0][0], kind), runs[0][1])
+        if len(runs) * RUN_MIN_ROWS > sum(n for _, n in runs):
+            return pa.array([value for value, n in runs for _ in range(n)], kind)
+        return pa.concat_arrays([pa.repeat(pa.scalar(value, kind), n) for value, n in runs])
 
     @staticmethod
     def run_with(con: duckdb.DuckDBPyConnection, rows: pa.Table, *statements: str) -> None:
@@ -545,19 +559,33 @@ class Projector:
             raise
 
     def _apply_logs(self, con: duckdb.DuckDBPyConnection, batches: list[ev.LogBatch]) -> None:
-        cols: dict[str, list] = {k: [] for k in ("job_id", "job_key", "attempt", "seq", "ts_s", "stream", "level", "kind", "text")}
-        for batch in batches:
-            n = len(batch.text)
-            cols["job_id"].extend([batch.job_id] * n)
-            cols["job_key"].extend([job_key(batch.job_id)] * n)
-            cols["attempt"].extend([batch.attempt] * n)
-            cols["seq"].extend(range(batch.first_seq, batch.first_seq + n))
-            cols["ts_s"].extend(batch.line_ts_s)
-            cols["stream"].extend(batch.stream)
-            cols["level"].extend(batch.level)
-            cols["kind"].extend(batch.kind)
-            cols["text"].extend(batch.text)
-        self.tables.insert(con, "logs", cols)
+        """Columns built in Arrow from the batches as they travel (ev.LogBatch): the texts
+        split in C, the repeated values repeated in C; no Python object per line."""
+        if sum(b.count for b in batches) <= SMALL_BATCH_ROWS:
+            cols: dict[str, list] = {k: [] for k in LOG_COLUMNS}
+            for b in batches:
+                for name, values in zip(LOG_COLUMNS, self._log_values(b)):
+                    cols[name].extend(values)
+            self.tables.insert(con, "logs", cols)
+            return
+        parts = [self._log_arrays(b) for b in batches]
+        self.tables.insert(con, "logs", {name: pa.concat_arrays([p[i] for p in parts]) if len(parts) > 1 else parts[0][i]
+                                         for i, name in enumerate(LOG_COLUMNS)})
+
+    @staticmethod
+    def _log_values(b: ev.LogBatch) -> tuple[list, ...]:
+        return ([b.job_id] * b.count, [job_key(b.job_id)] * b.count, [b.attempt] * b.count,
+                list(range(b.first_seq, b.end_seq)), b.times(), ev.expand(b.stream), ev.expand(b.level),
+                ev.expand(b.kind), b.texts())
+
+    def _log_arrays(self, b: ev.LogBatch) -> list[pa.Array]:
+        runs = self.tables.runs
+        return [runs("logs", "job_id", [(b.job_id, b.count)]), runs("logs", "job_key", [(job_key(b.job_id), b.count)]),
+                runs("logs", "attempt", [(b.attempt, b.count)]),
+                pa.array(range(b.first_seq, b.end_seq), pa.int64()),
+                runs("logs", "ts_s", b.line_ts_s), runs("logs", "stream", b.stream), runs("logs", "level", b.level),
+                runs("logs", "kind", b.kind),
+                pc.split_pattern(pa.array([b.text], pa.string()), "\n").flatten()]
 
     def _write_job_events(self, con: duckdb.DuckDBPyConnection, batch: PreparedBatch) -> None:
         events_cols: dict[str, list] = {k: [] for k in ("stream_seq", "job_id", "job_key", "attempt", "type", "ts_s", "data", "applied", "note")}

@@ -8,8 +8,8 @@ from shared.events import LogBatch
 
 def batch(first: int, texts: list[str], job: str = "job_a", attempt: int = 1) -> LogBatch:
     n = len(texts)
-    return LogBatch(job_id=job, attempt=attempt, ts_s=1.0, first_seq=first, line_ts_s=[1.0] * n,
-                    stream=["stdout"] * n, level=["INFO"] * n, kind=["train"] * n, text=texts)
+    return LogBatch.of_lines(job_id=job, attempt=attempt, ts_s=1.0, first_seq=first, line_ts_s=[1.0] * n,
+                             stream=["stdout"] * n, level=["INFO"] * n, kind=["train"] * n, text=texts)
 
 
 def texts(lines) -> list[str] | None:
