@@ -57,7 +57,7 @@ async def run_export(js: JetStreamContext, command: ExportJob, ctx: LaunchContex
         reason, last = str(exc), []
     done_marker.write_text(outcome)
     await publish_retrying(
-        js, subjects.job_event(command.job_id, "export_finished"),
+        js, subjects.job_event(command.job_id, "export_finished", ctx.host),
         ev.encode(ev.ExportFinished(job_id=command.job_id, attempt=command.attempt, ts_s=now_s(),
                                     export_id=command.export_id, outcome=outcome, path=path,  # type: ignore[arg-type]
                                     reason=reason, last_lines=last if outcome == "failed" else [])),

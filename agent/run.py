@@ -101,6 +101,9 @@ class RunState(msgspec.Struct, kw_only=True):
     checkpoints: list[str] = []  # reported (acknowledged) checkpoint paths
     returncode: int | None = None  # the trainer's, once reaped
     reported: bool = False  # its end is published: nothing left to adopt
+    # A stop was asked for (its command is acknowledged, so never redelivered): a trainer that
+    # dies of the signals while no agent watches was stopped, not failed.
+    stop_requested: bool = False
 
 
 class Published(msgspec.Struct, kw_only=True):
@@ -111,7 +114,7 @@ class Published(msgspec.Struct, kw_only=True):
     metric_end: int = 0
 
 
-async def published_so_far(js: JetStreamContext, job_id: str, attempt: int) -> Published:
+async def published_so_far(js: JetStreamContext, host: str, job_id: str, attempt: int) -> Published:
     """Ask the streams for the attempt's last log batch and metrics batch (retrying while NATS
     is unreachable: guessing would lose or double lines)."""
     async def last(stream: str, subject: str) -> ev.LogBatch | ev.MetricsRecorded | None:
@@ -132,8 +135,8 @@ async def published_so_far(js: JetStreamContext, job_id: str, attempt: int) -> P
             ok = isinstance(event, (ev.LogBatch, ev.MetricsRecorded)) and event.attempt == attempt
             return event if ok else None  # type: ignore[return-value]
 
-    logs = await last(subjects.LOG_STREAM, subjects.job_log(job_id))
-    metrics = await last(subjects.JOB_STREAM, subjects.job_event(job_id, "metrics"))
+    logs = await last(subjects.LOG_STREAM, subjects.job_log(job_id, host))
+    metrics = await last(subjects.JOB_STREAM, subjects.job_event(job_id, "metrics", host))
     out = Published()
     if isinstance(logs, ev.LogBatch):
         out.log_end, out.rows = logs.end_seq, dict(logs.stream_rows)
@@ -169,7 +172,7 @@ class Reporter:
     """The adapters' Sink: turns parsed output into batched events for this attempt."""
 
     def __init__(self, js: JetStreamContext, job_id: str, attempt: int, max_bytes: int,
-                 host: str = "", log_cap_bytes: int = 0, *, published: Published | None = None,
+                 host: str, log_cap_bytes: int = 0, *, published: Published | None = None,
                  resumed: RunState | None = None) -> None:
         self.job_id, self.attempt = job_id, attempt
         self.host = host
@@ -190,7 +193,7 @@ class Reporter:
         prefix = f"{job_id}:{attempt}"
         self.log_batcher = ColumnBatcher(
             js,
-            subjects.job_log(job_id),
+            subjects.job_log(job_id, host),
             f"{prefix}:log",
             ("ts", "stream", "level", "kind", "text"),
             lambda first, c: ev.LogBatch.of_lines(
@@ -204,7 +207,7 @@ class Reporter:
         )
         self.metric_batcher = ColumnBatcher(
             js,
-            subjects.job_event(job_id, "metrics"),
+            subjects.job_event(job_id, "metrics", host),
             f"{prefix}:metrics",
             ("step", "epoch", "name", "value", "ts"),
             lambda first, c: ev.MetricsRecorded(
@@ -216,7 +219,7 @@ class Reporter:
             first_seq=published.metric_end,
         )
         self.progress_slot: LatestSlot[ProgressReading] = LatestSlot(
-            js, subjects.job_event(job_id, "progress"), f"{prefix}:progress", self._progress_event
+            js, subjects.job_event(job_id, "progress", host), f"{prefix}:progress", self._progress_event
         )
         self._js = js
         self._checkpoints: list[ev.CheckpointSaved] = []
@@ -270,7 +273,7 @@ class Reporter:
         note = ev.AgentNote(job_id=self.job_id, attempt=self.attempt, ts_s=now_s(), host=self.host,
                             what="log_truncated", detail=detail)
         task = asyncio.create_task(publish_retrying(
-            self._js, subjects.job_event(self.job_id, "agent_note"), ev.encode(note),
+            self._js, subjects.job_event(self.job_id, "agent_note", self.host), ev.encode(note),
             f"{self.job_id}:{self.attempt}:log_truncated"))
         self._notes.add(task)
         task.add_done_callback(self._notes.discard)
@@ -345,7 +348,7 @@ class Reporter:
             while self._checkpoints:
                 event = self._checkpoints[0]
                 await publish_retrying(
-                    self._js, subjects.job_event(self.job_id, "checkpoint"), ev.encode(event),
+                    self._js, subjects.job_event(self.job_id, "checkpoint", self.host), ev.encode(event),
                     f"{self.job_id}:{self.attempt}:checkpoint:{event.path}",
                 )
                 self.shipped_checkpoints.add(event.path)
@@ -461,7 +464,7 @@ class TrainerRun:
         self.released = False
         self.root: process.ProcRef | None = None  # the keeper, leader of the trainer's group
         self.recorded: set[process.ProcRef] = set()
-        self.stop_requested = False
+        self.stop_requested = adopt.stop_requested if adopt else False
         self.killed = False  # this agent sent SIGKILL (the keeper may have died before writing)
         self.returncode: int | None = adopt.returncode if adopt else None
         self._saved: RunState | None = adopt
@@ -480,7 +483,7 @@ class TrainerRun:
 
     async def _publish(self, event: ev.JobEvent, kind: str) -> int:
         return await publish_retrying(
-            self.js, subjects.job_event(self.job_id, kind), ev.encode(event), self._event_id(kind)
+            self.js, subjects.job_event(self.job_id, kind, self.host), ev.encode(event), self._event_id(kind)
         )
 
     # ---- the state file --------------------------------------------------------------------
@@ -499,6 +502,7 @@ class TrainerRun:
             checkpoints=sorted(self.reporter.shipped_checkpoints),
             returncode=self.returncode,
             reported=self._saved.reported if self._saved else False,
+            stop_requested=self.stop_requested,
         )
         if changes:
             state = msgspec.structs.replace(state, **changes)
@@ -712,7 +716,7 @@ class TrainerRun:
 
     async def _note(self, what: str, detail: str) -> None:
         await publish_retrying(
-            self.js, subjects.job_event(self.job_id, "agent_note"),
+            self.js, subjects.job_event(self.job_id, "agent_note", self.host),
             ev.encode(ev.AgentNote(job_id=self.job_id, attempt=self.attempt, ts_s=now_s(), host=self.host,
                                    what=what, detail=detail)),
             f"{self.job_id}:{self.attempt}:{what}",
@@ -762,6 +766,7 @@ class TrainerRun:
         if not self.alive():
             return
         assert self.root is not None
+        self._save_state()  # before any signal: an agent restarted after it knows why it died
         self.recorded |= process.descendants(self.root)
         if force:
             self.reporter.system("force stop: SIGKILL to the process tree", "WARNING")

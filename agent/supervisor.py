@@ -96,7 +96,7 @@ class Supervisor:
         if reason:
             await publish_retrying(
                 self.js,
-                subjects.job_event(command.job_id, "refused"),
+                subjects.job_event(command.job_id, "refused", self.host),
                 ev.encode(
                     ev.JobRefused(
                         job_id=command.job_id, attempt=command.attempt, ts_s=now_s(),
@@ -133,7 +133,7 @@ class Supervisor:
                 continue
             if state.reported or state.command is None:
                 continue
-            published = await published_so_far(self.js, state.job_id, state.attempt)
+            published = await published_so_far(self.js, self.host, state.job_id, state.attempt)
             log.info("re-adopting %s/%s (pid %s); the streams hold %s log rows", state.job_id,
                      state.attempt, state.pid, published.rows)
             await self._begin(TrainerRun(
@@ -186,7 +186,7 @@ class Supervisor:
                 command.job_id, command.attempt).exists() else "it is not running on this host"
             log.info("stop for %s/%s ignored: %s", command.job_id, command.attempt, why)
             await publish_retrying(
-                self.js, subjects.job_event(command.job_id, "agent_note"),
+                self.js, subjects.job_event(command.job_id, "agent_note", self.host),
                 ev.encode(ev.AgentNote(job_id=command.job_id, attempt=command.attempt, ts_s=now_s(),
                                        host=self.host, what="stop_ignored",
                                        detail=f"stop of attempt {command.attempt} ignored: {why}")),

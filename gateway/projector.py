@@ -73,6 +73,7 @@ class JobItem:
     event: ev.JobEvent | None = None
     applied: bool = True
     note: str | None = None
+    subject: subjects.JobSubject | None = None
 
 
 @dataclass
@@ -183,11 +184,44 @@ FEW_ROWS = 3
 
 def _decoded(msgs: list[tuple[int, Msg]], decode: Callable[[bytes], T], what: str) -> Iterator[T]:
     """Each message decoded; one that does not decode is skipped, with an error logged."""
+    return (event for event in _decoded_or_none(msgs, decode, what) if event is not None)
+
+
+def _decoded_or_none(msgs: list[tuple[int, Msg]], decode: Callable[[bytes], T], what: str) -> Iterator[T | None]:
     for _, msg in msgs:
         try:
             yield decode(msg.data)
         except msgspec.DecodeError:
             log.error("undecodable %s on %s skipped", what, msg.subject)
+            yield None
+
+
+def _log_batches(msgs: list[tuple[int, Msg]]) -> list[ev.LogBatch]:
+    """The log batches of `msgs`; one that is not the log of the job its subject names (which
+    the sending host's NATS user may publish) is skipped, with an error logged."""
+    batches = []
+    for (_, msg), event in zip(msgs, _decoded_or_none(msgs, ev.decode_job_event, "log batch")):
+        subject = subjects.parse_job_subject(msg.subject)
+        if event is None or subject is None:
+            continue
+        if not isinstance(event, ev.LogBatch) or event.job_id != subject.job_id:
+            log.error("%s on %s skipped: not a log batch of that job", ev.tag_of(type(event)), msg.subject)
+            continue
+        batches.append(event)
+    return batches
+
+
+def refusal(subject: subjects.JobSubject | None, event: ev.JobEvent | None) -> str | None:
+    """Why an event may not be applied as its subject says, or None. The subject is what NATS
+    permissions vouch for: a host publishes only on its own agent subjects, and only the kinds
+    of event a host sends are taken from them; the body must be what the subject says."""
+    if subject is None:
+        return "not a job subject"
+    if subject.host is not None and subject.kind not in subjects.AGENT_EVENT_KINDS:
+        return f"host {subject.host} may not send {subject.kind} events"
+    if event is not None and (ev.tag_of(type(event)) != subject.kind or event.job_id != subject.job_id):
+        return f"its body is a {ev.tag_of(type(event))} event of {event.job_id}, its subject says {subject.kind} of {subject.job_id}"
+    return None
 
 
 def _state_columns(state: JobState) -> dict[str, object]:
@@ -389,7 +423,7 @@ class Projector:
     async def _wait_for_logs_of_exits(self, msgs: list[Msg]) -> None:
         needed = 0
         for msg in msgs:
-            if msg.subject.endswith(".exited"):
+            if (subject := subjects.parse_job_subject(msg.subject)) and subject.kind == "exited":
                 try:
                     event = ev.decode_job_event(msg.data)
                 except msgspec.DecodeError:
@@ -464,7 +498,7 @@ class Projector:
             for seq, msg in fresh:
                 batch.jobs.append(self._evolve_item(seq, msg, batch))
         elif stream == subjects.LOG_STREAM:
-            batch.logs = [e for e in _decoded(fresh, ev.decode_job_event, "log batch") if isinstance(e, ev.LogBatch)]
+            batch.logs = _log_batches(fresh)
         elif stream == subjects.HOST_STREAM:
             for beat in _decoded(fresh, ev.decode_heartbeat, "host event"):
                 batch.heartbeats[beat.host] = beat
@@ -483,7 +517,9 @@ class Projector:
         except msgspec.DecodeError:
             return  # the writer records it as undecodable
         item.event = event
-        if isinstance(event, ev.JobProgress) and event.percent is not None:
+        if (why := refusal(item.subject, event)) is not None:
+            item.applied, item.note = False, why
+        elif isinstance(event, ev.JobProgress) and event.percent is not None:
             batch.percent[job_id] = event.percent
 
     def _evolve_item(self, seq: int, msg: Msg, batch: PreparedBatch) -> JobItem:
@@ -496,17 +532,24 @@ class Projector:
             item.applied = False  # not a job event: recorded in scheduler_events instead
             item.note = "control"
             return item
-        kind = msg.subject.rpartition(".")[2]
-        if kind == "progress":
+        item.subject = subject = subjects.parse_job_subject(msg.subject)
+        if (why := refusal(subject, None)) is not None:
+            item.applied, item.note = False, why
+            return item
+        assert subject is not None
+        if subject.kind == "progress":
             self._note_percent(item, batch)
-        if kind not in _LIFECYCLE_KINDS:
-            return item  # metrics, progress, checkpoints: decoded by the writer
+        if subject.kind not in _LIFECYCLE_KINDS:
+            return item  # metrics, progress, checkpoints: decoded (and checked) by the writer
         try:
             event = ev.decode_job_event(msg.data)
         except msgspec.DecodeError as exc:
             item.applied, item.note = False, f"undecodable: {exc}"
             return item
         item.event = event
+        if (why := refusal(subject, event)) is not None:
+            item.applied, item.note = False, why
+            return item
         if isinstance(event, ev.JobDeleted):
             state = batch.states.get(event.job_id) or self.live_states.get(event.job_id)
             if state is None or not state.is_terminal:
@@ -520,6 +563,11 @@ class Projector:
         if not isinstance(event, ev.LIFECYCLE):
             return item
         before = batch.states.get(event.job_id) or self.live_states.get(event.job_id)
+        if subject.host is not None and (before is None or before.host != subject.host):
+            # A host reports only on the job placed on it (the state machine fences attempts).
+            item.applied = False
+            item.note = f"sent by host {subject.host}; the job is {'on ' + before.host if before and before.host else 'on no host'}"
+            return item
         try:
             after = evolve(before, event)
         except IllegalTransition as exc:
@@ -603,39 +651,40 @@ class Projector:
         for item in batch.jobs:
             if item.note == "control":
                 continue
-            seq, msg, event = item.seq, item.msg, item.event
-            if event is None and item.applied:
-                try:
-                    event = ev.decode_job_event(msg.data)
-                except msgspec.DecodeError as exc:
-                    item.applied, item.note = False, f"undecodable: {exc}"
-            if event is None:
-                job_id = msg.subject.split(".")[2] if msg.subject.count(".") >= 3 else ""
-                self._event_row(events_cols, seq, job_id, 0, "undecodable", 0.0, msg.data, False, item.note)
+            seq, msg = item.seq, item.msg
+            event = item.event if item.event is not None or not item.applied else self._decode_checked(item)
+            if event is None:  # undecodable, or refused on its subject alone
+                kind = "undecodable" if item.note and item.note.startswith("undecodable") else (
+                    item.subject.kind if item.subject else "unknown")
+                job_id = item.subject.job_id if item.subject else ""
+                self._event_row(events_cols, seq, job_id, 0, kind, 0.0, msg.data, False, item.note)
                 continue
-            if isinstance(event, ev.MetricsRecorded):
-                n = len(event.name)
-                metric_cols["job_id"].extend([event.job_id] * n)
-                metric_cols["job_key"].extend([job_key(event.job_id)] * n)
-                metric_cols["attempt"].extend([event.attempt] * n)
-                metric_cols["seq"].extend(range(event.first_seq, event.first_seq + n))
-                metric_cols["step"].extend(event.step)
-                metric_cols["epoch"].extend(event.epoch)
-                metric_cols["name"].extend(event.name)
-                metric_cols["value"].extend(event.value)
-                metric_cols["ts_s"].extend(event.point_ts_s)
-                continue
-            if isinstance(event, ev.JobSubmitted) and item.applied:
-                self._new_job_row(new_jobs, seq, event, batch.states[event.job_id])
-            elif isinstance(event, ev.JobProgress):
-                progress[event.job_id] = event
-            elif isinstance(event, ev.CheckpointSaved):
-                for key, value in (("job_id", event.job_id), ("attempt", event.attempt),
-                                   ("path", event.path), ("step", event.step), ("ts_s", event.ts_s)):
-                    ckpt_cols[key].append(value)
-            elif isinstance(event, (ev.ExportRequested, ev.ExportFinished)):
-                exports.append(event)
-            self._event_row(events_cols, seq, event.job_id, event.attempt, ev.tag_of(type(event)),
+            if item.applied:
+                if isinstance(event, ev.MetricsRecorded):  # points only: not a row of job_events
+                    n = len(event.name)
+                    metric_cols["job_id"].extend([event.job_id] * n)
+                    metric_cols["job_key"].extend([job_key(event.job_id)] * n)
+                    metric_cols["attempt"].extend([event.attempt] * n)
+                    metric_cols["seq"].extend(range(event.first_seq, event.first_seq + n))
+                    metric_cols["step"].extend(event.step)
+                    metric_cols["epoch"].extend(event.epoch)
+                    metric_cols["name"].extend(event.name)
+                    metric_cols["value"].extend(event.value)
+                    metric_cols["ts_s"].extend(event.point_ts_s)
+                    continue
+                if isinstance(event, ev.JobSubmitted):
+                    self._new_job_row(new_jobs, seq, event, batch.states[event.job_id])
+                elif isinstance(event, ev.JobProgress):
+                    progress[event.job_id] = event
+                elif isinstance(event, ev.CheckpointSaved):
+                    for key, value in (("job_id", event.job_id), ("attempt", event.attempt),
+                                       ("path", event.path), ("step", event.step), ("ts_s", event.ts_s)):
+                        ckpt_cols[key].append(value)
+                elif isinstance(event, (ev.ExportRequested, ev.ExportFinished)):
+                    exports.append(event)
+            # Filed under the job its subject names (a refused body may claim another).
+            job_id = item.subject.job_id if item.subject else event.job_id
+            self._event_row(events_cols, seq, job_id, event.attempt, ev.tag_of(type(event)),
                             event.ts_s, msg.data, item.applied, item.note)
         self.tables.insert(con, "jobs", new_jobs)
         self._update_job_rows(con, [st for j, st in batch.states.items() if j not in batch.submit_seqs])
@@ -658,6 +707,19 @@ class Projector:
                 "eta_s": [e.eta_s for e in p], "estimated": [e.estimated for e in p],
                 "ts_s": [e.ts_s for e in p],
             })
+
+    @staticmethod
+    def _decode_checked(item: JobItem) -> ev.JobEvent | None:
+        """The event of an item `prepare` left to the writer (metrics, progress, checkpoints),
+        not applied if its body is not what its subject says."""
+        try:
+            event = ev.decode_job_event(item.msg.data)
+        except msgspec.DecodeError as exc:
+            item.applied, item.note = False, f"undecodable: {exc}"
+            return None
+        if (why := refusal(item.subject, event)) is not None:
+            item.applied, item.note = False, why
+        return event
 
     @staticmethod
     def _write_exports(con: duckdb.DuckDBPyConnection, events: list[ev.ExportRequested | ev.ExportFinished]) -> None:

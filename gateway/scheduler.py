@@ -302,7 +302,11 @@ class Scheduler:
                                          reason=reason, host=state.host)),
                     headers={"Nats-Msg-Id": f"{job_id}:{state.attempt}:lost"},
                 )
-        for beat in beats.values():
+        # Fencing waits for the same settling: a new leader's projection of the job stream may
+        # still be replaying what the hosts' heartbeats already show running, and a job it has
+        # not yet seen started would be stopped as "moved past" (the soak caught one 0.2 s after
+        # a take-over).
+        for beat in beats.values() if settled else ():
             if not self.host_online(beat, now):
                 continue
             for hj in beat.jobs:

@@ -7,9 +7,12 @@
 - `viewer`: reads events, logs and heartbeats; publishes nothing of trainyard's.
 
 Each process gets its own inbox prefix (`_INBOX_<user>`), so that no user can subscribe to the
-replies another one receives. Job subjects are not host-scoped (`ty.job.<job>.<kind>`), so an
-agent's credentials can write events of any job: the state machine refuses reports on attempts
-a job has moved past, but does not check which host sent them (host-scoped job subjects would).
+replies another one receives. An agent publishes job events and logs only on subjects ending in
+its host (`ty.job.<job>.<kind>.<host>`, `ty.log.<job>.<host>`): it cannot submit, schedule,
+cancel or delete a job (the gateway's subjects), and the projector takes from those subjects
+only what a host reports, and lifecycle reports (started, exited, refused) only from the host
+the job is placed on. What a host's credentials can still do: add progress, metrics, notes,
+checkpoint records and log lines to jobs that run elsewhere (not change their status).
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ def permissions(user: str) -> dict[str, dict[str, list[str]]]:
     consumer = subjects.agent_consumer(host)
     return {
         "publish": {"allow": [
-            "ty.job.>", "ty.log.>", subjects.host_event(host, ">"),
+            # Its own agent subjects only: job events and logs that name this host.
+            subjects.job_event("*", "*", host), subjects.job_log("*", host), subjects.host_event(host, ">"),
             f"$JS.API.CONSUMER.INFO.{subjects.CMD_STREAM}.{consumer}",
             f"$JS.API.CONSUMER.MSG.NEXT.{subjects.CMD_STREAM}.{consumer}",
             f"$JS.ACK.{subjects.CMD_STREAM}.{consumer}.>",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 CMD_STREAM = "TY_CMD"
 JOB_STREAM = "TY_JOB"
 LOG_STREAM = "TY_LOG"
@@ -19,12 +21,38 @@ def cmd_filter(host: str) -> str:
     return f"ty.cmd.{host}.>"
 
 
-def job_event(job_id: str, event_type: str) -> str:
-    return f"ty.job.{job_id}.{event_type}"
+def job_event(job_id: str, event_type: str, host: str | None = None) -> str:
+    """`ty.job.<job>.<type>` for the gateway's events; `ty.job.<job>.<type>.<host>` for an
+    agent's, the only job subjects its NATS user may publish on (DESIGN §10): no host can
+    submit, schedule, cancel or delete a job, and the projector takes from a host only the
+    kinds of event a host sends (AGENT_EVENT_KINDS)."""
+    return f"ty.job.{job_id}.{event_type}" if host is None else f"ty.job.{job_id}.{event_type}.{host}"
 
 
-def job_log(job_id: str) -> str:
-    return f"ty.log.{job_id}"
+def job_log(job_id: str, host: str) -> str:
+    return f"ty.log.{job_id}.{host}"
+
+
+# What an agent reports about the jobs it runs (tags of shared.events).
+AGENT_EVENT_KINDS = frozenset({
+    "started", "exited", "refused", "progress", "metrics", "checkpoint", "export_finished", "agent_note",
+})
+
+
+class JobSubject(NamedTuple):
+    job_id: str
+    kind: str
+    host: str | None  # the agent that sent it; None for the gateway
+
+
+def parse_job_subject(subject: str) -> JobSubject | None:
+    """The parts of a `ty.job.…` or `ty.log.…` subject; None for any other."""
+    parts = subject.split(".")
+    if len(parts) in (4, 5) and parts[:2] == ["ty", "job"]:
+        return JobSubject(parts[2], parts[3], parts[4] if len(parts) == 5 else None)
+    if len(parts) == 4 and parts[:2] == ["ty", "log"]:
+        return JobSubject(parts[2], "logs", parts[3])
+    return None
 
 
 def control(event_type: str) -> str:

@@ -69,3 +69,38 @@ def test_stopping_a_readopted_trainer_works_and_kills_what_left_its_session(rig:
     assert final["status"] == "stopped", final
     assert job_processes(job) == []  # the setsid'd child that ignores SIGTERM too
     assert rig.busy_gpus() == []
+
+
+DIES_OF_SIGTERM_SLOWLY = (
+    "import os, signal, time\n"
+    "def later(*_):\n"
+    "    time.sleep(1.5)\n"
+    "    signal.signal(signal.SIGTERM, signal.SIG_DFL)\n"
+    "    os.kill(os.getpid(), signal.SIGTERM)\n"
+    "signal.signal(signal.SIGTERM, later)\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+def test_a_trainer_stopped_just_before_its_agent_died_is_reported_stopped(rig: Rig) -> None:
+    """The stop's command is acknowledged, so it is never delivered again: the next agent learns
+    from the attempt's state file that the SIGTERM its trainer died of was asked for."""
+    job = rig.api.submit([sys.executable, "-c", DIES_OF_SIGTERM_SLOWLY], gpus=1)
+    rig.api.wait(job, {"running"})
+    wait_lines(rig, job, 2)
+    r = rig.api.client.post(f"/jobs/{job}/stop", json={"grace_s": 30})
+    assert r.status_code in (200, 202), r.text
+    deadline = time.monotonic() + 10
+    while not any("stop: SIGTERM" in l["text"] for l in rig.api.logs(job, type="system")):
+        assert time.monotonic() < deadline, "the agent never signalled the trainer"
+        time.sleep(0.05)
+    rig.kill("agent-f")  # the trainer dies of the SIGTERM 1.5 s later, with no agent watching
+    deadline = time.monotonic() + 20
+    while job_processes(job):
+        assert time.monotonic() < deadline, "the trainer never ended"
+        time.sleep(0.05)
+    rig.start_agent("f")
+    final = rig.api.wait(job, timeout_s=30)
+    assert (final["status"], final["signal"]) == ("stopped", signal.SIGTERM), final
+    assert rig.busy_gpus() == []

@@ -179,7 +179,7 @@ async def _start_directly(gc: GpuCluster, host: str, job_id: str, gpu: int, seco
 async def _refusals(gc: GpuCluster, job_id: str, timeout_s: float) -> list[str]:
     nc = await nats_py.connect(gc.nats_url, **gc.stack.connect_options())
     js = nc.jetstream()
-    sub = await js.subscribe(subjects.job_event(job_id, "refused"), ordered_consumer=True)
+    sub = await js.subscribe(subjects.job_event(job_id, "refused", "a"), ordered_consumer=True)
     try:
         msg = await sub.next_msg(timeout=timeout_s)
         return [msg.data.decode()]
