@@ -243,6 +243,8 @@ class Projector:
         self.replica = replica
         self.batch = batch
         self.applied: dict[str, int] = {s: 0 for s in subjects.EVENT_STREAMS}
+        # job -> attempt -> the host it was placed on: who may report on it (`_host_refusal`).
+        self.attempt_hosts: dict[str, dict[int, str]] = {}
         self.scheduler_paused = False  # the queue processor, as the last control event left it
         # Per job: the job-stream sequence of its last applied event (answers cached by it).
         self.job_versions: dict[str, int] = {}
@@ -310,6 +312,11 @@ class Projector:
                 host=r[21], min_gpu_memory_gb=r[22], spec=decode_spec(r[23]), submitted_by=r[27] or "",
             )
         self.live_states = dict(self.states)
+        self.attempt_hosts = {}
+        for job_id, attempt, host in self.con.execute(
+                "SELECT job_id, attempt, json_extract_string(data, '$.host') FROM job_events "
+                "WHERE type = 'scheduled' AND applied").fetchall():
+            self.attempt_hosts.setdefault(job_id, {})[attempt] = host
         stored: dict[str, dict[int, int]] = {}
         for job_id, attempt, last in self.con.execute(
                 "SELECT job_id, attempt, max(seq) FROM logs GROUP BY job_id, attempt").fetchall():
@@ -468,6 +475,7 @@ class Projector:
         for job_id in batch.deleted:
             self.states.pop(job_id, None)
             self.needs.pop(job_id, None)
+            self.attempt_hosts.pop(job_id, None)
             self.live_logs.deleted(job_id)
         for logs in batch.logs:
             self.live_logs.committed(logs)
@@ -517,7 +525,7 @@ class Projector:
         except msgspec.DecodeError:
             return  # the writer records it as undecodable
         item.event = event
-        if (why := refusal(item.subject, event)) is not None:
+        if (why := refusal(item.subject, event) or self._host_refusal(item.subject, event)) is not None:
             item.applied, item.note = False, why
         elif isinstance(event, ev.JobProgress) and event.percent is not None:
             batch.percent[job_id] = event.percent
@@ -575,6 +583,8 @@ class Projector:
             return item
         batch.states[event.job_id] = after
         batch.jobs_changed = True
+        if isinstance(event, ev.JobScheduled):
+            self.attempt_hosts.setdefault(event.job_id, {})[event.attempt] = event.host
         if isinstance(event, ev.JobSubmitted):
             spec = event.spec
             batch.submit_seqs[event.job_id] = seq
@@ -708,8 +718,7 @@ class Projector:
                 "ts_s": [e.ts_s for e in p],
             })
 
-    @staticmethod
-    def _decode_checked(item: JobItem) -> ev.JobEvent | None:
+    def _decode_checked(self, item: JobItem) -> ev.JobEvent | None:
         """The event of an item `prepare` left to the writer (metrics, progress, checkpoints),
         not applied if its body is not what its subject says."""
         try:
@@ -717,9 +726,19 @@ class Projector:
         except msgspec.DecodeError as exc:
             item.applied, item.note = False, f"undecodable: {exc}"
             return None
-        if (why := refusal(item.subject, event)) is not None:
+        if (why := refusal(item.subject, event) or self._host_refusal(item.subject, event)) is not None:
             item.applied, item.note = False, why
         return event
+
+    def _host_refusal(self, subject: subjects.JobSubject | None, event: ev.JobEvent) -> str | None:
+        """A host reports (progress, metrics, checkpoints, notes, exports) only on attempts placed
+        on it. Its `scheduled` event comes first in the same stream, so the placement is known."""
+        if subject is None or subject.host is None:
+            return None
+        placed = self.attempt_hosts.get(event.job_id, {}).get(event.attempt)
+        if placed == subject.host:
+            return None
+        return f"sent by host {subject.host}; attempt {event.attempt} was placed on {placed or 'no host'}"
 
     @staticmethod
     def _write_exports(con: duckdb.DuckDBPyConnection, events: list[ev.ExportRequested | ev.ExportFinished]) -> None:

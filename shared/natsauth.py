@@ -10,9 +10,9 @@ Each process gets its own inbox prefix (`_INBOX_<user>`), so that no user can su
 replies another one receives. An agent publishes job events and logs only on subjects ending in
 its host (`ty.job.<job>.<kind>.<host>`, `ty.log.<job>.<host>`): it cannot submit, schedule,
 cancel or delete a job (the gateway's subjects), and the projector takes from those subjects
-only what a host reports, and lifecycle reports (started, exited, refused) only from the host
-the job is placed on. What a host's credentials can still do: add progress, metrics, notes,
-checkpoint records and log lines to jobs that run elsewhere (not change their status).
+only what a host reports, lifecycle reports (started, exited, refused) only from the host the
+job is placed on, and other reports only on attempts placed on that host. What a host's
+credentials can still do: add log lines to jobs that run elsewhere (not change their status).
 """
 
 from __future__ import annotations

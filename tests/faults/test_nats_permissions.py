@@ -104,8 +104,9 @@ def test_a_viewer_reads_but_cannot_write(rig: Rig) -> None:
 
 def test_what_a_host_sends_about_jobs_not_on_it_is_kept_but_not_applied(rig: Rig) -> None:
     """Host f's credentials (a compromised GPU host) try to end a job running on host g, to
-    submit a job of their own on f's subject, and to pass a submission off as progress: the
-    job runs on, nothing is created, the projection stays healthy, and job_events says why."""
+    submit a job of their own on f's subject, to pass a submission off as progress, and to
+    report progress of g's job: the job runs on, nothing is created, the projection stays
+    healthy, and job_events says why."""
     rig.start_agent("g")
     rig.wait_agent_ready("g")
     job = rig.api.submit([sys.executable, "-c", "import time; time.sleep(60)"], host="g")
@@ -120,17 +121,21 @@ def test_what_a_host_sends_about_jobs_not_on_it_is_kept_but_not_applied(rig: Rig
             job_id=job, attempt=attempt, ts_s=1.0, exit_code=0, outcome="succeeded")))
         await js.publish(subjects.job_event(forged, "submitted", "f"), ev.encode(submitted))
         await js.publish(subjects.job_event(job, "progress", "f"), ev.encode(submitted))
+        await js.publish(subjects.job_event(job, "progress", "f"), ev.encode(ev.JobProgress(
+            job_id=job, attempt=attempt, ts_s=1.0, step=99, total_steps=100, percent=99.0)))
 
     assert run(rig, natsauth.agent_user("f"), forge, ALLOWED_WITHIN_S) == (True, [])
     deadline = time.monotonic() + 10
-    while len(notes := refused(rig, job, forged)) < 3:
+    while len(notes := refused(rig, job, forged)) < 4:
         assert time.monotonic() < deadline, notes
         time.sleep(0.1)
     assert notes == [
         (job, "exited", "sent by host f; the job is on g"),
         (forged, "submitted", "host f may not send submitted events"),
         (job, "submitted", f"its body is a submitted event of {forged}, its subject says progress of {job}"),
+        (job, "progress", f"sent by host f; attempt {attempt} was placed on g"),
     ]
+    assert rig.api.client.get(f"/jobs/{job}/progress").json().get("percent") != 99.0
     assert rig.api.status(job)["status"] == "running"
     assert rig.api.client.get(f"/jobs/{forged}").status_code == 404
     assert rig.api.client.get("/health").json()["status"] == "ok"
