@@ -31,7 +31,7 @@ from nats.js.errors import NotFoundError
 
 from agent import process
 from agent.adapters import LaunchContext, adapter_for
-from agent.adapters.base import LaunchError, OutputParser
+from agent.adapters.base import Launch, LaunchError, OutputParser
 from agent.filewatch import FileWatch
 from agent.lines import LineSplitter
 from agent.publisher import ColumnBatcher, LatestSlot, publish_retrying
@@ -578,9 +578,15 @@ class TrainerRun:
         stdout_path, stderr_path = self.run_dir / "stdout.log", self.run_dir / "stderr.log"
         for path in (stdout_path, stderr_path):
             path.touch()  # here before the trainer starts, for the watch on them
-        self.root = await self.spawner.spawn(launch.argv, launch.cwd, child_env(launch.env, ctx), stdout_path, stderr_path)
-        self.recorded = {self.root}
-        self._save_state()
+        spawning = asyncio.ensure_future(self._spawn_and_record(launch, child_env(launch.env, ctx), stdout_path, stderr_path))
+        try:
+            await asyncio.shield(spawning)
+        except asyncio.CancelledError:
+            # The agent is stopping mid-spawn: the trainer may be running already. Its state
+            # file is written first, or the next agent, finding none, would start it a second
+            # time into the same run dir (the soak caught one, every line doubled).
+            await spawning
+            raise
         self.launched.set()
         await self._publish(
             ev.JobStarted(
@@ -592,6 +598,11 @@ class TrainerRun:
         )
         self.reporter.system(f"started pid {self.root.pid} on host {self.host}: {' '.join(launch.argv)}")
         return True
+
+    async def _spawn_and_record(self, launch: Launch, env: dict[str, str], stdout_path: Path, stderr_path: Path) -> None:
+        self.root = await self.spawner.spawn(launch.argv, launch.cwd, env, stdout_path, stderr_path)
+        self.recorded = {self.root}
+        self._save_state()
 
     async def _watch(self) -> None:
         assert self.root is not None
