@@ -196,11 +196,7 @@ class Reporter:
             subjects.job_log(job_id, host),
             f"{prefix}:log",
             ("ts", "stream", "level", "kind", "text"),
-            lambda first, c: ev.LogBatch.of_lines(
-                job_id=job_id, attempt=attempt, ts_s=now_s(), first_seq=first,
-                line_ts_s=c["ts"], stream=c["stream"], level=c["level"], kind=c["kind"],
-                text=c["text"], stream_rows=self._count_built(c["stream"]),
-            ),
+            self._log_batch,
             max_bytes,
             first_seq=published.log_end,
             on_ack=self._log_acked,
@@ -227,12 +223,16 @@ class Reporter:
         self.last_lines: collections.deque[str] = collections.deque(maxlen=LAST_LINES)
         self._rate_anchor: tuple[float, int] | None = None
 
-    def _count_built(self, streams: list[str]) -> dict[str, int]:
-        """Rows per stream up to the end of the batch being built (it carries them, so that a
-        restarted agent learns from the last batch what the stream holds)."""
-        for stream in set(streams):
-            self._built_rows[stream] = self._built_rows.get(stream, 0) + streams.count(stream)
-        return dict(self._built_rows)
+    def _log_batch(self, first: int, c: dict[str, list]) -> ev.LogBatch:
+        batch = ev.LogBatch.of_lines(
+            job_id=self.job_id, attempt=self.attempt, ts_s=now_s(), first_seq=first,
+            line_ts_s=c["ts"], stream=c["stream"], level=c["level"], kind=c["kind"], text=c["text"])
+        # Rows per stream up to the end of this batch, counted from its runs: it carries them,
+        # so that a restarted agent learns from the last batch what each stream holds.
+        for stream, n in batch.stream:
+            self._built_rows[stream] = self._built_rows.get(stream, 0) + n
+        batch.stream_rows = dict(self._built_rows)
+        return batch
 
     def _log_acked(self, batch: ev.LogBatch) -> None:
         self.acked_rows = batch.stream_rows

@@ -136,7 +136,7 @@ class Tables:
         if len(runs) == 1:
             return pa.repeat(pa.scalar(runs[0][0], kind), runs[0][1])
         if len(runs) * RUN_MIN_ROWS > sum(n for _, n in runs):
-            return pa.array([value for value, n in runs for _ in range(n)], kind)
+            return pa.array(ev.expand(runs), kind)
         return pa.concat_arrays([pa.repeat(pa.scalar(value, kind), n) for value, n in runs])
 
     @staticmethod
@@ -469,9 +469,8 @@ class Projector:
         """The batch is committed: the API may show it."""
         self.states.update(batch.states)
         for item in batch.jobs:
-            parts = item.msg.subject.split(".")
-            if len(parts) >= 4 and parts[1] == "job":
-                self.job_versions[parts[2]] = item.seq
+            if item.subject is not None:  # (control events have none)
+                self.job_versions[item.subject.job_id] = item.seq
         for job_id in batch.deleted:
             self.states.pop(job_id, None)
             self.needs.pop(job_id, None)
@@ -516,7 +515,8 @@ class Projector:
     def _note_percent(self, item: JobItem, batch: PreparedBatch) -> None:
         """The percent of a job that asked for progress webhooks; the decoded event stays on
         the item, so the writer does not decode it again."""
-        job_id = item.msg.subject.split(".")[2]
+        assert item.subject is not None
+        job_id = item.subject.job_id
         needs = self.needs.get(job_id) or batch.needs.get(job_id)
         if needs is None or not needs.spec.webhook_progress:
             return
@@ -525,9 +525,7 @@ class Projector:
         except msgspec.DecodeError:
             return  # the writer records it as undecodable
         item.event = event
-        if (why := refusal(item.subject, event) or self._host_refusal(item.subject, event)) is not None:
-            item.applied, item.note = False, why
-        elif isinstance(event, ev.JobProgress) and event.percent is not None:
+        if self._report_accepted(item, event) and isinstance(event, ev.JobProgress) and event.percent is not None:
             batch.percent[job_id] = event.percent
 
     def _evolve_item(self, seq: int, msg: Msg, batch: PreparedBatch) -> JobItem:
@@ -726,9 +724,17 @@ class Projector:
         except msgspec.DecodeError as exc:
             item.applied, item.note = False, f"undecodable: {exc}"
             return None
-        if (why := refusal(item.subject, event) or self._host_refusal(item.subject, event)) is not None:
-            item.applied, item.note = False, why
+        self._report_accepted(item, event)
         return event
+
+    def _report_accepted(self, item: JobItem, event: ev.JobEvent) -> bool:
+        """A report that is not a lifecycle event (those are checked in `_evolve_item`): its
+        body must be what its subject says, and a host's on an attempt placed on that host.
+        If not, the item is marked not applied, with why."""
+        why = refusal(item.subject, event) or self._host_refusal(item.subject, event)
+        if why is not None:
+            item.applied, item.note = False, why
+        return why is None
 
     def _host_refusal(self, subject: subjects.JobSubject | None, event: ev.JobEvent) -> str | None:
         """A host reports (progress, metrics, checkpoints, notes, exports) only on attempts placed

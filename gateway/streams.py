@@ -41,9 +41,9 @@ def _encode_line(line: LogLine) -> str:
     return _line_encoder.encode(line).decode()
 
 
-def _wanted(line: LogLine, kind: str, min_level: str | None) -> bool:
-    """The filters of `Reader.logs`, for lines from memory."""
-    return (kind == "all" or line.kind == kind) and (min_level is None or line.level in levels_from(min_level))
+def _wanted(line: LogLine, kind: str, levels: tuple[str, ...] | None) -> bool:
+    """The filters of `Reader.logs`, for lines from memory (`levels`: from `levels_from`)."""
+    return (kind == "all" or line.kind == kind) and (levels is None or line.level in levels)
 
 
 def stream_routes(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard]) -> list[HTTPRouteHandler]:
@@ -83,6 +83,7 @@ def stream_routes(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard]) 
         async def lines() -> AsyncIterator[ServerSentEventMessage]:
             projector = runtime.projector
             live = projector.live_logs
+            levels = levels_from(min_level) if min_level else None
             after = after_seq if after_seq is not None else -1  # the last line sent
             covered = after  # every line up to here was examined (sent or filtered out)
             while True:
@@ -91,7 +92,7 @@ def stream_routes(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard]) 
                 full = False
                 if fresh is not None:  # decoded, maybe not committed yet: no query needed
                     page, covered = fresh, fresh[-1].seq
-                    page = [line for line in page if _wanted(line, kind, min_level)]
+                    page = [line for line in page if _wanted(line, kind, levels)]
                 elif (stored := live.stored_through(job_id, which)) > covered:
                     page = await svc().reader.logs(job_id, kind=kind, min_level=min_level,
                                                    tail=None, limit=PAGE, since_s=None, after_seq=after,
