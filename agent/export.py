@@ -13,11 +13,11 @@ from pathlib import Path
 
 from nats.js import JetStreamContext
 
-from agent import process
-from agent.adapters import LaunchContext, adapter_for
-from agent.adapters.base import LaunchError
+from agent.process import tree as process
+from agent.trainers import LaunchContext, adapter_for
+from agent.trainers.base import LaunchError
 from agent.publisher import publish_retrying
-from agent.run import child_env
+from agent.attempt.run import child_env
 from shared import events as ev
 from shared import subjects
 from shared.clock import now_s

@@ -22,8 +22,8 @@ from shared.clock import now_s
 from shared.commands import decode_command
 from shared.config import AgentSettings
 from shared.ids import check_token
-from shared.natsconn import close_quietly, connect
-from shared.pullfeed import PullFeed
+from shared.nats.connect import close_quietly, connect
+from shared.nats.pullfeed import PullFeed
 
 log = logging.getLogger("trainyard.agent")
 

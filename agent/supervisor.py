@@ -15,9 +15,9 @@ from nats.js import JetStreamContext
 
 from agent.export import export_context, run_export
 from agent.gpus import GpuInventory
-from agent.process import Spawner
+from agent.process.tree import Spawner
 from agent.publisher import publish_retrying
-from agent.run import RunState, TrainerRun, published_so_far
+from agent.attempt.run import RunState, TrainerRun, published_so_far
 from shared import events as ev
 from shared import subjects
 from shared.aio import cancel_and_wait

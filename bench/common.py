@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from gateway.auth import TOKENS_FILE, TokenStore
+from gateway.api.auth import TOKENS_FILE, TokenStore
 from trainyard.stack import Stack, free_port
 
 

@@ -18,8 +18,8 @@ import sys
 import time
 
 from bench.common import bench_stack, print_table
-from gateway.placement import HostView, QueuedJob, plan
-from gateway.projector import JobNeeds
+from gateway.scheduling.placement import HostView, QueuedJob, plan
+from gateway.projection.projector import JobNeeds
 from shared.jobspec import CommandJob
 
 SPEC = CommandJob(command=["x"])

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import uvicorn
 
-from gateway.app import create_app
-from gateway.auth import TOKENS_FILE, TokenStore
+from gateway.api.app import create_app
+from gateway.api.auth import TOKENS_FILE, TokenStore
 from gateway.runtime import GatewayRuntime
 from shared.config import GatewaySettings
 

@@ -12,18 +12,19 @@ from pathlib import Path
 
 from nats.aio.client import Client
 
-from gateway.cluster import ClusterService
-from gateway.projector import Projector
-from gateway.queries import Reader
-from gateway.scheduler import Scheduler
-from gateway.schema import open_db
-from gateway.sql import SqlRunner
-from gateway.service import JobService
+from gateway.services.cluster import ClusterService
+from gateway.projection.projector import Projector
+from gateway.read.queries import Reader
+from gateway.scheduling.scheduler import Scheduler
+from gateway.projection.schema import open_db
+from gateway.read.sql import SqlRunner
+from gateway.services.jobs import JobService
 from gateway.webhooks import WebhookNotifier, load_secret
-from gateway.writes import EventWriter
-from shared import provision, subjects
+from gateway.services.writer import EventWriter
+from shared import subjects
+from shared.nats import provision
 from shared.config import GatewaySettings
-from shared.natsconn import close_quietly, connect
+from shared.nats.connect import close_quietly, connect
 
 log = logging.getLogger("trainyard.gateway")
 

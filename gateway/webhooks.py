@@ -24,7 +24,7 @@ import httpx
 import msgspec
 from nats.js import JetStreamContext
 
-from gateway.projector import Projector
+from gateway.projection.projector import Projector
 from shared import events as ev
 from shared import subjects
 from shared.aio import cancel_and_wait

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.auth import TOKENS_FILE, TokenStore
+from gateway.api.auth import TOKENS_FILE, TokenStore
 from tests.harness import TERMINAL, TRAINERS, Api, pid_alive
 from trainyard.stack import Stack, free_port
 

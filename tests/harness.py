@@ -19,7 +19,7 @@ import msgspec
 import nats as nats_py
 import psutil
 
-from gateway.auth import TOKENS_FILE, TokenStore
+from gateway.api.auth import TOKENS_FILE, TokenStore
 from trainyard.stack import Stack, free_port
 
 TRAINERS = Path(__file__).parent / "trainers"

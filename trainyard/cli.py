@@ -70,7 +70,7 @@ RESTART_WINDOW_S = 60.0
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from gateway.auth import ensure_admin_token
+    from gateway.api.auth import ensure_admin_token
     from trainyard.stack import Stack, host_token
 
     data_dir = Path(args.data_dir).resolve()
@@ -140,7 +140,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
-    from gateway.rebuild import run_rebuild
+    from gateway.projection.rebuild import run_rebuild
 
     out = Path(args.out) if args.out else Path(args.data_dir) / "trainyard.rebuilt.duckdb"
     try:
@@ -155,7 +155,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from gateway.auth import TOKENS_FILE, TokenStore
+    from gateway.api.auth import TOKENS_FILE, TokenStore
 
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared import natsauth
+from shared.nats import auth as natsauth
 
 
 def nats_server_binary() -> str:

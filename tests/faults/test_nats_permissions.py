@@ -15,7 +15,8 @@ import msgspec
 from nats.js.api import ConsumerConfig
 
 from shared import events as ev
-from shared import natsauth, subjects
+from shared import subjects
+from shared.nats import auth as natsauth
 from shared.jobspec import CommandJob
 from tests.harness import Rig
 

@@ -16,7 +16,7 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 
-from gateway.auth import TOKENS_FILE, TokenStore  # noqa: E402
+from gateway.api.auth import TOKENS_FILE, TokenStore  # noqa: E402
 from trainyard.stack import Stack, free_port  # noqa: E402
 
 

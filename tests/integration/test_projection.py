@@ -13,7 +13,7 @@ from pathlib import Path
 import duckdb
 import httpx
 
-from gateway.auth import TOKENS_FILE, TokenStore
+from gateway.api.auth import TOKENS_FILE, TokenStore
 from tests.conftest import Api, Cluster, python_job
 from trainyard.stack import Stack, free_port, wait_for_health
 

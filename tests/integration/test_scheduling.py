@@ -23,7 +23,7 @@ import httpx
 import nats as nats_py
 import pytest
 
-from gateway.auth import TOKENS_FILE, TokenStore
+from gateway.api.auth import TOKENS_FILE, TokenStore
 from gateway.main import SHUTDOWN_LIMIT_S
 from shared import subjects
 from shared.commands import StartJob, StopJob

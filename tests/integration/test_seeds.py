@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.auth import TOKENS_FILE, TokenStore
+from gateway.api.auth import TOKENS_FILE, TokenStore
 from trainyard.stack import Stack, free_port
 
 TRAINERS = Path(__file__).parents[1] / "trainers"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from gateway.auth import TOKENS_FILE, TokenStore
+from gateway.api.auth import TOKENS_FILE, TokenStore
 from tests.conftest import Cluster, pid_alive, python_job
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.paths import PathNotAllowed, confine
+from gateway.services.paths import PathNotAllowed, confine
 from shared.config import AgentSettings, GatewaySettings, load_settings
 
 

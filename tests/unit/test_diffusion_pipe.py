@@ -11,9 +11,9 @@ import tomllib
 import pytest
 import tomli_w
 
-from agent.adapters.diffusion_pipe import DiffusionPipeParser
-from agent.adapters.tfevents import EventFileReader
-from shared.diffusion_pipe import ConfigError, build_configs
+from agent.trainers.diffusion_pipe import DiffusionPipeParser
+from agent.trainers.parsing.tfevents import EventFileReader
+from shared.diffusion_pipe_config import ConfigError, build_configs
 from shared.jobspec import DiffusionPipeJob
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "trainers"))
@@ -125,8 +125,8 @@ def test_the_event_reader_waits_for_a_record_still_being_written(tmp_path: Path)
 
 
 def test_the_launch_pins_gpus_by_environment_and_resumes_from_a_run_dir(tmp_path: Path) -> None:
-    from agent.adapters.base import LaunchContext
-    from agent.adapters.diffusion_pipe import DiffusionPipeAdapter
+    from agent.trainers.base import LaunchContext
+    from agent.trainers.diffusion_pipe import DiffusionPipeAdapter
 
     checkout = tmp_path / "diffusion-pipe"
     checkout.mkdir()

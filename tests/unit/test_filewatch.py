@@ -1,4 +1,4 @@
-"""The agent's wake-up on writes to a trainer's output files (agent/filewatch.py)."""
+"""The agent's wake-up on writes to a trainer's output files (agent/attempt/filewatch.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.filewatch import FileWatch
+from agent.attempt.filewatch import FileWatch
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import duckdb
 
-from gateway.schema import SCHEMA_VERSION, open_db
+from gateway.projection.schema import SCHEMA_VERSION, open_db
 from shared.ids import job_key, new_job_id
 
 

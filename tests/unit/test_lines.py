@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from agent.lines import LevelClassifier, LineSplitter, kind_of, kinds
+from agent.output.lines import LevelClassifier, LineSplitter, kind_of, kinds
 
 
 def feed_all(chunks: list[bytes], max_chars: int = 1 << 20) -> tuple[list[str], list[str | None]]:

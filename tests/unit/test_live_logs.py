@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.live_logs import LIVE_BATCH_MAX_LINES, LiveLogs
+from gateway.projection.live_logs import LIVE_BATCH_MAX_LINES, LiveLogs
 from shared.events import LogBatch
 
 

@@ -1,4 +1,4 @@
-"""The per-role NATS permissions: one definition (shared/natsauth.py) for `trainyard up` and
+"""The per-role NATS permissions: one definition (shared/nats/auth.py) for `trainyard up` and
 the deployment template nats.conf."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shared import natsauth
+from shared.nats import auth as natsauth
 from shared.ids import InvalidIdentifier
 
 NATS_CONF = Path(__file__).parents[2] / "nats.conf"

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from gateway.projector import JobNeeds
-from gateway.placement import HostView, QueuedJob, estimate_starts, plan
+from gateway.projection.projector import JobNeeds
+from gateway.scheduling.placement import HostView, QueuedJob, estimate_starts, plan
 from shared.jobspec import CommandJob
 
 SPEC = CommandJob(command=["x"])

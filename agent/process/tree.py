@@ -1,0 +1,206 @@
+"""Process-tree operations: spawn in a new session, signal the group, kill what was recorded,
+learn how a trainer ended even across an agent restart.
+
+A process is named by (pid, create_time) so a recycled PID is never signalled by mistake.
+
+A trainer runs under a keeper, forked by a helper process (agent/process/keeper.py says why); the
+agent waits for the keeper to go and reads the exit status it wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from agent.process.keeper import EXIT_STATUS_FILE
+
+
+@dataclass(frozen=True)
+class ProcRef:
+    pid: int
+    create_time: float
+
+    @classmethod
+    def of(cls, pid: int) -> ProcRef | None:
+        try:
+            return cls(pid, psutil.Process(pid).create_time())
+        except psutil.Error:
+            return None
+
+    def is_alive(self) -> bool:
+        try:
+            proc = psutil.Process(self.pid)
+            return proc.create_time() == self.create_time and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def kill(self) -> None:
+        try:
+            proc = psutil.Process(self.pid)
+            if proc.create_time() == self.create_time:
+                proc.kill()
+        except psutil.Error:
+            pass
+
+
+async def spawn(
+    argv: list[str], cwd: Path, env: dict[str, str], stdout_path: Path, stderr_path: Path
+) -> asyncio.subprocess.Process:
+    """argv only, never a shell; own session so signals reach the whole group."""
+    with open(stdout_path, "ab") as out, open(stderr_path, "ab") as err:
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=str(cwd),
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+
+
+class Spawner:
+    """The agent's side of agent/process/keeper.py: starts the helper once, asks it for keepers."""
+
+    def __init__(self) -> None:
+        self._proc: asyncio.subprocess.Process | None = None
+        self._lock = asyncio.Lock()
+
+    async def _ensure(self) -> asyncio.subprocess.Process:
+        if self._proc is None or self._proc.returncode is not None:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "agent.process.keeper", stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, cwd=str(Path(__file__).resolve().parents[2]),
+            )
+        return self._proc
+
+    async def spawn(self, argv: list[str], cwd: Path, env: dict[str, str], stdout_path: Path,
+                    stderr_path: Path) -> ProcRef:
+        """Start `argv` (never through a shell) under a keeper in a new session; returns the
+        keeper, the group leader: signal the group to reach the trainer. The keeper writes the
+        trainer's Popen-style return code to `EXIT_STATUS_FILE` next to `stdout_path`."""
+        status_path = stdout_path.parent / EXIT_STATUS_FILE
+        status_path.unlink(missing_ok=True)
+        request = json.dumps({"argv": argv, "cwd": str(cwd), "env": env, "stdout": str(stdout_path),
+                              "stderr": str(stderr_path), "status": str(status_path)})
+        async with self._lock:
+            proc = await self._ensure()
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(request.encode() + b"\n")
+            await proc.stdin.drain()
+            line = await proc.stdout.readline()
+        if not line:
+            raise OSError("the spawner process exited")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise OSError(f"could not start a keeper: {reply['error']}")
+        return ProcRef.of(reply["pid"]) or ProcRef(reply["pid"], 0.0)
+
+    async def close(self) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
+            await self._proc.wait()
+
+
+def read_exit_status(run_dir: Path) -> int | None:
+    """The trainer's return code as its keeper wrote it; None if the keeper did not get to."""
+    try:
+        return int((run_dir / EXIT_STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+async def wait_gone(ref: ProcRef, poll_s: float = 0.05) -> None:
+    """Until `ref` has ended. Reaps it if it is this process's child (the keeper is); a pidfd
+    wakes the loop at once where the kernel has them, else it polls."""
+    loop = asyncio.get_running_loop()
+    try:
+        pidfd = os.pidfd_open(ref.pid)
+    except (AttributeError, OSError):
+        pidfd = None
+    try:
+        if pidfd is not None and ref.is_alive():
+            gone = loop.create_future()
+            loop.add_reader(pidfd, lambda: gone.done() or gone.set_result(None))
+            try:
+                await gone
+            finally:
+                loop.remove_reader(pidfd)
+        else:
+            while ref.is_alive():
+                await asyncio.sleep(poll_s)
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+        try:
+            os.waitpid(ref.pid, os.WNOHANG)
+        except ChildProcessError:
+            pass  # not ours (an adopted keeper) or already reaped
+
+
+def descendants(root: ProcRef) -> set[ProcRef]:
+    """The root and every live descendant, as refs."""
+    refs = {root}
+    try:
+        proc = psutil.Process(root.pid)
+        if proc.create_time() != root.create_time:
+            return set()
+        for child in proc.children(recursive=True):
+            try:
+                refs.add(ProcRef(child.pid, child.create_time()))
+            except psutil.Error:
+                pass
+    except psutil.Error:
+        pass
+    return refs
+
+
+def tagged(job_id: str, attempt: int) -> set[ProcRef]:
+    """Every live process carrying the attempt's TRAINYARD_JOB_ID / TRAINYARD_ATTEMPT in its
+    environment: the trainer's descendants, also those that left its session and were never
+    seen as its children (a daemonised worker). Reads /proc; run it off the event loop."""
+    want = {"TRAINYARD_JOB_ID": job_id, "TRAINYARD_ATTEMPT": str(attempt)}
+    found = set()
+    for proc in psutil.process_iter():
+        try:
+            env = proc.environ()
+            if all(env.get(k) == v for k, v in want.items()) and proc.status() != psutil.STATUS_ZOMBIE:
+                found.add(ProcRef(proc.pid, proc.create_time()))
+        except psutil.Error:
+            continue
+    return found
+
+
+def signal_group(pgid: int, sig: signal.Signals) -> bool:
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def kill_all(pgid: int, refs: set[ProcRef]) -> None:
+    """SIGKILL the process group and every recorded process (some may have left the group)."""
+    signal_group(pgid, signal.SIGKILL)
+    for ref in refs:
+        ref.kill()
+
+
+def describe_exit(returncode: int) -> tuple[int | None, int | None, str]:
+    """(exit_code, signal, words) from a Popen-style return code."""
+    if returncode < 0:
+        sig = -returncode
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        return None, sig, f"killed by {name}"
+    return returncode, None, f"exited with code {returncode}"

@@ -1,0 +1,230 @@
+"""The Litestar application: routes of the main API, mapped onto the service layer."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Litestar, Request, Response, delete, get, post
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+from litestar.params import Parameter
+from litestar.types import Guard
+
+from gateway import schemas as views
+from gateway.api.auth import TokenStore, caller_name, caller_role, make_auth_guard
+from gateway.api.cluster import cluster_routes
+from gateway.api.seed000 import seed000_router
+from gateway.api.openapi import body_operation
+from gateway.read.sql import SqlRequest, encode_result
+from gateway.api.live import stream_routes
+from gateway.errors import (
+    InvalidField,
+    ServiceError,
+    document_errors,
+    http_error_handler,
+    service_error_handler,
+    unexpected_error_handler,
+)
+from gateway.api.params import csv_list as _csv
+from gateway.api.params import decode_body, log_filters
+from gateway.api.params import since_seconds as _since
+from gateway.runtime import GatewayRuntime
+from shared.jobspec import JobRequest
+from shared.jobstate import JobStatus
+
+PREFIX = "/api/v1/training"
+
+Limit = Annotated[int, Parameter(ge=1, le=10_000)]
+
+
+class StopRequest(msgspec.Struct, forbid_unknown_fields=True):
+    force: bool = False
+    grace_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] | None = None
+
+
+_stop_decoder = msgspec.json.Decoder(StopRequest)
+
+
+class CheckpointRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of export and resume: which checkpoint (path or name); default the latest."""
+
+    checkpoint: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
+
+
+_checkpoint_decoder = msgspec.json.Decoder(CheckpointRequest)
+_sql_decoder = msgspec.json.Decoder(SqlRequest)
+
+def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
+    requires = make_auth_guard(tokens)
+    viewer: list[Guard] = [requires("viewer")]
+    operator: list[Guard] = [requires("operator")]
+    admin: list[Guard] = [requires("admin")]
+
+    def svc():
+        return runtime.service
+
+    def owner(job_id: str, request: Request) -> str:
+        """The caller, once it is known to be allowed to act on the job."""
+        svc().check_owner(job_id, caller_role(request), caller_name(request))
+        return caller_name(request)
+
+    @post(f"{PREFIX}/jobs", guards=operator, status_code=201, operation_class=body_operation(
+        JobRequest, "A job: `trainer` picks the shape (command, hf, swift, diffusion-pipe). Seed 002's "
+        "body without `trainer` but with `model_path`/`data_path` is a swift job. Unknown fields: 422."))
+    async def create_job(request: Request) -> views.SubmitResponse:
+        body = await request.body()
+        return await svc().submit(body, role=caller_role(request), user=caller_name(request))
+
+    @get(f"{PREFIX}/jobs", guards=viewer)
+    async def list_jobs(
+        status: str | None = None, trainer: str | None = None, host: str | None = None,
+        q: Annotated[str | None, Parameter(max_length=200)] = None,
+        limit: Annotated[int, Parameter(ge=1, le=1000)] = 50,
+        offset: Annotated[int, Parameter(ge=0, le=10_000_000)] = 0,
+        gpu_id: Annotated[int | None, Parameter(ge=0, le=1023)] = None,
+        priority: Annotated[int | None, Parameter(ge=0, le=10)] = None,
+        cursor: Annotated[str | None, Parameter(pattern=r"^c\d{1,19}$")] = None,
+    ) -> views.JobList:
+        statuses = _csv(status, "status")
+        unknown = [s for s in statuses if s not in JobStatus.__members__.values()]
+        if unknown:
+            raise InvalidField(f"unknown status {unknown[0]!r}; one of: {', '.join(JobStatus)}", field="status")
+        return await svc().list_jobs(status=statuses, trainer=trainer, host=host, q=q,
+                                     limit=limit, offset=offset, gpu_id=gpu_id, priority=priority,
+                                     before_seq=int(cursor[1:]) if cursor else None)
+
+    @get(f"{PREFIX}/jobs/{{job_id:str}}", guards=viewer)
+    async def job_detail(job_id: str) -> views.JobDetail:
+        return await svc().detail(job_id)
+
+    @get(f"{PREFIX}/jobs/{{job_id:str}}/status", guards=viewer)
+    async def job_status(job_id: str) -> views.JobStatusView:
+        return svc().status_view(job_id)
+
+    @get(f"{PREFIX}/jobs/{{job_id:str}}/progress", guards=viewer)
+    async def job_progress(job_id: str) -> views.ProgressView:
+        return await svc().progress(job_id)
+
+    @get(f"{PREFIX}/jobs/{{job_id:str}}/metrics", guards=viewer)
+    async def job_metrics(
+        job_id: str, name: str | None = None, metric: str | None = None,
+        type: Annotated[str, Parameter(pattern="^(step|epoch)$")] = "step",
+        limit: Limit = 1000,
+        step_min: int | None = None, step_max: int | None = None,
+        downsample: Annotated[int | None, Parameter(ge=1, le=100_000)] = None,
+        attempt: int | None = None,
+    ) -> views.MetricSeries:
+        svc().state(job_id)
+        names = _csv(name, "name") + _csv(metric, "metric")
+        series = await svc().reader.metrics(job_id, names=names, by=type, limit=limit,
+                                            step_min=step_min, step_max=step_max,
+                                            downsample=downsample, attempt=attempt)
+        return views.MetricSeries(job_id=job_id, type=type, series=series)
+
+    @get(f"{PREFIX}/jobs/{{job_id:str}}/logs", guards=viewer)
+    async def job_logs(
+        job_id: str, type: str = "all", level: str | None = None,
+        tail: Annotated[int | None, Parameter(ge=1, le=10_000)] = None,
+        limit: Limit = 1000, since: str | None = None,
+        after_seq: Annotated[int | None, Parameter(ge=-1)] = None,
+        q: Annotated[str | None, Parameter(max_length=200)] = None, attempt: int | None = None,
+    ) -> views.LogPage:
+        svc().state(job_id)
+        kind, min_level = log_filters(type, level)
+        lines = await svc().reader.logs(job_id, kind=kind, min_level=min_level,
+                                        tail=tail, limit=limit, since_s=_since(since),
+                                        after_seq=after_seq, q=q, attempt=attempt)
+        return views.LogPage(job_id=job_id, lines=lines,
+                             next_after_seq=lines[-1].seq if lines else after_seq)
+
+    @get(f"{PREFIX}/jobs/{{job_id:str}}/events", guards=viewer)
+    async def job_events(job_id: str, limit: Limit = 1000,
+                         after_seq: Annotated[int | None, Parameter(ge=0)] = None) -> list[views.EventView]:
+        svc().state(job_id)
+        return await svc().reader.events(job_id, limit, after_seq)
+
+    @post(f"{PREFIX}/jobs/{{job_id:str}}/stop", guards=operator, status_code=200,
+          operation_class=body_operation(StopRequest, "Optional; default: graceful, the job's grace period.",
+                                           required=False))
+    async def stop_job(job_id: str, request: Request) -> views.StopResponse:
+        stop = decode_body(_stop_decoder, await request.body(), StopRequest())
+        return await svc().stop(job_id, force=stop.force, grace_s=stop.grace_s, user=owner(job_id, request))
+
+    @post(f"{PREFIX}/jobs/{{job_id:str}}/start", guards=operator, status_code=200)
+    async def start_job(job_id: str, request: Request) -> views.StopResponse:
+        """Release a held job; for a queued one, ask for a scheduling pass now."""
+        return await svc().start(job_id, user=owner(job_id, request))
+
+    @post(f"{PREFIX}/jobs/{{job_id:str}}/retry", guards=operator, status_code=200)
+    async def retry_job(job_id: str, request: Request) -> views.StopResponse:
+        """A failed, lost or stopped job back to the queue as a new attempt."""
+        return await svc().retry(job_id, user=owner(job_id, request))
+
+    @post(f"{PREFIX}/jobs/{{job_id:str}}/resume", guards=operator, status_code=200,
+          operation_class=body_operation(CheckpointRequest, "Optional; default: the latest checkpoint.",
+                                           required=False))
+    async def resume_job(job_id: str, request: Request) -> views.StopResponse:
+        """A new attempt from the latest checkpoint, or `{"checkpoint": "checkpoint-50"}`."""
+        req = decode_body(_checkpoint_decoder, await request.body(), CheckpointRequest())
+        return await svc().resume(job_id, req.checkpoint, user=owner(job_id, request))
+
+    @get(f"{PREFIX}/jobs/{{job_id:str}}/checkpoints", guards=viewer)
+    async def job_checkpoints(job_id: str) -> list[dict[str, Any]]:
+        return await svc().checkpoints(job_id)
+
+    @delete(f"{PREFIX}/jobs/{{job_id:str}}", guards=operator, status_code=204)
+    async def delete_job(job_id: str, request: Request) -> None:
+        """204. The job leaves every view; its events stay. 409 while it is active."""
+        await svc().delete(job_id, user=owner(job_id, request))
+
+    @post(f"{PREFIX}/jobs/{{job_id:str}}/export", guards=operator, status_code=200,
+          operation_class=body_operation(CheckpointRequest, "Optional; default: the latest checkpoint.",
+                                           required=False))
+    async def export_job(job_id: str, request: Request) -> views.ExportResponse:
+        """The job's export step (swift: merge the LoRA of the latest or a named checkpoint);
+        its progress and result path appear under `exports` in the job's detail."""
+        req = decode_body(_checkpoint_decoder, await request.body(), CheckpointRequest())
+        return await svc().export(job_id, req.checkpoint, user=owner(job_id, request))
+
+    @post("/api/v1/sql", guards=admin, status_code=200,
+          operation_class=body_operation(SqlRequest, "One read-only statement and its limits."))
+    async def run_sql(request: Request) -> Response[bytes]:
+        """Read-only SQL over the projection (schema in the README): one SELECT/WITH/EXPLAIN,
+        `limit` rows at most (default 1,000, max 10,000), `timeout_s` (default 10, max 60)."""
+        req = decode_body(_sql_decoder, await request.body(), None)
+        if req is None:
+            raise InvalidField("a body {\"sql\": \"SELECT ...\"} is required", field="sql")
+        result = await runtime.sql.run(req)
+        return Response(encode_result(result), media_type="application/json")
+
+    @get([f"{PREFIX}/health", "/health"], exclude_from_auth=True)
+    async def health() -> views.Health:
+        projector = runtime.projector
+        lag = await runtime.projector_lag()
+        nats_state = runtime.nats_state()
+        ok = nats_state == "connected" and projector.healthy
+        return views.Health(
+            status="ok" if ok else "degraded", nats=nats_state,
+            projector="ok" if projector.healthy else f"stopped: {projector.last_error}",
+            projector_lag=lag,
+        )
+
+    return Litestar(
+        route_handlers=[*document_errors([create_job, list_jobs, job_detail, job_status, job_progress, job_metrics,
+                        job_logs, job_events, stop_job, start_job, delete_job, export_job, retry_job, resume_job,
+                        job_checkpoints, run_sql, health,
+                        *cluster_routes(runtime, PREFIX, viewer=viewer, operator=operator, admin=admin),
+                        *stream_routes(runtime, PREFIX, viewer=viewer)]),
+                        seed000_router(runtime, "/api/v1", viewer=viewer, operator=operator)],
+        exception_handlers={
+            ServiceError: service_error_handler,
+            HTTPException: http_error_handler,
+            Exception: unexpected_error_handler,
+        },
+        request_max_body_size=1024 * 1024,
+        openapi_config=OpenAPIConfig(title="trainyard", version="0.1.0", path="/docs"),
+        on_startup=[runtime.start],
+        on_shutdown=[runtime.stop],
+        debug=False,
+    )

@@ -1,0 +1,260 @@
+"""Reads from the DuckDB projection. Each reader thread has its own cursor."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import duckdb
+import msgspec
+
+from gateway import schemas as views
+from shared.ids import job_key
+
+T = TypeVar("T")
+
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_KINDS = ("train", "eval", "system")
+
+
+def levels_from(min_level: str) -> tuple[str, ...]:
+    """The levels a `level=` filter keeps: this one and every graver one."""
+    return LEVELS[LEVELS.index(min_level):]
+
+
+_JOB_COLUMNS = (
+    "job_id, name, trainer, status, priority, gpus, attempt, host, gpu_ids, submitted_s, "
+    "started_s, finished_s, exit_code, reason"
+)
+
+
+class Reader:
+    def __init__(self, con: duckdb.DuckDBPyConnection, threads: int = 2) -> None:
+        self._con = con
+        self._local = threading.local()
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="reader")
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        cur = getattr(self._local, "cursor", None)
+        if cur is None:
+            cur = self._local.cursor = self._con.cursor()
+        return cur
+
+    async def run(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(self._cursor()))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    # ---- jobs ------------------------------------------------------------------------------
+    async def job_exists(self, job_id: str) -> bool:
+        rows = await self.run(lambda c: c.execute("SELECT 1 FROM jobs WHERE job_id = ?", [job_id]).fetchall())
+        return bool(rows)
+
+    async def list_jobs(self, *, status: list[str], trainer: str | None, host: str | None,
+                        q: str | None, limit: int, offset: int, gpu_id: int | None = None,
+                        priority: int | None = None, before_seq: int | None = None) -> views.JobList:
+        where, params = ["TRUE"], []
+        if before_seq is not None:  # cursor paging: stable while new jobs arrive
+            where.append("submit_seq < ?")
+            params.append(before_seq)
+        if gpu_id is not None:
+            where.append("(list_contains(gpu_ids, ?) OR list_contains(requested_gpu_ids, ?))")
+            params += [gpu_id, gpu_id]
+        if priority is not None:
+            where.append("priority = ?")
+            params.append(priority)
+        if status:
+            where.append("status IN (SELECT unnest(?::VARCHAR[]))")
+            params.append(status)
+        if trainer:
+            where.append("trainer = ?")
+            params.append(trainer)
+        if host:
+            where.append("host = ?")
+            params.append(host)
+        if q:
+            where.append("(contains(lower(name), lower(?)) OR contains(lower(description), lower(?)) OR contains(job_id, lower(?)))")
+            params += [q, q, q]
+        cond = " AND ".join(where)
+
+        def fetch(c: duckdb.DuckDBPyConnection) -> views.JobList:
+            total = c.execute(f"SELECT count(*) FROM jobs WHERE {cond}", params).fetchall()[0][0]
+            rows = c.execute(
+                f"SELECT {_JOB_COLUMNS}, submit_seq FROM jobs WHERE {cond} ORDER BY submit_seq DESC LIMIT ? OFFSET ?",
+                [*params, limit + 1, offset],
+            ).fetchall()
+            more = len(rows) > limit
+            rows = rows[:limit]
+            return views.JobList(jobs=[_summary(r) for r in rows], total=total, limit=limit, offset=offset,
+                                 next_cursor=f"c{rows[-1][-1]}" if more and rows else None)
+
+        return await self.run(fetch)
+
+    async def job_detail_rows(self, job_id: str) -> dict[str, Any] | None:
+        def fetch(c: duckdb.DuckDBPyConnection) -> dict[str, Any] | None:
+            cur = c.execute("SELECT * FROM jobs WHERE job_id = ?", [job_id])
+            row = cur.fetchone()
+            if row is None:
+                return None
+            job = dict(zip([d[0] for d in cur.description], row))
+            job["history"] = [
+                {"status_event": t, "attempt": a, "ts_s": ts}
+                for t, a, ts in c.execute(
+                    "SELECT type, attempt, ts_s FROM job_events WHERE job_key = ? AND job_id = ? "
+                    "AND applied AND type NOT IN ('progress', 'checkpoint', 'metrics') ORDER BY stream_seq",
+                    [job_key(job_id), job_id],
+                ).fetchall()
+            ]
+            job["exports"] = [
+                {"export_id": e, "attempt": a, "status": st, "checkpoint": c, "path": p, "reason": r,
+                 "requested_s": rq, "finished_s": f}
+                for e, a, st, c, p, r, rq, f in c.execute(
+                    "SELECT export_id, attempt, status, checkpoint, path, reason, requested_s, finished_s "
+                    "FROM exports WHERE job_id = ? ORDER BY requested_s", [job_id]).fetchall()
+            ]
+            job["checkpoints"] = [
+                {"attempt": a, "path": p, "step": s, "ts_s": ts}
+                for a, p, s, ts in c.execute(
+                    "SELECT attempt, path, step, ts_s FROM checkpoints WHERE job_id = ? ORDER BY ts_s",
+                    [job_id],
+                ).fetchall()
+            ]
+            return job
+
+        return await self.run(fetch)
+
+    async def progress_row(self, job_id: str) -> tuple | None:
+        return await self.run(lambda c: c.execute(
+            "SELECT attempt, step, total_steps, epoch, total_epochs, percent, rate_steps_s, eta_s, "
+            "estimated, ts_s FROM progress WHERE job_id = ?", [job_id]).fetchone())
+
+    async def latest_metrics(self, job_id: str, attempt: int) -> dict[str, float]:
+        rows = await self.run(lambda c: c.execute(
+            "SELECT name, arg_max(value, seq) FROM metrics WHERE job_key = ? AND job_id = ? AND attempt = ? "
+            "GROUP BY name",
+            [job_key(job_id), job_id, attempt]).fetchall())
+        return {name: value for name, value in rows}
+
+    async def progress_etas(self, job_ids: list[str]) -> dict[str, float]:
+        """Remaining seconds of running jobs whose trainers report an ETA (as of that report)."""
+        if not job_ids:
+            return {}
+        rows = await self.run(lambda c: c.execute(
+            "SELECT job_id, eta_s - (epoch(now()) - ts_s) FROM progress "
+            "WHERE job_id IN (SELECT unnest(?::VARCHAR[])) AND eta_s IS NOT NULL", [job_ids]).fetchall())
+        return {job_id: max(0.0, float(left)) for job_id, left in rows}
+
+    async def run_durations_by_trainer(self, last: int = 50) -> dict[str, list[float]]:
+        """Run times of each trainer's last succeeded jobs: the basis of queue wait estimates."""
+        rows = await self.run(lambda c: c.execute(
+            "SELECT trainer, finished_s - started_s FROM ("
+            "  SELECT trainer, started_s, finished_s, row_number() OVER "
+            "    (PARTITION BY trainer ORDER BY finished_s DESC) AS n FROM jobs "
+            "  WHERE status = 'succeeded' AND started_s IS NOT NULL AND finished_s IS NOT NULL"
+            ") WHERE n <= ?", [last]).fetchall())
+        out: dict[str, list[float]] = {}
+        for trainer, seconds in rows:
+            out.setdefault(trainer, []).append(float(seconds))
+        return out
+
+    # ---- metrics ---------------------------------------------------------------------------
+    async def metrics(self, job_id: str, *, names: list[str], by: str, limit: int,
+                      step_min: int | None, step_max: int | None, downsample: int | None,
+                      attempt: int | None) -> dict[str, list[views.MetricPoint]]:
+        where, params = ["job_key = ?", "job_id = ?"], [job_key(job_id), job_id]
+        if names:
+            where.append("name IN (SELECT unnest(?::VARCHAR[]))")
+            params.append(names)
+        if attempt is not None:
+            where.append("attempt = ?")
+            params.append(attempt)
+        if step_min is not None:
+            where.append("step >= ?")
+            params.append(step_min)
+        if step_max is not None:
+            where.append("step <= ?")
+            params.append(step_max)
+        cond = " AND ".join(where)
+        if by == "epoch":
+            sql = (f"SELECT name, NULL::BIGINT AS step, floor(epoch) AS epoch, avg(value) AS value, "
+                   f"max(ts_s) AS ts_s, floor(epoch) AS k FROM metrics WHERE {cond} AND epoch IS NOT NULL "
+                   f"GROUP BY name, floor(epoch)")
+        else:
+            sql = f"SELECT name, step, epoch, value, ts_s, seq AS k FROM metrics WHERE {cond}"
+        if downsample:
+            # Equal-width buckets over each series' order; each bucket keeps its mean value.
+            sql = (f"SELECT name, max(step), max(epoch), avg(value), max(ts_s), min(k) AS k FROM ("
+                   f"SELECT *, ntile(?) OVER (PARTITION BY name ORDER BY k) AS bucket FROM ({sql})) "
+                   f"GROUP BY name, bucket")
+            params = [downsample, *params]
+        sql = (f"SELECT name, step, epoch, value, ts_s FROM ("
+               f"SELECT *, row_number() OVER (PARTITION BY name ORDER BY k DESC) AS rn FROM ({sql})) "
+               f"WHERE rn <= ? ORDER BY name, k")
+        params.append(limit)
+        rows = await self.run(lambda c: c.execute(sql, params).fetchall())
+        series: dict[str, list[views.MetricPoint]] = {}
+        for name, step, epoch, value, ts in rows:
+            series.setdefault(name, []).append(views.MetricPoint(step=step, epoch=epoch, value=value, ts_s=ts))
+        return series
+
+    # ---- logs ------------------------------------------------------------------------------
+    async def logs(self, job_id: str, *, kind: str, min_level: str | None, tail: int | None,
+                   limit: int, since_s: float | None, after_seq: int | None, q: str | None,
+                   attempt: int | None) -> list[views.LogLine]:
+        where, params = ["job_key = ?", "job_id = ?"], [job_key(job_id), job_id]
+        if kind != "all":
+            where.append("kind = ?")
+            params.append(kind)
+        if min_level:
+            where.append("level IN (SELECT unnest(?::VARCHAR[]))")
+            params.append(list(levels_from(min_level)))
+        if attempt is not None:
+            where.append("attempt = ?")
+            params.append(attempt)
+        if since_s is not None:
+            where.append("ts_s >= ?")
+            params.append(since_s)
+        if after_seq is not None:
+            where.append("seq > ?")
+            params.append(after_seq)
+        if q:
+            where.append("contains(text, ?)")
+            params.append(q)
+        cond = " AND ".join(where)
+        if tail:
+            sql = (f"SELECT * FROM (SELECT seq, attempt, ts_s, stream, level, kind, text FROM logs "
+                   f"WHERE {cond} ORDER BY attempt DESC, seq DESC LIMIT ?) ORDER BY attempt, seq")
+            params.append(min(tail, limit))
+        else:
+            sql = (f"SELECT seq, attempt, ts_s, stream, level, kind, text FROM logs WHERE {cond} "
+                   f"ORDER BY attempt, seq LIMIT ?")
+            params.append(limit)
+        rows = await self.run(lambda c: c.execute(sql, params).fetchall())
+        return [views.LogLine(seq=r[0], attempt=r[1], ts_s=r[2], stream=r[3], level=r[4], kind=r[5], text=r[6])
+                for r in rows]
+
+    # ---- events ----------------------------------------------------------------------------
+    async def events(self, job_id: str, limit: int, after_seq: int | None) -> list[views.EventView]:
+        params: list[Any] = [job_key(job_id), job_id]
+        cond = "job_key = ? AND job_id = ?"
+        if after_seq is not None:
+            cond += " AND stream_seq > ?"
+            params.append(after_seq)
+        rows = await self.run(lambda c: c.execute(
+            f"SELECT stream_seq, type, attempt, ts_s, applied, note, data FROM job_events WHERE {cond} "
+            f"ORDER BY stream_seq LIMIT ?", [*params, limit]).fetchall())
+        return [views.EventView(stream_seq=r[0], type=r[1], attempt=r[2], ts_s=r[3], applied=r[4],
+                                note=r[5], data=msgspec.json.decode(r[6]) if r[6] else None) for r in rows]
+
+
+def _summary(r: tuple) -> views.JobSummary:
+    return views.JobSummary(
+        job_id=r[0], name=r[1] or "", trainer=r[2], status=r[3], priority=r[4], gpus=r[5],
+        attempt=r[6], host=r[7], gpu_ids=list(r[8] or []), submitted_s=r[9], started_s=r[10],
+        finished_s=r[11], exit_code=r[12], reason=r[13] or "",
+    )

@@ -1,0 +1,274 @@
+"""Placement: which queued job goes where, now. Pure functions over plain data (DESIGN §4).
+
+`plan(queue, hosts)` gives this pass's assignments and, for each job left waiting, the reason.
+Priority first, FIFO within a priority (by submit sequence). A job asking for N GPUs gets N on
+one host (best fit: the host left with the fewest free GPUs). The first GPU job that cannot be
+placed reserves a host where it fits; later jobs may only use GPUs elsewhere (backfill), so a
+large job is never starved by a stream of small ones.
+
+Built to stay within DESIGN §9's 20 ms for 1,000 queued jobs over 100 hosts: hosts are kept in
+buckets by their count of usable GPUs, so a plain N-GPU job finds its best fit without looking
+at every host, and a job shape that could not be placed is not tried again in the same pass
+(resources only shrink during a pass).
+
+`estimate_starts` walks the same order forward in time to give each queued job an estimated
+wait, where the running jobs' ETAs make one possible.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from gateway.projection.projector import JobNeeds
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    job_id: str
+    attempt: int  # the attempt the job is on now; placing it starts attempt + 1
+    needs: JobNeeds
+    avoid_host: str | None = None  # its agent just refused it: try elsewhere first
+
+
+@dataclass
+class HostView:
+    host: str
+    gpu_memory_mb: dict[int, int]  # index -> total memory
+    busy: set[int] = field(default_factory=set)
+    running: int = 0
+
+    def free(self) -> list[int]:
+        return sorted(set(self.gpu_memory_mb) - self.busy)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    job_id: str
+    attempt: int
+    host: str
+    gpu_ids: tuple[int, ...]
+
+
+def _shape(needs: JobNeeds) -> tuple:
+    return (needs.gpus, needs.gpu_ids, needs.host, needs.min_gpu_memory_gb)
+
+
+def _plain(needs: JobNeeds) -> bool:
+    """No pinning and no memory floor: any N usable GPUs of any host will do."""
+    return needs.gpus > 0 and not needs.gpu_ids and not needs.host and not needs.min_gpu_memory_gb
+
+
+class _Pool:
+    """The GPUs still usable in this pass, per host, with hosts bucketed by usable count."""
+
+    def __init__(self, hosts: dict[str, HostView]) -> None:
+        self.hosts = hosts
+        self.usable: dict[str, list[int]] = {h: v.free() for h, v in hosts.items()}
+        self.buckets: dict[int, set[str]] = defaultdict(set)
+        for h, free in self.usable.items():
+            self.buckets[len(free)].add(h)
+        self.most = max((len(f) for f in self.usable.values()), default=0)
+        self._load = [(v.running, h) for h, v in sorted(hosts.items())]
+        heapq.heapify(self._load)
+
+    def take(self, host: str, gpus: tuple[int, ...]) -> None:
+        free = self.usable[host]
+        self.buckets[len(free)].discard(host)
+        self.usable[host] = [g for g in free if g not in gpus]
+        self.buckets[len(self.usable[host])].add(host)
+        self.hosts[host].busy |= set(gpus)
+        self.hosts[host].running += 1
+
+    def reserve(self, host: str, gpus: list[int]) -> None:
+        """None of `gpus` on `host` is given out in this pass: a waiting head job needs them."""
+        free = self.usable[host]
+        self.buckets[len(free)].discard(host)
+        self.usable[host] = [g for g in free if g not in gpus]
+        self.buckets[len(self.usable[host])].add(host)
+
+    def largest(self) -> tuple[int, str]:
+        for k in range(self.most, -1, -1):
+            if self.buckets.get(k):
+                return k, min(self.buckets[k])
+        return 0, ""
+
+    def best_plain(self, n: int) -> str | None:
+        """Best fit for N GPUs: the host with the fewest usable GPUs that still has N, then the
+        least loaded."""
+        for k in range(n, self.most + 1):
+            bucket = self.buckets.get(k)
+            if bucket:
+                return min(bucket, key=lambda h: (self.hosts[h].running, h))
+        return None
+
+    def least_loaded(self, pinned: str | None) -> str | None:
+        if pinned:
+            return pinned if pinned in self.hosts else None
+        while self._load:
+            running, host = self._load[0]
+            if running == self.hosts[host].running:
+                return host
+            heapq.heapreplace(self._load, (self.hosts[host].running, host))
+        return None
+
+    def fit(self, needs: JobNeeds, host: str, usable: list[int]) -> tuple[int, ...] | None:
+        view = self.hosts[host]
+        if needs.host and needs.host != host:
+            return None
+        if needs.min_gpu_memory_gb:
+            floor_mb = needs.min_gpu_memory_gb * 1024
+            usable = [g for g in usable if view.gpu_memory_mb[g] >= floor_mb]
+        if needs.gpu_ids:
+            return needs.gpu_ids if set(needs.gpu_ids) <= set(usable) else None
+        return tuple(usable[: needs.gpus]) if len(usable) >= needs.gpus else None
+
+    def best_any(self, needs: JobNeeds, avoid: str | None = None) -> tuple[str, tuple[int, ...]] | None:
+        candidates = [needs.host] if needs.host else sorted(self.hosts)
+        best: tuple[tuple[int, int, str], str, tuple[int, ...]] | None = None
+        for host in candidates:
+            if host not in self.hosts or host == avoid:
+                continue
+            usable = self.usable[host]
+            gpus = self.fit(needs, host, usable)
+            if gpus is None:
+                continue
+            score = (len(usable) - len(gpus), self.hosts[host].running, host)
+            if best is None or score < best[0]:
+                best = (score, host, gpus)
+        return None if best is None else (best[1], best[2])
+
+
+def plan(queue: list[QueuedJob], hosts: dict[str, HostView]) -> tuple[list[Assignment], dict[str, str]]:
+    """Assignments for this pass and, for each job left waiting, the reason. Mutates `hosts`'
+    busy sets and running counts to include the assignments."""
+    ordered = sorted(queue, key=lambda q: (-q.needs.priority, q.needs.submit_seq))
+    pool = _Pool(hosts)
+    assignments: list[Assignment] = []
+    waiting: dict[str, str] = {}
+    failed: dict[tuple, str] = {}  # shape -> reason: resources only shrink within a pass
+    reserved = False
+    for q in ordered:
+        needs = q.needs
+        shape = (_shape(needs), q.avoid_host)
+        if shape in failed:
+            waiting[q.job_id] = failed[shape]
+            continue
+        if needs.gpus == 0 and not needs.gpu_ids:
+            target = pool.least_loaded(needs.host)
+            placed = None if target is None else (target, ())
+        elif q.avoid_host:
+            placed = pool.best_any(needs, avoid=q.avoid_host)
+        elif _plain(needs):
+            target = pool.best_plain(needs.gpus)
+            placed = None if target is None else (target, tuple(pool.usable[target][: needs.gpus]))
+        else:
+            placed = pool.best_any(needs)
+        if placed is not None:
+            host, gpus = placed
+            pool.take(host, gpus)
+            assignments.append(Assignment(q.job_id, q.attempt + 1, host, gpus))
+            continue
+        reason = _why_waiting(needs, pool)
+        if q.avoid_host:
+            reason += f" (host {q.avoid_host} refused it a moment ago)"
+        failed[shape] = reason
+        waiting[q.job_id] = reason
+        if needs.gpus > 0 and not reserved:
+            held = _reservation(needs, pool)
+            if held is not None:
+                pool.reserve(*held)
+                reserved = True
+                failed.clear()  # reasons mention the largest free set, which just changed
+    return assignments, waiting
+
+
+def _reservation(needs: JobNeeds, pool: _Pool) -> tuple[str, list[int]] | None:
+    """What the waiting head job holds back: on the host where it fits once GPUs free up and
+    most of them are usable already, the GPUs it could use (all, those with enough memory,
+    or the pinned ones). Other GPUs there stay open to backfill."""
+    best: tuple[tuple[int, str], str, list[int]] | None = None
+    for h, view in pool.hosts.items():
+        if pool.fit(needs, h, sorted(view.gpu_memory_mb)) is None:
+            continue
+        if needs.gpu_ids:
+            wanted = list(needs.gpu_ids)
+        elif needs.min_gpu_memory_gb:
+            wanted = [g for g, mb in view.gpu_memory_mb.items() if mb >= needs.min_gpu_memory_gb * 1024]
+        else:
+            wanted = list(view.gpu_memory_mb)
+        key = (len([g for g in pool.usable[h] if g in wanted]), h)
+        if best is None or key > best[0]:
+            best = (key, h, wanted)
+    return None if best is None else (best[1], best[2])
+
+
+def _why_waiting(needs: JobNeeds, pool: _Pool) -> str:
+    if not pool.hosts:
+        return "no agent is online"
+    if needs.host and needs.host not in pool.hosts:
+        return f"host {needs.host} is not online"
+    if needs.gpu_ids:
+        where = f" on {needs.host}" if needs.host else ""
+        return f"needs GPUs {','.join(map(str, needs.gpu_ids))}{where}, which are busy or reserved"
+    need = f"{needs.gpus} GPU{'s' if needs.gpus != 1 else ''}"
+    if needs.min_gpu_memory_gb:
+        need += f" with >= {needs.min_gpu_memory_gb:g} GB"
+    biggest = max((max(v.gpu_memory_mb.values(), default=0) for v in pool.hosts.values()), default=0)
+    if needs.min_gpu_memory_gb and biggest < needs.min_gpu_memory_gb * 1024:
+        return f"needs {need}; no online GPU has that much memory (largest {biggest / 1024:g} GB)"
+    if all(len(v.gpu_memory_mb) < needs.gpus for v in pool.hosts.values()):
+        return f"needs {need}; no online host has that many GPUs"
+    count, host = pool.largest()
+    return f"needs {need}; largest free set is {count} on host {host}"
+
+
+def estimate_starts(
+    queue: list[QueuedJob],
+    hosts: dict[str, HostView],
+    busy_until: dict[tuple[str, int], float | None],
+    expected_run_s: dict[str, float],
+    now: float,
+) -> dict[str, float]:
+    """Estimated start time of each queued job, where one can be made.
+
+    `busy_until[(host, gpu)]`: when a busy GPU frees (a running job's ETA), None if unknown.
+    `expected_run_s[job_id]`: how long a queued job is expected to run (e.g. the median of its
+    trainer's past runs). Jobs are walked in queue order; a job takes the earliest moment its
+    GPUs are all known to be free. Anything that depends on an unknown stays unestimated.
+    """
+    free_at: dict[tuple[str, int], float | None] = {}
+    for h, view in hosts.items():
+        for g in view.gpu_memory_mb:
+            free_at[(h, g)] = busy_until.get((h, g)) if g in view.busy else now
+    starts: dict[str, float] = {}
+    for q in sorted(queue, key=lambda q: (-q.needs.priority, q.needs.submit_seq)):
+        needs = q.needs
+        best: tuple[float, str, list[int]] | None = None
+        for h, view in hosts.items():
+            if needs.host and needs.host != h:
+                continue
+            gpus = list(needs.gpu_ids) if needs.gpu_ids else sorted(view.gpu_memory_mb)
+            if needs.min_gpu_memory_gb:
+                gpus = [g for g in gpus if view.gpu_memory_mb.get(g, 0) >= needs.min_gpu_memory_gb * 1024]
+            times = sorted((free_at[(h, g)], g) for g in gpus if (h, g) in free_at and free_at[(h, g)] is not None)
+            want = len(needs.gpu_ids) if needs.gpu_ids else needs.gpus
+            if needs.gpu_ids and len(times) < len(needs.gpu_ids):
+                continue
+            if want == 0:
+                times = [(now, -1)]
+                want = 1
+            if len(times) < want:
+                continue
+            start = times[want - 1][0]
+            if best is None or start < best[0]:
+                best = (start, h, [g for _, g in times[:want] if g >= 0])
+        if best is None:
+            continue
+        start, h, gpus = best
+        starts[q.job_id] = start
+        run_s = expected_run_s.get(q.job_id)
+        for g in gpus:
+            free_at[(h, g)] = start + run_s if run_s is not None else None
+    return starts

@@ -1,0 +1,414 @@
+"""The service layer: what every route set (main API, seed compatibility, CLI) calls.
+
+Writes become events on JetStream; the service then waits (briefly) until the projector shows
+them, so a client that submits and immediately reads sees its own write.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import msgspec
+
+from gateway import schemas as views
+from gateway.errors import (
+    BadRequest,
+    Conflict,
+    InvalidField,
+    NotFound,
+    ServiceError,
+)
+from gateway.services.cache import VersionedCache
+from gateway.services.cluster import ClusterService
+from gateway.api.params import decode_body
+from gateway.services.paths import PathNotAllowed, confine
+from gateway.projection.projector import Projector
+from gateway.read.queries import Reader
+from gateway.scheduling.scheduler import LeaderUnavailable, Scheduler
+from gateway.services.writer import EventWriter
+from shared import events as ev
+from shared import subjects
+from shared.clock import now_s
+from shared.commands import ExportJob, StopJob
+from shared.ids import is_valid_token, new_job_id
+from shared.diffusion_pipe_config import ConfigError, build_configs, model_paths
+from shared.jobspec import TRAINERS, CommandJob, DiffusionPipeJob, HfJob, JobRequest, SwiftJob
+from shared.jobstate import TERMINAL, JobState, JobStatus
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+class Forbidden(ServiceError):
+    status_code = 403
+    code = "forbidden"
+
+
+class _TrainerPeek(msgspec.Struct):
+    trainer: str | None = None
+
+
+_peek = msgspec.json.Decoder(_TrainerPeek)
+_request_decoders = {
+    "command": msgspec.json.Decoder(CommandJob),
+    "hf": msgspec.json.Decoder(HfJob),
+    "swift": msgspec.json.Decoder(SwiftJob),
+    "diffusion-pipe": msgspec.json.Decoder(DiffusionPipeJob),
+}
+
+
+class _SwiftPeek(msgspec.Struct):
+    model_path: object = None
+    data_path: object = None
+
+
+_swift_peek = msgspec.json.Decoder(_SwiftPeek)
+
+
+def decode_job_request(body: bytes) -> JobRequest:
+    trainer = decode_body(_peek, body).trainer
+    if trainer is None:
+        # Seed 002's clients send a swift job without naming the trainer.
+        peek = _swift_peek.decode(body)
+        if peek.model_path is not None or peek.data_path is not None:
+            return _decode_as("swift", body)
+        raise InvalidField(f"'trainer' is required (one of: {', '.join(TRAINERS)})", field="trainer")
+    return _decode_as(trainer, body)
+
+
+def _decode_as(trainer: str, body: bytes) -> JobRequest:
+    decoder = _request_decoders.get(trainer)
+    if decoder is None:
+        raise InvalidField(f"unknown trainer {trainer!r}; one of: {', '.join(TRAINERS)}", field="trainer")
+    return decode_body(decoder, body)
+
+
+def _checkpoint_named(job_id: str, name: str, saved: list[dict]) -> dict:
+    """The checkpoint `name` (a path or a directory name) among `saved`, or 404 listing them."""
+    for c in saved:
+        if name in (c["path"], os.path.basename(c["path"])):
+            return c
+    have = ", ".join(sorted({os.path.basename(c["path"]) for c in saved})) or "none"
+    raise NotFound(f"job {job_id} has no checkpoint {name!r}; it has: {have}")
+
+
+def _wait_words(seconds: float | None) -> str:
+    """Seed 002's `estimated_wait_time`, in words."""
+    if seconds is None:
+        return "unknown: no running job reports an ETA and this trainer has no finished runs yet"
+    if seconds < 90:
+        return f"about {seconds:.0f} s"
+    return f"about {seconds / 60:.0f} min" if seconds < 5400 else f"about {seconds / 3600:.1f} h"
+
+
+class JobService:
+    def __init__(self, writer: EventWriter, projector: Projector, scheduler: Scheduler,
+                 cluster: ClusterService, reader: Reader, *, allowed_roots: list[str],
+                 ryw_timeout_s: float) -> None:
+        self.writer = writer
+        self.projector = projector
+        self.scheduler = scheduler
+        self.cluster = cluster
+        self.reader = reader
+        self.allowed_roots = allowed_roots
+        self.ryw_timeout_s = ryw_timeout_s
+        self._details: VersionedCache[views.JobDetail] = VersionedCache()
+        self._lists: VersionedCache[views.JobList] = VersionedCache(256)
+
+    # ---- writes ------------------------------------------------------------------------------
+    def _refuse_if_pinned_gpus_busy(self, spec: JobRequest) -> None:
+        """`if_busy: reject` with pinned GPUs: 409 now instead of waiting (seed 000's way)."""
+        if spec.if_busy != "reject" or not spec.gpu_ids:
+            return
+        _, hosts = self.scheduler.snapshot()
+        candidates = [h for h in hosts.values() if spec.host in (None, h.host)]
+        if not candidates:
+            raise Conflict(f"GPUs {spec.gpu_ids} requested with if_busy=reject, but "
+                           f"{'host ' + spec.host if spec.host else 'no host'} is online")
+        for view in candidates:
+            if set(spec.gpu_ids) <= set(view.gpu_memory_mb) and not set(spec.gpu_ids) & view.busy:
+                return
+        busy = sorted({(h.host, g) for h in candidates for g in spec.gpu_ids if g in h.busy})
+        where = ", ".join(f"GPU {g} on {h}" for h, g in busy) or "the GPUs do not exist there"
+        raise Conflict(f"requested GPUs are busy ({where}) and if_busy is 'reject'")
+
+    def _confined(self, value: str, field: str) -> str:
+        try:
+            return confine(value, self.allowed_roots, field)
+        except PathNotAllowed as exc:
+            raise InvalidField(str(exc), field=field) from None
+
+    def _check_paths(self, spec: JobRequest) -> JobRequest:
+        """Paths in requests are normalised and must lie under the allowed roots (DESIGN §10).
+        Hub ids (`Qwen/Qwen2.5-7B`) are not paths; a relative output dir stays inside the job's
+        own directory."""
+        changes: dict[str, str] = {}
+        if isinstance(spec, (CommandJob, HfJob)) and spec.cwd is not None:
+            changes["cwd"] = self._confined(spec.cwd, "cwd")
+        if isinstance(spec, HfJob):
+            base = changes.get("cwd")
+            if os.path.isabs(spec.script):
+                changes["script"] = self._confined(spec.script, "script")
+            elif base is not None:
+                changes["script"] = self._confined(os.path.join(base, spec.script), "script")
+            else:
+                raise InvalidField("script must be an absolute path, or relative to cwd", field="script")
+        if isinstance(spec, SwiftJob):
+            for field in ("model_path", "data_path", "resume_from_checkpoint"):
+                value = getattr(spec, field)
+                if value and (os.path.isabs(value) or value.startswith(("./", "../", "~"))):
+                    changes[field] = self._confined(os.path.expanduser(value), field)
+            if os.path.isabs(spec.output_dir):
+                changes["output_dir"] = self._confined(spec.output_dir, "output_dir")
+            elif ".." in spec.output_dir.replace("\\", "/").split("/"):
+                raise InvalidField("a relative output_dir may not contain '..'", field="output_dir")
+        if isinstance(spec, DiffusionPipeJob):
+            return self._check_diffusion_pipe(spec)
+        return msgspec.structs.replace(spec, **changes) if changes else spec
+
+    def _check_diffusion_pipe(self, spec: DiffusionPipeJob) -> DiffusionPipeJob:
+        """Refuse (400, naming the key) what diffusion-pipe would refuse, before anything runs;
+        confine the dataset directories and the model's files."""
+        try:
+            build_configs(spec.model_type, spec.dataset, spec.config, "/output", "/dataset.toml")
+        except ConfigError as exc:
+            raise BadRequest(str(exc), field=exc.key) from None
+        dataset = dict(spec.dataset)
+        dataset["directories"] = [
+            {**d, "path": self._confined(d["path"], f"dataset.directories[{i}].path")}
+            for i, d in enumerate(spec.dataset["directories"])
+        ]
+        config = dict(spec.config)
+        paths = model_paths(spec.config)
+        if paths:
+            config["model"] = {**spec.config["model"],
+                               **{k: self._confined(v, f"config.model.{k}") for k, v in paths.items()}}
+        output = spec.output_dir
+        if output is not None:
+            if os.path.isabs(output):
+                output = self._confined(output, "output_dir")
+            elif ".." in output.split("/"):
+                raise InvalidField("a relative output_dir may not contain '..'", field="output_dir")
+        return msgspec.structs.replace(spec, dataset=dataset, config=config, output_dir=output)
+
+    async def submit(self, body: bytes, *, role: str, user: str = "") -> views.SubmitResponse:
+        if len(body) > MAX_BODY_BYTES:
+            raise BadRequest("body too large")
+        spec = decode_job_request(body)
+        if spec.trainer == "command" and role != "admin":
+            raise Forbidden("'command' jobs run arbitrary programs and need the admin role")
+        if spec.host is not None and not is_valid_token(spec.host):
+            raise InvalidField("host is not a valid host name", field="host")
+        if spec.webhook_progress and not spec.webhook_url:
+            raise InvalidField("webhook_progress needs a webhook_url to post to", field="webhook_progress")
+        spec = self._check_paths(spec)
+        self._refuse_if_pinned_gpus_busy(spec)
+        job_id = new_job_id()
+        event = ev.JobSubmitted(job_id=job_id, attempt=0, ts_s=now_s(), spec=spec, submitted_by=user)
+        await self.writer.publish_and_wait(subjects.job_event(job_id, "submitted"), event, f"{job_id}:0:submitted")
+        state = self.projector.live_states.get(job_id)
+        status = state.status.value if state else "queued"
+        position = self.scheduler.queue_position(job_id) if status == "queued" else None
+        wait = (await self.cluster.estimated_waits()).get(job_id) if position else None
+        return views.SubmitResponse(
+            job_id=job_id, status=status, queue_position=position, estimated_wait_s=wait,
+            estimated_wait_time=_wait_words(wait) if position else None,
+            message="job accepted" if position is None else f"job queued at position {position}",
+        )
+
+    async def stop(self, job_id: str, *, force: bool, grace_s: float | None, user: str = "") -> views.StopResponse:
+        state = self.state(job_id)
+        if state.status in TERMINAL:
+            raise Conflict(f"job {job_id} already ended ({state.status.value}); nothing to stop")
+        placed = self.scheduler.placement(job_id)
+        grace = grace_s if grace_s is not None else self.projector.needs[job_id].spec.stop_grace_s
+        ts = now_s()
+        if state.status in (JobStatus.PENDING, JobStatus.QUEUED) and placed is None:
+            event = ev.JobCancelled(job_id=job_id, attempt=state.attempt, ts_s=ts,
+                                    reason=f"stopped by {user or 'request'} before it started")
+            await self.writer.publish_and_wait(subjects.job_event(job_id, "cancelled"), event,
+                                               f"{job_id}:{state.attempt}:cancelled")
+        else:
+            attempt = placed.attempt if placed else state.attempt
+            host = placed.host if placed else state.host
+            assert host is not None
+            nonce = time.time_ns()
+            request = ev.JobStopRequested(job_id=job_id, attempt=attempt, ts_s=ts, force=force,
+                                          grace_s=grace, requested_by=user)
+            await self.writer.publish(subjects.job_event(job_id, "stop_requested"), request,
+                                      f"{job_id}:{attempt}:stop_requested:{nonce}")
+            command = StopJob(job_id=job_id, attempt=attempt, ts_s=ts, force=force, grace_s=grace)
+            await self.writer.publish(subjects.cmd(host, "stop"), command, f"{job_id}:{attempt}:stop:{nonce}")
+            moving = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING)
+            try:
+                await self.projector.wait_until(lambda: self.state(job_id).status not in moving,
+                                                self.ryw_timeout_s)
+            except TimeoutError:
+                pass
+        now = self.state(job_id)
+        return views.StopResponse(job_id=job_id, status=now.status.value,
+                                  message="force stop sent" if force else f"stop sent (SIGKILL after {grace:g}s)")
+
+    def check_owner(self, job_id: str, role: str, user: str) -> None:
+        """Operators act on their own jobs; admins on any (DESIGN §10)."""
+        self.state(job_id)
+        owner = self.projector.needs[job_id].submitted_by
+        if role != "admin" and owner != user:
+            raise Forbidden(f"job {job_id} was submitted by {owner or 'someone else'}; "
+                            f"an operator acts on their own jobs only")
+
+    # ---- reads -------------------------------------------------------------------------------
+    def state(self, job_id: str) -> JobState:
+        state = self.projector.states.get(job_id) if is_valid_token(job_id) else None
+        if state is None:
+            raise NotFound(f"no job {job_id!r}")
+        return state
+
+    def status_view(self, job_id: str) -> views.JobStatusView:
+        s = self.state(job_id)
+        return views.JobStatusView(
+            job_id=job_id, status=s.status.value, attempt=s.attempt, host=s.host,
+            gpu_ids=list(s.gpu_ids), exit_code=s.exit_code, signal=s.signal, reason=s.reason,
+            started_s=s.started_s, finished_s=s.finished_s,
+            queue_position=self.scheduler.queue_position(job_id) if s.status is JobStatus.QUEUED else None,
+            waiting_reason=self.scheduler.preview()[1].get(job_id) if s.status is JobStatus.QUEUED else None,
+        )
+
+    async def progress(self, job_id: str) -> views.ProgressView:
+        s = self.state(job_id)
+        row = await self.reader.progress_row(job_id)
+        latest = await self.reader.latest_metrics(job_id, s.attempt)
+        if row is None or row[0] != s.attempt:
+            return views.ProgressView(job_id=job_id, status=s.status.value, attempt=s.attempt,
+                                      latest_metrics=latest)
+        return views.ProgressView(
+            job_id=job_id, status=s.status.value, attempt=row[0], step=row[1], total_steps=row[2],
+            epoch=row[3], total_epochs=row[4], percent=row[5], rate_steps_s=row[6], eta_s=row[7],
+            estimated=row[8], updated_s=row[9], latest_metrics=latest,
+        )
+
+    async def detail(self, job_id: str) -> views.JobDetail:
+        self.state(job_id)
+        version = self.projector.job_versions.get(job_id, 0)
+        return await self._details.get(job_id, version, lambda: self._detail(job_id))
+
+    async def list_jobs(self, **filters: object) -> views.JobList:
+        """A list page; the same page is computed once per change of the job stream."""
+        key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in filters.items()))
+        version = self.projector.applied[subjects.JOB_STREAM]
+        return await self._lists.get(key, version, lambda: self.reader.list_jobs(**filters))  # type: ignore[arg-type]
+
+    async def _detail(self, job_id: str) -> views.JobDetail:
+        job = await self.reader.job_detail_rows(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}")
+        progress = await self.progress(job_id)
+        return views.JobDetail(
+            job_id=job_id, name=job["name"] or "", description=job["description"] or "",
+            trainer=job["trainer"], status=job["status"], priority=job["priority"], gpus=job["gpus"],
+            attempt=job["attempt"], host=job["host"], gpu_ids=list(job["gpu_ids"] or []),
+            submitted_s=job["submitted_s"], started_s=job["started_s"], finished_s=job["finished_s"],
+            exit_code=job["exit_code"], signal=job["signal"], reason=job["reason"] or "",
+            last_lines=list(job["last_lines"] or []), pid=job["pid"], run_dir=job["run_dir"],
+            stdout_path=job["stdout_path"], stderr_path=job["stderr_path"],
+            spec=msgspec.json.decode(job["spec"]), status_history=job["history"],
+            progress=progress, checkpoints=job["checkpoints"], exports=job["exports"],
+        )
+
+    async def delete(self, job_id: str, *, user: str = "") -> None:
+        """Remove an ended job from every view; its events stay (the history is auditable)."""
+        state = self.state(job_id)
+        if not state.is_terminal:
+            raise Conflict(f"job {job_id} is {state.status.value}; stop it before deleting it")
+        event = ev.JobDeleted(job_id=job_id, attempt=state.attempt, ts_s=now_s(), requested_by=user)
+        await self.writer.publish_and_wait(subjects.job_event(job_id, "deleted"), event, f"{job_id}:deleted")
+
+    async def start(self, job_id: str, *, user: str = "") -> views.StopResponse:
+        """Seed 002's `start`: release a held job; a queued one is placed as soon as GPUs allow
+        (this asks for a scheduling pass now); one already placed or running is left alone."""
+        state = self.state(job_id)
+        if state.is_terminal:
+            raise Conflict(f"job {job_id} already ended ({state.status.value}); submit it again to rerun it")
+        if state.status is JobStatus.PENDING:
+            event = ev.JobReleased(job_id=job_id, attempt=state.attempt, ts_s=now_s())
+            await self.writer.publish_and_wait(subjects.job_event(job_id, "released"), event,
+                                               f"{job_id}:{state.attempt}:released:{time.time_ns()}")
+            message = "released into the queue"
+        elif state.status is JobStatus.QUEUED:
+            message = "queued; it starts as soon as the GPUs it needs are free"
+        else:
+            message = f"already {state.status.value}"
+        if self.state(job_id).status is JobStatus.QUEUED:
+            try:
+                await self.scheduler.process_now()
+            except LeaderUnavailable:
+                pass  # the leader's next pass places it
+        return views.StopResponse(job_id=job_id, status=self.state(job_id).status.value, message=message)
+
+    async def retry(self, job_id: str, *, resume_from: str | None = None, user: str = "") -> views.StopResponse:
+        """An ended job back to the queue for a new attempt (its history stays)."""
+        state = self.state(job_id)
+        if not state.is_terminal:
+            raise Conflict(f"job {job_id} is {state.status.value}; only an ended job can be retried")
+        if state.status is JobStatus.SUCCEEDED and resume_from is None:
+            raise Conflict(f"job {job_id} succeeded; use resume to train further from a checkpoint")
+        event = ev.JobRetried(job_id=job_id, attempt=state.attempt, ts_s=now_s(), resume_from=resume_from,
+                              requested_by=user)
+        await self.writer.publish_and_wait(subjects.job_event(job_id, "retried"), event,
+                                           f"{job_id}:{state.attempt}:retried:{time.time_ns()}")
+        now = self.state(job_id)
+        verb = f"resuming from {resume_from}" if resume_from else "retrying"
+        return views.StopResponse(job_id=job_id, status=now.status.value, message=f"{verb} as a new attempt")
+
+    async def resume(self, job_id: str, checkpoint: str | None, *, user: str = "") -> views.StopResponse:
+        """A new attempt that starts from a checkpoint: the latest, or the one named (by path or
+        name, from any attempt)."""
+        self.state(job_id)
+        detail = await self.reader.job_detail_rows(job_id)
+        saved = detail["checkpoints"] if detail else []
+        if not saved:
+            raise Conflict(f"job {job_id} saved no checkpoint to resume from")
+        if checkpoint is None:
+            return await self.retry(job_id, resume_from="latest", user=user)
+        chosen = _checkpoint_named(job_id, checkpoint, saved)
+        return await self.retry(job_id, resume_from=chosen["path"], user=user)
+
+    async def checkpoints(self, job_id: str) -> list[dict]:
+        self.state(job_id)
+        detail = await self.reader.job_detail_rows(job_id)
+        return detail["checkpoints"] if detail else []
+
+    async def export(self, job_id: str, checkpoint: str | None, *, user: str = "") -> views.ExportResponse:
+        """The job's export step, tracked like the job: swift merges the LoRA of a checkpoint
+        (the latest, unless one is named) into the base model, on the host that holds it."""
+        state = self.state(job_id)
+        spec = self.projector.needs[job_id].spec
+        if not isinstance(spec, SwiftJob):
+            raise BadRequest(f"job {job_id} is a {spec.trainer} job; only swift jobs have an export step",
+                             field="trainer")
+        if not state.is_terminal:
+            raise Conflict(f"job {job_id} is {state.status.value}; export it once it has ended")
+        detail = await self.reader.job_detail_rows(job_id)
+        assert detail is not None
+        if any(e["status"] == "running" for e in detail["exports"]):
+            raise Conflict(f"an export of job {job_id} is already running")
+        saved = [c for c in detail["checkpoints"] if c["attempt"] == state.attempt]
+        if checkpoint is not None:
+            chosen = _checkpoint_named(job_id, checkpoint, saved)
+        elif saved:
+            chosen = max(saved, key=lambda c: (c["step"] or -1, c["ts_s"]))
+        else:
+            raise Conflict(f"job {job_id} saved no checkpoint to export")
+        if state.host is None:
+            raise Conflict(f"job {job_id} never ran on a host")
+        export_id = f"exp_{time.time_ns():x}"
+        requested = ev.ExportRequested(job_id=job_id, attempt=state.attempt, ts_s=now_s(), export_id=export_id,
+                                       host=state.host, checkpoint=chosen["path"], requested_by=user)
+        await self.writer.publish_and_wait(subjects.job_event(job_id, "export_requested"), requested,
+                                           f"{job_id}:{export_id}:export_requested")
+        command = ExportJob(job_id=job_id, attempt=state.attempt, ts_s=requested.ts_s,
+                            export_id=export_id, spec=spec, checkpoint=chosen["path"])
+        await self.writer.publish(subjects.cmd(state.host, "export"), command, f"{job_id}:{export_id}:export")
+        return views.ExportResponse(job_id=job_id, export_id=export_id, status="running",
+                                    checkpoint=chosen["path"], host=state.host,
+                                    message=f"exporting {os.path.basename(chosen['path'])} on {state.host}")
