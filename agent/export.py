@@ -14,10 +14,9 @@ from pathlib import Path
 from nats.js import JetStreamContext
 
 from agent.process import tree as process
-from agent.trainers import LaunchContext, adapter_for
-from agent.trainers.base import LaunchError
 from agent.publisher import publish_retrying
-from agent.attempt.run import child_env
+from agent.trainers import Exports, LaunchContext, adapter_for
+from agent.trainers.base import LaunchError
 from shared import events as ev
 from shared import subjects
 from shared.clock import now_s
@@ -40,8 +39,10 @@ async def run_export(js: JetStreamContext, command: ExportJob, ctx: LaunchContex
     adapter = adapter_for(command.spec.trainer)
     path, reason, outcome = None, "", "failed"
     try:
-        launch = adapter.build_export(command.spec, ctx, command.checkpoint)  # type: ignore[attr-defined]
-        proc = await process.spawn(launch.argv, launch.cwd, child_env(launch.env, ctx), stdout_path, stderr_path)
+        if not isinstance(adapter, Exports):
+            raise LaunchError(f"a {command.spec.trainer} job has no export step")
+        launch = adapter.build_export(command.spec, ctx, command.checkpoint)
+        proc = await process.spawn(launch.argv, launch.cwd, process.child_env(launch.env, ctx), stdout_path, stderr_path)
         code = await proc.wait()
         text = stdout_path.read_text(errors="replace") + "\n" + stderr_path.read_text(errors="replace")
         m = _MERGED_RE.search(text)

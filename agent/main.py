@@ -14,6 +14,7 @@ import psutil
 from nats.js import JetStreamContext
 
 from agent.gpus import GpuInventory
+from agent.options import RunOptions
 from agent.supervisor import Supervisor
 from shared import events as ev
 from shared import subjects
@@ -61,14 +62,7 @@ class Agent:
     async def run(self) -> None:
         nc = await connect(self.settings.nats_url, f"agent-{self.host}", credentials=self.settings.nats_credentials)
         js = nc.jetstream()
-        self.supervisor = Supervisor(
-            js, self.host, self.work_dir, self.gpus,
-            max_line_bytes=self.settings.max_line_bytes,
-            batch_max_bytes=self.settings.batch_max_bytes,
-            python=self.settings.python,
-            trainer_options={"diffusion_pipe_dir": self.settings.diffusion_pipe_dir},
-            log_cap_bytes=self.settings.max_log_bytes_per_attempt,
-        )
+        self.supervisor = Supervisor(js, self.host, self.work_dir, self.gpus, RunOptions.from_settings(self.settings))
         feed = PullFeed(nc, subjects.CMD_STREAM, subjects.agent_consumer(self.host), batch=64)
         # Heartbeats first: the gateway creates this host's command consumer when it sees one.
         # Everything else may wait on NATS, so it runs as a task that a stop cancels.

@@ -13,11 +13,13 @@ from pathlib import Path
 import msgspec
 from nats.js import JetStreamContext
 
+from agent.attempt.run import TrainerRun
+from agent.attempt.state import RunState, published_so_far
 from agent.export import export_context, run_export
 from agent.gpus import GpuInventory
+from agent.options import RunOptions
 from agent.process.tree import Spawner
 from agent.publisher import publish_retrying
-from agent.attempt.run import RunState, TrainerRun, published_so_far
 from shared import events as ev
 from shared import subjects
 from shared.aio import cancel_and_wait
@@ -34,27 +36,19 @@ class Supervisor:
         host: str,
         work_dir: Path,
         gpus: GpuInventory,
-        *,
-        max_line_bytes: int,
-        batch_max_bytes: int,
-        python: str = "",
-        trainer_options: dict[str, str] | None = None,
-        log_cap_bytes: int = 0,
+        options: RunOptions,
     ) -> None:
         self.js = js
-        self.log_cap_bytes = log_cap_bytes
-        self.python = python
-        self.trainer_options = trainer_options or {}
+        self.options = options
         self.host = host
         self.gpus = gpus
         self.work_dir = work_dir
         self.state_dir = work_dir / "state"
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.max_line_bytes = max_line_bytes
-        self.batch_max_bytes = batch_max_bytes
         self.runs: dict[tuple[str, int], TrainerRun] = {}
         self._exports: set[asyncio.Task[None]] = set()
         self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._lingering: set[asyncio.Task[None]] = set()  # of runs already forgotten (stop.py)
         self.spawner = Spawner()
 
     def run_dir(self, job_id: str, attempt: int) -> Path:
@@ -81,7 +75,7 @@ class Supervisor:
                 await self._stop(command)
             case ExportJob():
                 ctx = export_context(self.host, command, self.work_dir / "runs" / command.job_id,
-                                     self.python or sys.executable, self.trainer_options)
+                                     self.options.python or sys.executable, self.options.trainer_options)
                 task = asyncio.create_task(run_export(self.js, command, ctx), name=f"export-{command.export_id}")
                 self._exports.add(task)
                 task.add_done_callback(self._exports.discard)
@@ -106,12 +100,8 @@ class Supervisor:
                 f"{command.job_id}:{command.attempt}:refused",
             )
             return
-        await self._begin(TrainerRun(
-            self.js, self.host, command, self.run_dir(*key), self.state_path(*key),
-            max_line_bytes=self.max_line_bytes, batch_max_bytes=self.batch_max_bytes,
-            python=self.python, trainer_options=self.trainer_options, log_cap_bytes=self.log_cap_bytes,
-            spawner=self.spawner,
-        ))
+        await self._begin(TrainerRun(self.js, self.host, command, self.run_dir(*key), self.state_path(*key),
+                                     self.options, spawner=self.spawner))
 
     async def _begin(self, run: TrainerRun) -> None:
         key = (run.job_id, run.attempt)
@@ -136,12 +126,8 @@ class Supervisor:
             published = await published_so_far(self.js, self.host, state.job_id, state.attempt)
             log.info("re-adopting %s/%s (pid %s); the streams hold %s log rows", state.job_id,
                      state.attempt, state.pid, published.rows)
-            await self._begin(TrainerRun(
-                self.js, self.host, state.command, Path(state.run_dir), path,
-                max_line_bytes=self.max_line_bytes, batch_max_bytes=self.batch_max_bytes,
-                python=self.python, trainer_options=self.trainer_options, log_cap_bytes=self.log_cap_bytes,
-                adopt=state, published=published,
-            ))
+            await self._begin(TrainerRun(self.js, self.host, state.command, Path(state.run_dir), path,
+                                         self.options, adopt=state, published=published, spawner=self.spawner))
 
     def _why_refuse(self, command: StartJob) -> str:
         """Double-check the scheduler's placement against this host's own view (DESIGN §4):
@@ -173,7 +159,10 @@ class Supervisor:
 
     def _forget(self, key: tuple[str, int], task: asyncio.Task[None]) -> None:
         self._tasks.pop(key, None)
-        self.runs.pop(key, None)
+        run = self.runs.pop(key, None)
+        for lingering in run.lingering if run is not None else ():
+            self._lingering.add(lingering)
+            lingering.add_done_callback(self._lingering.discard)
         if not task.cancelled() and task.exception() is not None:
             log.error("run %s/%s crashed", *key, exc_info=task.exception())
 
@@ -204,5 +193,5 @@ class Supervisor:
             if waits:
                 async with asyncio.timeout(15.0):  # not wait_for: see shared/aio.py
                     await asyncio.gather(*waits)
-        await cancel_and_wait(list(self._tasks.values()))
+        await cancel_and_wait([*self._tasks.values(), *self._lingering])
         await self.spawner.close()

@@ -12,18 +12,18 @@ from pathlib import Path
 
 from nats.aio.client import Client
 
-from gateway.services.cluster import ClusterService
 from gateway.projection.projector import Projector
-from gateway.read.queries import Reader
-from gateway.scheduling.scheduler import Scheduler
 from gateway.projection.schema import open_db
+from gateway.read.queries import Reader
 from gateway.read.sql import SqlRunner
+from gateway.scheduling.scheduler import Scheduler
+from gateway.services.cluster import ClusterService
 from gateway.services.jobs import JobService
-from gateway.webhooks import WebhookNotifier, load_secret
 from gateway.services.writer import EventWriter
+from gateway.webhooks import WebhookNotifier, load_secret
 from shared import subjects
-from shared.nats import provision
 from shared.config import GatewaySettings
+from shared.nats import provision
 from shared.nats.connect import close_quietly, connect
 
 log = logging.getLogger("trainyard.gateway")

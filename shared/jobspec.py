@@ -56,6 +56,11 @@ class JobRequestBase(
         """The union's tag: which adapter runs this job."""
         return self.__struct_config__.tag  # type: ignore[return-value]
 
+    @classmethod
+    def trainer_name(cls) -> str:
+        """The tag of this Struct in the union (what a request's `trainer` says)."""
+        return str(cls.__struct_config__.tag)
+
     def gpu_count(self) -> int:
         """GPUs this job needs: pinned ids win, then `gpus`, then the trainer's default."""
         if self.gpu_ids:
@@ -146,4 +151,8 @@ class DiffusionPipeJob(JobRequestBase, tag="diffusion-pipe"):
 # New trainers join this union; the tag (`trainer`) picks the Struct.
 JobRequest = CommandJob | HfJob | SwiftJob | DiffusionPipeJob
 
-TRAINERS = ("command", "hf", "swift", "diffusion-pipe")
+# The registry of specs: trainer name -> its Struct (the gateway decodes a request by it).
+SPECS: dict[str, type[JobRequest]] = {
+    spec.trainer_name(): spec for spec in (CommandJob, HfJob, SwiftJob, DiffusionPipeJob)
+}
+TRAINERS = tuple(SPECS)

@@ -16,10 +16,14 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
 from agent.process.keeper import EXIT_STATUS_FILE
+
+if TYPE_CHECKING:
+    from agent.trainers.base import LaunchContext
 
 
 @dataclass(frozen=True)
@@ -204,3 +208,21 @@ def describe_exit(returncode: int) -> tuple[int | None, int | None, str]:
             name = f"signal {sig}"
         return None, sig, f"killed by {name}"
     return returncode, None, f"exited with code {returncode}"
+
+
+def child_env(launch_env: dict[str, str], ctx: LaunchContext) -> dict[str, str]:
+    # The agent's own TRAINYARD_* settings (NATS URL, credentials) are not the trainer's business.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
+    env.update(
+        PYTHONUNBUFFERED="1",
+        CUDA_VISIBLE_DEVICES=",".join(str(i) for i in ctx.gpu_ids),
+        TRAINYARD_JOB_ID=ctx.job_id,
+        TRAINYARD_ATTEMPT=str(ctx.attempt),
+        TRAINYARD_RUN_DIR=str(ctx.run_dir),
+    )
+    if ctx.resume_from:
+        env["TRAINYARD_RESUME_FROM"] = ctx.resume_from  # for scripts that resume by themselves
+    env.update(launch_env)
+    return env
+
+

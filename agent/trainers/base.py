@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from shared.jobspec import JobRequest
+
+# The job spec an adapter takes: each adapter is an Adapter[its own spec Struct].
+SpecT = TypeVar("SpecT", bound=JobRequest, contravariant=True)
 
 
 @dataclass(frozen=True)
@@ -67,11 +70,32 @@ class OutputParser(Protocol):
         """Called about once a second and at exit, for what files rather than lines show."""
 
 
-class Adapter(Protocol):
+class Adapter(Protocol[SpecT]):
+    """What every trainer module provides. `succeeded` gets the parser `new_parser` made."""
+
     name: str
 
-    def build_launch(self, spec: JobRequest, ctx: LaunchContext) -> Launch: ...
+    def build_launch(self, spec: SpecT, ctx: LaunchContext) -> Launch: ...
 
-    def new_parser(self, spec: JobRequest, ctx: LaunchContext) -> OutputParser: ...
+    def new_parser(self, spec: SpecT, ctx: LaunchContext) -> OutputParser: ...
 
-    def succeeded(self, exit_code: int | None, parser: OutputParser) -> tuple[bool, str]: ...
+    def succeeded(self, exit_code: int | None, parser: OutputParser | None) -> tuple[bool, str]: ...
+
+
+@runtime_checkable
+class StopsGracefully(Protocol):
+    """An adapter whose trainer has its own way to stop (diffusion-pipe: a `save_quit` file).
+    Returns what it did, or None when it cannot."""
+
+    def request_stop(self, spec: Any, ctx: LaunchContext) -> str | None: ...
+
+
+@runtime_checkable
+class Exports(Protocol):
+    """An adapter with an export step (swift: merge a checkpoint's LoRA into the base model)."""
+
+    def build_export(self, spec: Any, ctx: LaunchContext, checkpoint: str) -> Launch: ...
+
+
+# An adapter of any trainer, as the registry hands it out (dispatch is by the spec's trainer).
+AnyAdapter = Adapter[Any]

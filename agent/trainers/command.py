@@ -16,8 +16,8 @@ from pathlib import Path
 
 import msgspec
 
-from agent.trainers.base import Launch, LaunchContext, LaunchError, Sink
 from agent.output.lines import LevelClassifier, kinds
+from agent.trainers.base import Launch, LaunchContext, LaunchError, OutputParser, Sink
 from shared.jobspec import CommandJob
 
 PREFIX = "@trainyard "
@@ -109,7 +109,7 @@ class CommandParser:
 class CommandAdapter:
     name = "command"
 
-    def build_launch(self, spec: CommandJob, ctx: LaunchContext) -> Launch:  # type: ignore[override]
+    def build_launch(self, spec: CommandJob, ctx: LaunchContext) -> Launch:
         env = dict(spec.env)
         path_env = env.get("PATH", os.environ.get("PATH"))
         argv = [resolve_executable(spec.command[0], ctx, path_env), *spec.command[1:]]
@@ -118,10 +118,10 @@ class CommandAdapter:
             raise LaunchError(f"working directory {cwd} does not exist on host {ctx.host}")
         return Launch(argv=argv, cwd=cwd, env=env)
 
-    def new_parser(self, spec: CommandJob, ctx: LaunchContext) -> CommandParser:  # type: ignore[override]
+    def new_parser(self, spec: CommandJob, ctx: LaunchContext) -> CommandParser:
         return CommandParser()
 
-    def succeeded(self, exit_code: int | None, parser: object) -> tuple[bool, str]:
+    def succeeded(self, exit_code: int | None, parser: OutputParser | None) -> tuple[bool, str]:
         if exit_code == 0:
             return True, ""
         return False, f"exited with code {exit_code}"

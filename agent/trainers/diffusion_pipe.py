@@ -22,11 +22,11 @@ from pathlib import Path
 
 import tomli_w
 
-from agent.trainers.base import Launch, LaunchContext, LaunchError, Sink
+from agent.output.lines import LevelClassifier, kinds
+from agent.trainers.base import Launch, LaunchContext, LaunchError, OutputParser, Sink
 from agent.trainers.command import resolve_executable
 from agent.trainers.parsing.tfevents import EventFileReader
 from agent.trainers.swift import master_port
-from agent.output.lines import LevelClassifier, kinds
 from shared.diffusion_pipe_config import build_configs
 from shared.jobspec import DiffusionPipeJob
 
@@ -141,7 +141,7 @@ class DiffusionPipeParser:
 class DiffusionPipeAdapter:
     name = "diffusion-pipe"
 
-    def build_launch(self, spec: DiffusionPipeJob, ctx: LaunchContext) -> Launch:  # type: ignore[override]
+    def build_launch(self, spec: DiffusionPipeJob, ctx: LaunchContext) -> Launch:
         checkout = ctx.options.get("diffusion_pipe_dir", "")
         if not checkout:
             raise LaunchError(f"diffusion-pipe is not set up on host {ctx.host} "
@@ -168,7 +168,7 @@ class DiffusionPipeAdapter:
         return Launch(argv=argv, cwd=Path(checkout), env=env, files={
             main_toml: tomli_w.dumps(main).encode(), dataset_toml: tomli_w.dumps(data).encode()})
 
-    def new_parser(self, spec: DiffusionPipeJob, ctx: LaunchContext) -> DiffusionPipeParser:  # type: ignore[override]
+    def new_parser(self, spec: DiffusionPipeJob, ctx: LaunchContext) -> DiffusionPipeParser:
         return DiffusionPipeParser(spec, output_dir(spec, ctx))
 
     def request_stop(self, spec: DiffusionPipeJob, ctx: LaunchContext) -> str | None:
@@ -179,7 +179,7 @@ class DiffusionPipeAdapter:
         (run / "save_quit").touch()
         return f"created {run / 'save_quit'}"
 
-    def succeeded(self, exit_code: int | None, parser: object) -> tuple[bool, str]:
+    def succeeded(self, exit_code: int | None, parser: OutputParser | None) -> tuple[bool, str]:
         if exit_code != 0:
             return False, f"exited with code {exit_code}"
         if isinstance(parser, DiffusionPipeParser) and not parser.completed:

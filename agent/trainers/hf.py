@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.trainers.base import Launch, LaunchContext, LaunchError
+from agent.trainers.base import Launch, LaunchContext, LaunchError, OutputParser
 from agent.trainers.parsing.trainer_parser import TrainerParser
 from shared.jobspec import HfJob
 
@@ -32,7 +32,7 @@ def _cwd(spec: HfJob, ctx: LaunchContext) -> Path:
 class HfAdapter:
     name = "hf"
 
-    def build_launch(self, spec: HfJob, ctx: LaunchContext) -> Launch:  # type: ignore[override]
+    def build_launch(self, spec: HfJob, ctx: LaunchContext) -> Launch:
         cwd = _cwd(spec, ctx)
         if not cwd.is_dir():
             raise LaunchError(f"working directory {cwd} does not exist on host {ctx.host}")
@@ -41,12 +41,12 @@ class HfAdapter:
             raise LaunchError(f"script {script} not found on host {ctx.host}")
         return Launch(argv=[ctx.python, str(script), *spec.args], cwd=cwd, env=dict(spec.env))
 
-    def new_parser(self, spec: HfJob, ctx: LaunchContext) -> TrainerParser:  # type: ignore[override]
+    def new_parser(self, spec: HfJob, ctx: LaunchContext) -> TrainerParser:
         output = flag_value(spec.args, "--output_dir")
         cwd = _cwd(spec, ctx)
         root = (cwd / output) if output else cwd
         steps = flag_value(spec.args, "--logging_steps")
         return TrainerParser([root], logging_steps=int(steps) if steps and steps.isdigit() else None)
 
-    def succeeded(self, exit_code: int | None, parser: object) -> tuple[bool, str]:
+    def succeeded(self, exit_code: int | None, parser: OutputParser | None) -> tuple[bool, str]:
         return (True, "") if exit_code == 0 else (False, f"exited with code {exit_code}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from agent.trainers.base import Launch, LaunchContext
+from agent.trainers.base import Launch, LaunchContext, OutputParser
 from agent.trainers.command import resolve_executable
 from agent.trainers.parsing.trainer_parser import TrainerParser
 from shared.ids import job_key
@@ -79,7 +79,7 @@ def sft_argv(swift: str, spec: SwiftJob, out: Path, resume_from: str | None = No
 class SwiftAdapter:
     name = "swift"
 
-    def build_launch(self, spec: SwiftJob, ctx: LaunchContext) -> Launch:  # type: ignore[override]
+    def build_launch(self, spec: SwiftJob, ctx: LaunchContext) -> Launch:
         env = dict(spec.env)
         swift = resolve_executable("swift", ctx, env.get("PATH", os.environ.get("PATH")))
         out = output_dir(spec, ctx)
@@ -97,8 +97,8 @@ class SwiftAdapter:
         return Launch(argv=[swift, "export", "--adapters", checkpoint, "--merge_lora", "true"],
                       cwd=output_dir(spec, ctx), env=env, expected_output=f"{checkpoint}-merged")
 
-    def new_parser(self, spec: SwiftJob, ctx: LaunchContext) -> TrainerParser:  # type: ignore[override]
+    def new_parser(self, spec: SwiftJob, ctx: LaunchContext) -> TrainerParser:
         return TrainerParser([output_dir(spec, ctx)], logging_steps=spec.logging_steps)
 
-    def succeeded(self, exit_code: int | None, parser: object) -> tuple[bool, str]:
+    def succeeded(self, exit_code: int | None, parser: OutputParser | None) -> tuple[bool, str]:
         return (True, "") if exit_code == 0 else (False, f"swift exited with code {exit_code}")

@@ -14,10 +14,12 @@ from litestar.types import Guard
 from gateway import schemas as views
 from gateway.api.auth import TokenStore, caller_name, caller_role, make_auth_guard
 from gateway.api.cluster import cluster_routes
-from gateway.api.seed000 import seed000_router
-from gateway.api.openapi import body_operation
-from gateway.read.sql import SqlRequest, encode_result
 from gateway.api.live import stream_routes
+from gateway.api.openapi import body_operation
+from gateway.api.params import csv_list as _csv
+from gateway.api.params import decode_body, log_filters
+from gateway.api.params import since_seconds as _since
+from gateway.api.seed000 import seed000_router
 from gateway.errors import (
     InvalidField,
     ServiceError,
@@ -26,9 +28,7 @@ from gateway.errors import (
     service_error_handler,
     unexpected_error_handler,
 )
-from gateway.api.params import csv_list as _csv
-from gateway.api.params import decode_body, log_filters
-from gateway.api.params import since_seconds as _since
+from gateway.read.sql import SqlRequest, encode_result
 from gateway.runtime import GatewayRuntime
 from shared.jobspec import JobRequest
 from shared.jobstate import JobStatus

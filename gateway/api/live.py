@@ -23,8 +23,8 @@ from litestar.response import ServerSentEvent
 from litestar.response.sse import ServerSentEventMessage
 from litestar.types import Guard
 
-from gateway.errors import InvalidField
 from gateway.api.params import log_filters
+from gateway.errors import InvalidField
 from gateway.read.queries import levels_from
 from gateway.runtime import GatewayRuntime
 from gateway.schemas import LogLine

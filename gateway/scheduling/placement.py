@@ -21,7 +21,21 @@ import heapq
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from gateway.projection.projector import JobNeeds
+from shared.jobspec import JobRequest
+
+
+@dataclass(frozen=True)
+class JobNeeds:
+    """What the scheduler must know about a job; fixed at submit."""
+
+    priority: int
+    submit_seq: int
+    gpus: int
+    gpu_ids: tuple[int, ...]
+    host: str | None
+    min_gpu_memory_gb: float | None
+    spec: JobRequest
+    submitted_by: str = ""
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from gateway.projection.projector import Projector
 from gateway.scheduling.lease import SchedulerLease
 from gateway.scheduling.placement import Assignment, HostView, QueuedJob, plan
-from gateway.projection.projector import Projector
 from shared import events as ev
 from shared import subjects
 from shared.aio import cancel_and_wait, wait_set

@@ -12,9 +12,9 @@ import time
 
 from gateway import schemas as views
 from gateway.errors import Conflict, NotFound, Unavailable
-from gateway.scheduling.placement import estimate_starts
 from gateway.projection.projector import Projector
 from gateway.read.queries import Reader
+from gateway.scheduling.placement import estimate_starts
 from gateway.scheduling.scheduler import LeaderUnavailable, Scheduler
 from gateway.services.writer import EventWriter
 from shared import events as ev

@@ -12,6 +12,7 @@ import time
 import msgspec
 
 from gateway import schemas as views
+from gateway.api.params import decode_body
 from gateway.errors import (
     BadRequest,
     Conflict,
@@ -19,21 +20,27 @@ from gateway.errors import (
     NotFound,
     ServiceError,
 )
-from gateway.services.cache import VersionedCache
-from gateway.services.cluster import ClusterService
-from gateway.api.params import decode_body
-from gateway.services.paths import PathNotAllowed, confine
 from gateway.projection.projector import Projector
 from gateway.read.queries import Reader
 from gateway.scheduling.scheduler import LeaderUnavailable, Scheduler
+from gateway.services.cache import VersionedCache
+from gateway.services.cluster import ClusterService
+from gateway.services.paths import PathNotAllowed, confine
 from gateway.services.writer import EventWriter
 from shared import events as ev
 from shared import subjects
 from shared.clock import now_s
 from shared.commands import ExportJob, StopJob
-from shared.ids import is_valid_token, new_job_id
 from shared.diffusion_pipe_config import ConfigError, build_configs, model_paths
-from shared.jobspec import TRAINERS, CommandJob, DiffusionPipeJob, HfJob, JobRequest, SwiftJob
+from shared.ids import is_valid_token, new_job_id
+from shared.jobspec import (
+    TRAINERS,
+    CommandJob,
+    DiffusionPipeJob,
+    HfJob,
+    JobRequest,
+    SwiftJob,
+)
 from shared.jobstate import TERMINAL, JobState, JobStatus
 
 MAX_BODY_BYTES = 1024 * 1024

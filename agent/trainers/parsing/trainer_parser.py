@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from agent.output.lines import LevelClassifier, kinds
 from agent.trainers.base import Sink
 from agent.trainers.parsing.trainer_output import (
     Bar,
@@ -24,7 +25,6 @@ from agent.trainers.parsing.trainer_output import (
     parse_bar,
     parse_log_dict,
 )
-from agent.output.lines import LevelClassifier, kinds
 
 _CHECKPOINT_DIR_RE = re.compile(r"^checkpoint-(\d+)$")
 _SAVING_RE = re.compile(r"Saving model checkpoint to (\S+)")
