@@ -14,11 +14,10 @@ from pathlib import Path
 from nats.js import JetStreamContext
 
 from agent.process import tree as process
-from agent.publisher import publish_retrying
+from agent.publisher import publish
 from agent.trainers import Exports, LaunchContext, adapter_for
 from agent.trainers.base import LaunchError
 from shared import events as ev
-from shared import subjects
 from shared.clock import now_s
 from shared.commands import ExportJob
 
@@ -57,13 +56,10 @@ async def run_export(js: JetStreamContext, command: ExportJob, ctx: LaunchContex
     except (LaunchError, OSError) as exc:
         reason, last = str(exc), []
     done_marker.write_text(outcome)
-    await publish_retrying(
-        js, subjects.job_event(command.job_id, "export_finished", ctx.host),
-        ev.encode(ev.ExportFinished(job_id=command.job_id, attempt=command.attempt, ts_s=now_s(),
-                                    export_id=command.export_id, outcome=outcome, path=path,  # type: ignore[arg-type]
-                                    reason=reason, last_lines=last if outcome == "failed" else [])),
-        f"{command.job_id}:{command.export_id}:export_finished",
-    )
+    finished = ev.ExportFinished(job_id=command.job_id, attempt=command.attempt, ts_s=now_s(),
+                                 export_id=command.export_id, outcome=outcome, path=path,
+                                 reason=reason, last_lines=last if outcome == "failed" else [])
+    await publish(js, finished, host=ctx.host, unique=command.export_id)
 
 
 def export_context(host: str, command: ExportJob, job_dir: Path, python: str, options: dict[str, str]) -> LaunchContext:

@@ -15,6 +15,7 @@ from nats.js import JetStreamContext
 
 from agent.gpus import GpuInventory
 from agent.options import RunOptions
+from agent.publisher import publish_once
 from agent.supervisor import Supervisor
 from shared import events as ev
 from shared import subjects
@@ -139,10 +140,7 @@ class Agent:
     async def _publish_heartbeat(self, js: JetStreamContext, leaving: bool = False) -> None:
         beat = self.heartbeat(leaving)
         try:
-            await js.publish(
-                subjects.host_event(self.host, "heartbeat"), ev.encode(beat),
-                headers={"Nats-Msg-Id": f"{self.host}:hb:{time.time_ns()}"}, timeout=5.0,
-            )
+            await publish_once(js, beat, host=self.host)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a missed beat is fine; the next one comes soon

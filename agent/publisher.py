@@ -16,32 +16,42 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-import msgspec
 from nats.js import JetStreamContext
 
-from shared import events as ev
+from shared import wire
 
 log = logging.getLogger("trainyard.agent.publish")
 
 ROW_OVERHEAD_BYTES = 48
+PUBLISH_TIMEOUT_S = 5.0
 T = TypeVar("T")
 
 
-async def publish_retrying(
-    js: JetStreamContext, subject: str, payload: bytes, msg_id: str, *, what: str = ""
-) -> int:
-    """Publish until the server acknowledges; returns the stream sequence. Same id each try."""
+async def publish(js: JetStreamContext, message: wire.Message, *, host: str, unique: object = None) -> int:
+    """The agent's one way to publish: until the server acknowledges (same id each try);
+    returns the stream sequence. Subject and id come from the message (shared/wire.py)."""
+    return await _publish_retrying(js, wire.envelope(message, host=host, unique=unique))
+
+
+async def publish_once(js: JetStreamContext, message: wire.Message, *, host: str, unique: object = None) -> int:
+    """One try (a heartbeat: a missed one is fine, the next comes soon)."""
+    env = wire.envelope(message, host=host, unique=unique)
+    ack = await js.publish(env.subject, env.payload, headers=env.headers, timeout=PUBLISH_TIMEOUT_S)
+    return ack.seq
+
+
+async def _publish_retrying(js: JetStreamContext, env: wire.Envelope) -> int:
     delay_s = 0.05
     while True:
         try:
-            ack = await js.publish(subject, payload, headers={"Nats-Msg-Id": msg_id}, timeout=5.0)
+            ack = await js.publish(env.subject, env.payload, headers=env.headers, timeout=PUBLISH_TIMEOUT_S)
             return ack.seq
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # disconnected, no responders, timeout: the same id again
-            log.warning("publish %s failed (%s); retrying in %.2fs", what or subject, exc, delay_s)
+            log.warning("publish %s failed (%s); retrying in %.2fs", env.msg_id, exc, delay_s)
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, 2.0)
 
@@ -55,18 +65,16 @@ class ColumnBatcher:
     def __init__(
         self,
         js: JetStreamContext,
-        subject: str,
-        id_prefix: str,
+        host: str,
         columns: tuple[str, ...],
-        build: Callable[[int, dict[str, list]], msgspec.Struct],
+        build: Callable[[int, dict[str, list]], wire.Message],
         max_bytes: int,
         first_seq: int = 0,
-        on_ack: Callable[[msgspec.Struct], None] | None = None,
+        on_ack: Callable[[Any], None] | None = None,
     ) -> None:
         self._js = js
         self._on_ack = on_ack
-        self._subject = subject
-        self._id_prefix = id_prefix
+        self._host = host
         self._names = columns
         self._cols: dict[str, list] = {name: [] for name in columns}
         self._sizes: list[int] = []
@@ -123,9 +131,7 @@ class ColumnBatcher:
             batch = {name: col[:count] for name, col in self._cols.items()}
             first = self.next_seq
             message = self._build(first, batch)
-            self.last_stream_seq = await publish_retrying(
-                self._js, self._subject, ev.encode(message), f"{self._id_prefix}:{first}"
-            )
+            self.last_stream_seq = await publish(self._js, message, host=self._host, unique=first)
             for col in self._cols.values():
                 del col[:count]
             self.pending_bytes -= sum(itertools.islice(self._sizes, count))
@@ -146,10 +152,9 @@ class LatestSlot(Generic[T]):
     reports progress on every line pays for one message per round trip, not one per line.
     """
 
-    def __init__(self, js: JetStreamContext, subject: str, id_prefix: str, build: Callable[[T], msgspec.Struct]) -> None:
+    def __init__(self, js: JetStreamContext, host: str, build: Callable[[T], wire.Message]) -> None:
         self._js = js
-        self._subject = subject
-        self._id_prefix = id_prefix
+        self._host = host
         self._build = build
         self._value: T | None = None
         # Ids stay unique across agent restarts: start from the clock, count up.
@@ -173,9 +178,7 @@ class LatestSlot(Generic[T]):
                 continue
             value, self._value = self._value, None
             self._count += 1
-            await publish_retrying(
-                self._js, self._subject, ev.encode(self._build(value)), f"{self._id_prefix}:{self._count}"
-            )
+            await publish(self._js, self._build(value), host=self._host, unique=self._count)
 
     async def drained(self) -> None:
         await self._idle.wait()

@@ -19,9 +19,8 @@ from agent.export import export_context, run_export
 from agent.gpus import GpuInventory
 from agent.options import RunOptions
 from agent.process.tree import Spawner
-from agent.publisher import publish_retrying
+from agent.publisher import publish
 from shared import events as ev
-from shared import subjects
 from shared.aio import cancel_and_wait
 from shared.clock import now_s
 from shared.commands import AnyCommand, ExportJob, StartJob, StopJob
@@ -88,17 +87,9 @@ class Supervisor:
             return
         reason = self._why_refuse(command)
         if reason:
-            await publish_retrying(
-                self.js,
-                subjects.job_event(command.job_id, "refused", self.host),
-                ev.encode(
-                    ev.JobRefused(
-                        job_id=command.job_id, attempt=command.attempt, ts_s=now_s(),
-                        host=self.host, reason=f"host {self.host} refused it: {reason}",
-                    )
-                ),
-                f"{command.job_id}:{command.attempt}:refused",
-            )
+            refused = ev.JobRefused(job_id=command.job_id, attempt=command.attempt, ts_s=now_s(),
+                                    host=self.host, reason=f"host {self.host} refused it: {reason}")
+            await publish(self.js, refused, host=self.host)
             return
         await self._begin(TrainerRun(self.js, self.host, command, self.run_dir(*key), self.state_path(*key),
                                      self.options, spawner=self.spawner))
@@ -174,13 +165,9 @@ class Supervisor:
             why = "it has already ended here" if run is not None or self.state_path(
                 command.job_id, command.attempt).exists() else "it is not running on this host"
             log.info("stop for %s/%s ignored: %s", command.job_id, command.attempt, why)
-            await publish_retrying(
-                self.js, subjects.job_event(command.job_id, "agent_note", self.host),
-                ev.encode(ev.AgentNote(job_id=command.job_id, attempt=command.attempt, ts_s=now_s(),
-                                       host=self.host, what="stop_ignored",
-                                       detail=f"stop of attempt {command.attempt} ignored: {why}")),
-                f"{command.job_id}:{command.attempt}:stop_ignored:{int(command.ts_s * 1000)}",
-            )
+            note = ev.AgentNote(job_id=command.job_id, attempt=command.attempt, ts_s=now_s(), host=self.host,
+                                what="stop_ignored", detail=f"stop of attempt {command.attempt} ignored: {why}")
+            await publish(self.js, note, host=self.host, unique=f"stop_ignored:{int(command.ts_s * 1000)}")
             return
         run.stop(command.force, command.grace_s)
 

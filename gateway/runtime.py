@@ -19,8 +19,8 @@ from gateway.read.sql import SqlRunner
 from gateway.scheduling.scheduler import Scheduler
 from gateway.services.cluster import ClusterService
 from gateway.services.jobs import JobService
-from gateway.services.writer import EventWriter
 from gateway.webhooks import WebhookNotifier, load_secret
+from gateway.writer import EventWriter
 from shared import subjects
 from shared.config import GatewaySettings
 from shared.nats import provision

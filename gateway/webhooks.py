@@ -25,8 +25,8 @@ import msgspec
 from nats.js import JetStreamContext
 
 from gateway.projection.projector import Projector
+from gateway.writer import EventWriter
 from shared import events as ev
-from shared import subjects
 from shared.aio import cancel_and_wait
 from shared.clock import now_s
 
@@ -56,6 +56,7 @@ class WebhookNotifier:
                  is_leader, retry_delays_s: tuple[float, ...] = RETRY_DELAYS_S) -> None:
         self.js = js
         self.projector = projector
+        self.writer = EventWriter(js, projector, ryw_timeout_s=0.0)
         self.secret = secret
         self.is_leader = is_leader
         self.retry_delays_s = retry_delays_s
@@ -121,12 +122,11 @@ class WebhookNotifier:
             except httpx.HTTPError as exc:
                 ok, error = False, f"{exc.__class__.__name__}: {exc}"[:300]
             final = ok or n == tries
-            await self.js.publish(
-                subjects.job_event(job_id, "webhook"),
-                ev.encode(ev.WebhookDelivery(job_id=job_id, attempt=state.attempt, ts_s=now_s(),
-                                             delivery_id=delivery_id, event=event, url=url, try_number=n,
-                                             ok=ok, status_code=code, error=error, final=final)),
-                headers={"Nats-Msg-Id": f"{job_id}:{delivery_id}:{n}"},
+            await self.writer.publish(
+                ev.WebhookDelivery(job_id=job_id, attempt=state.attempt, ts_s=now_s(),
+                                   delivery_id=delivery_id, event=event, url=url, try_number=n,
+                                   ok=ok, status_code=code, error=error, final=final),
+                unique=f"{delivery_id}:{n}",
             )
             if final:
                 self._finished.add((job_id, event))

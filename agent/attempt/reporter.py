@@ -15,9 +15,8 @@ from typing import NamedTuple
 from nats.js import JetStreamContext
 
 from agent.attempt.state import Published, RunState
-from agent.publisher import ColumnBatcher, LatestSlot, publish_retrying
+from agent.publisher import ColumnBatcher, LatestSlot, publish
 from shared import events as ev
-from shared import subjects
 from shared.clock import now_s
 
 LAST_LINES = 30
@@ -59,11 +58,9 @@ class Reporter:
         self.truncated = bool(log_cap_bytes) and self.logged_bytes >= log_cap_bytes
         self.shipped_checkpoints: set[str] = set(resumed.checkpoints) if resumed else set()
         self._notes: set[asyncio.Task[int]] = set()
-        prefix = f"{job_id}:{attempt}"
         self.log_batcher = ColumnBatcher(
             js,
-            subjects.job_log(job_id, host),
-            f"{prefix}:log",
+            host,
             ("ts", "stream", "level", "kind", "text"),
             self._log_batch,
             max_bytes,
@@ -72,8 +69,7 @@ class Reporter:
         )
         self.metric_batcher = ColumnBatcher(
             js,
-            subjects.job_event(job_id, "metrics", host),
-            f"{prefix}:metrics",
+            host,
             ("step", "epoch", "name", "value", "ts"),
             lambda first, c: ev.MetricsRecorded(
                 job_id=job_id, attempt=attempt, ts_s=now_s(), first_seq=first,
@@ -83,9 +79,7 @@ class Reporter:
             max_bytes,
             first_seq=published.metric_end,
         )
-        self.progress_slot: LatestSlot[ProgressReading] = LatestSlot(
-            js, subjects.job_event(job_id, "progress", host), f"{prefix}:progress", self._progress_event
-        )
+        self.progress_slot: LatestSlot[ProgressReading] = LatestSlot(js, host, self._progress_event)
         self._js = js
         self._checkpoints: list[ev.CheckpointSaved] = []
         self._checkpoint_wake = asyncio.Event()
@@ -141,9 +135,7 @@ class Reporter:
         self.system(detail, "WARNING")
         note = ev.AgentNote(job_id=self.job_id, attempt=self.attempt, ts_s=now_s(), host=self.host,
                             what="log_truncated", detail=detail)
-        task = asyncio.create_task(publish_retrying(
-            self._js, subjects.job_event(self.job_id, "agent_note", self.host), ev.encode(note),
-            f"{self.job_id}:{self.attempt}:log_truncated"))
+        task = asyncio.create_task(publish(self._js, note, host=self.host, unique=note.what))
         self._notes.add(task)
         task.add_done_callback(self._notes.discard)
 
@@ -216,10 +208,7 @@ class Reporter:
             self._checkpoint_wake.clear()
             while self._checkpoints:
                 event = self._checkpoints[0]
-                await publish_retrying(
-                    self._js, subjects.job_event(self.job_id, "checkpoint", self.host), ev.encode(event),
-                    f"{self.job_id}:{self.attempt}:checkpoint:{event.path}",
-                )
+                await publish(self._js, event, host=self.host, unique=event.path)
                 self.shipped_checkpoints.add(event.path)
                 self._checkpoints.pop(0)
 

@@ -30,11 +30,10 @@ from agent.attempt.stop import ProcessTreeControl
 from agent.attempt.tail import FileTail
 from agent.options import RunOptions
 from agent.process import tree as process
-from agent.publisher import publish_retrying
+from agent.publisher import publish
 from agent.trainers import LaunchContext, adapter_for
 from agent.trainers.base import Launch, LaunchError, OutputParser
 from shared import events as ev
-from shared import subjects
 from shared.aio import cancel_and_wait
 from shared.clock import now_s
 from shared.commands import StartJob
@@ -117,13 +116,8 @@ class TrainerRun(ProcessTreeControl):
     def alive(self) -> bool:
         return self.root is not None and not self.finished.is_set() and self.root.is_alive()
 
-    def _event_id(self, kind: str) -> str:
-        return f"{self.job_id}:{self.attempt}:{kind}"
-
-    async def _publish(self, event: ev.JobEvent, kind: str) -> int:
-        return await publish_retrying(
-            self.js, subjects.job_event(self.job_id, kind, self.host), ev.encode(event), self._event_id(kind)
-        )
+    async def _publish(self, event: ev.JobEvent) -> int:
+        return await publish(self.js, event, host=self.host)
 
     # ---- the state file --------------------------------------------------------------------
     def _save_state(self, **changes: object) -> None:
@@ -185,7 +179,6 @@ class TrainerRun(ProcessTreeControl):
                     reason=reason, last_lines=list(self.reporter.last_lines),
                     log_stream_seq=self.reporter.log_batcher.last_stream_seq,
                 ),
-                "exited",
             )
             return
         if not spawned:
@@ -234,7 +227,6 @@ class TrainerRun(ProcessTreeControl):
                 pid=self.root.pid, run_dir=str(self.run_dir), stdout_path=str(stdout_path),
                 stderr_path=str(stderr_path),
             ),
-            "started",
         )
         self.reporter.system(f"started pid {self.root.pid} on host {self.host}: {' '.join(launch.argv)}")
         return True
@@ -334,7 +326,7 @@ class TrainerRun(ProcessTreeControl):
         self.reporter.system(reason, "ERROR")
         await self.reporter.drained()
         await self._publish(ev.JobLost(job_id=self.job_id, attempt=self.attempt, ts_s=now_s(),
-                                       host=self.host, reason=reason), "lost")
+                                       host=self.host, reason=reason))
         self._save_state(reported=True)
 
     async def _report_exit(
@@ -358,7 +350,6 @@ class TrainerRun(ProcessTreeControl):
                 last_lines=list(self.reporter.last_lines) if outcome == "failed" else [],
                 log_stream_seq=self.reporter.log_batcher.last_stream_seq,
             ),
-            "exited",
         )
         if self.root is not None:
             self._save_state(reported=True)

@@ -12,11 +12,10 @@ from nats.js import JetStreamContext
 
 from agent.attempt.reporter import Reporter
 from agent.process import tree as process
-from agent.publisher import publish_retrying
+from agent.publisher import publish
 from agent.trainers import LaunchContext, StopsGracefully
 from agent.trainers.base import AnyAdapter
 from shared import events as ev
-from shared import subjects
 from shared.clock import now_s
 from shared.commands import StartJob
 
@@ -146,9 +145,6 @@ class ProcessTreeControl:
         await self._note("gpus_released", "the processes that survived SIGKILL are gone; GPUs free again")
 
     async def _note(self, what: str, detail: str) -> None:
-        await publish_retrying(
-            self.js, subjects.job_event(self.job_id, "agent_note", self.host),
-            ev.encode(ev.AgentNote(job_id=self.job_id, attempt=self.attempt, ts_s=now_s(), host=self.host,
-                                   what=what, detail=detail)),
-            f"{self.job_id}:{self.attempt}:{what}",
-        )
+        note = ev.AgentNote(job_id=self.job_id, attempt=self.attempt, ts_s=now_s(), host=self.host,
+                            what=what, detail=detail)
+        await publish(self.js, note, host=self.host, unique=what)

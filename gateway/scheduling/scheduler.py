@@ -30,6 +30,7 @@ from nats.js import JetStreamContext
 from gateway.projection.projector import Projector
 from gateway.scheduling.lease import SchedulerLease
 from gateway.scheduling.placement import Assignment, HostView, QueuedJob, plan
+from gateway.writer import EventWriter
 from shared import events as ev
 from shared import subjects
 from shared.aio import cancel_and_wait, wait_set
@@ -61,6 +62,8 @@ class Scheduler:
         self.nc = nc
         self.js = js
         self.projector = projector
+        # Its publishes fail with Unavailable, like the API's (one error policy).
+        self.writer = EventWriter(js, projector, ryw_timeout_s=0.0)
         self.replica = replica
         self.host_timeout_s = host_timeout_s
         self.host_lost_grace_s = host_lost_grace_s
@@ -258,14 +261,8 @@ class Scheduler:
         ts = now_s()
         scheduled = ev.JobScheduled(job_id=a.job_id, attempt=a.attempt, ts_s=ts, host=a.host,
                                     gpu_ids=list(a.gpu_ids))
-        await self.js.publish(
-            subjects.job_event(a.job_id, "scheduled"), ev.encode(scheduled),
-            headers={"Nats-Msg-Id": f"{a.job_id}:{a.attempt}:scheduled"},
-        )
-        await self.js.publish(
-            subjects.cmd(a.host, "start"), ev.encode(self._start_command(a, ts)),
-            headers={"Nats-Msg-Id": f"{a.job_id}:{a.attempt}:start"},
-        )
+        await self.writer.publish(scheduled)
+        await self.writer.publish(self._start_command(a, ts), host=a.host)
 
     # ---- hosts: loss, fencing, stranded starts ------------------------------------------------------
     async def maintain(self) -> None:
@@ -277,10 +274,7 @@ class Scheduler:
             for job_id, state in list(states.items()):
                 if state.status is JobStatus.SCHEDULED and state.host is not None:
                     a = Assignment(job_id, state.attempt, state.host, state.gpu_ids)
-                    await self.js.publish(
-                        subjects.cmd(a.host, "start"), ev.encode(self._start_command(a, now)),
-                        headers={"Nats-Msg-Id": f"{job_id}:{a.attempt}:start"},
-                    )
+                    await self.writer.publish(self._start_command(a, now), host=a.host)
         deadline = self.host_timeout_s + self.host_lost_grace_s
         # A new leader (a restarted gateway, a take-over) first watches the hosts for one
         # timeout: its projection of the heartbeats may still be catching up.
@@ -296,12 +290,8 @@ class Scheduler:
                 reason = (f"host {state.host} sent no heartbeat for {silent_s:.0f}s "
                           f"(offline after {self.host_timeout_s:g}s, lost after {deadline:g}s)")
                 log.warning("job %s attempt %s lost: %s", job_id, state.attempt, reason)
-                await self.js.publish(
-                    subjects.job_event(job_id, "lost"),
-                    ev.encode(ev.JobLost(job_id=job_id, attempt=state.attempt, ts_s=now,
-                                         reason=reason, host=state.host)),
-                    headers={"Nats-Msg-Id": f"{job_id}:{state.attempt}:lost"},
-                )
+                await self.writer.publish(ev.JobLost(job_id=job_id, attempt=state.attempt, ts_s=now,
+                                                     reason=reason, host=state.host))
         # Fencing waits for the same settling: a new leader's projection of the job stream may
         # still be replaying what the hosts' heartbeats already show running, and a job it has
         # not yet seen started would be stopped as "moved past" (the soak caught one 0.2 s after
@@ -325,10 +315,7 @@ class Scheduler:
                 log.warning("host %s still runs %s attempt %s, which the job has moved past: stopping it",
                             beat.host, hj.job_id, hj.attempt)
                 stop = StopJob(job_id=hj.job_id, attempt=hj.attempt, ts_s=now, force=True, grace_s=0.0)
-                await self.js.publish(
-                    subjects.cmd(beat.host, "stop"), ev.encode(stop),
-                    headers={"Nats-Msg-Id": f"{hj.job_id}:{hj.attempt}:fence:{int(now)}"},
-                )
+                await self.writer.publish(stop, host=beat.host, unique=f"fence:{int(now)}")
 
     # ---- "process the queue now" from any replica ----------------------------------------------------
     async def process_now(self) -> PassResult:

@@ -8,7 +8,6 @@ removing a queued job) are events, like everything else.
 from __future__ import annotations
 
 import statistics
-import time
 
 from gateway import schemas as views
 from gateway.errors import Conflict, NotFound, Unavailable
@@ -16,9 +15,8 @@ from gateway.projection.projector import Projector
 from gateway.read.queries import Reader
 from gateway.scheduling.placement import estimate_starts
 from gateway.scheduling.scheduler import LeaderUnavailable, Scheduler
-from gateway.services.writer import EventWriter
+from gateway.writer import EventWriter
 from shared import events as ev
-from shared import subjects
 from shared.clock import now_s
 from shared.ids import is_valid_token
 from shared.jobstate import ON_HOST, JobState, JobStatus
@@ -148,8 +146,7 @@ class ClusterService:
                            "use POST /jobs/{job_id}/stop to stop it")
         event = ev.JobCancelled(job_id=job_id, attempt=state.attempt, ts_s=now_s(),
                                 reason=f"removed from the queue by {user or 'request'}")
-        await self.writer.publish_and_wait(subjects.job_event(job_id, "cancelled"), event,
-                                           f"{job_id}:{state.attempt}:cancelled")
+        await self.writer.publish_and_wait(event)
         return views.StopResponse(job_id=job_id, status=self._state(job_id).status.value,
                                   message="removed from the queue")
 
@@ -166,8 +163,7 @@ class ClusterService:
     async def set_processor(self, running: bool, user: str = "") -> views.ProcessorStatus:
         control: ev.SchedulerControl = (ev.SchedulerResumed if running else ev.SchedulerPaused)(
             ts_s=now_s(), by=user)
-        await self.writer.publish_and_wait(subjects.control(ev.tag_of(type(control))), control,
-                                           f"ctl:{ev.tag_of(type(control))}:{time.time_ns()}")
+        await self.writer.publish_and_wait(control)
         return self.processor_status()
 
     async def process_now(self) -> views.ProcessResult:

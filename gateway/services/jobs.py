@@ -7,7 +7,6 @@ them, so a client that submits and immediately reads sees its own write.
 from __future__ import annotations
 
 import os
-import time
 
 import msgspec
 
@@ -26,9 +25,9 @@ from gateway.scheduling.scheduler import LeaderUnavailable, Scheduler
 from gateway.services.cache import VersionedCache
 from gateway.services.cluster import ClusterService
 from gateway.services.paths import PathNotAllowed, confine
-from gateway.services.writer import EventWriter
+from gateway.writer import EventWriter
 from shared import events as ev
-from shared import subjects
+from shared import subjects, wire
 from shared.clock import now_s
 from shared.commands import ExportJob, StopJob
 from shared.diffusion_pipe_config import ConfigError, build_configs, model_paths
@@ -212,7 +211,7 @@ class JobService:
         self._refuse_if_pinned_gpus_busy(spec)
         job_id = new_job_id()
         event = ev.JobSubmitted(job_id=job_id, attempt=0, ts_s=now_s(), spec=spec, submitted_by=user)
-        await self.writer.publish_and_wait(subjects.job_event(job_id, "submitted"), event, f"{job_id}:0:submitted")
+        await self.writer.publish_and_wait(event)
         state = self.projector.live_states.get(job_id)
         status = state.status.value if state else "queued"
         position = self.scheduler.queue_position(job_id) if status == "queued" else None
@@ -233,19 +232,17 @@ class JobService:
         if state.status in (JobStatus.PENDING, JobStatus.QUEUED) and placed is None:
             event = ev.JobCancelled(job_id=job_id, attempt=state.attempt, ts_s=ts,
                                     reason=f"stopped by {user or 'request'} before it started")
-            await self.writer.publish_and_wait(subjects.job_event(job_id, "cancelled"), event,
-                                               f"{job_id}:{state.attempt}:cancelled")
+            await self.writer.publish_and_wait(event)
         else:
             attempt = placed.attempt if placed else state.attempt
             host = placed.host if placed else state.host
             assert host is not None
-            nonce = time.time_ns()
+            nonce = wire.nonce()
             request = ev.JobStopRequested(job_id=job_id, attempt=attempt, ts_s=ts, force=force,
                                           grace_s=grace, requested_by=user)
-            await self.writer.publish(subjects.job_event(job_id, "stop_requested"), request,
-                                      f"{job_id}:{attempt}:stop_requested:{nonce}")
+            await self.writer.publish(request, unique=nonce)
             command = StopJob(job_id=job_id, attempt=attempt, ts_s=ts, force=force, grace_s=grace)
-            await self.writer.publish(subjects.cmd(host, "stop"), command, f"{job_id}:{attempt}:stop:{nonce}")
+            await self.writer.publish(command, host=host, unique=nonce)
             moving = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING)
             try:
                 await self.projector.wait_until(lambda: self.state(job_id).status not in moving,
@@ -328,7 +325,7 @@ class JobService:
         if not state.is_terminal:
             raise Conflict(f"job {job_id} is {state.status.value}; stop it before deleting it")
         event = ev.JobDeleted(job_id=job_id, attempt=state.attempt, ts_s=now_s(), requested_by=user)
-        await self.writer.publish_and_wait(subjects.job_event(job_id, "deleted"), event, f"{job_id}:deleted")
+        await self.writer.publish_and_wait(event)
 
     async def start(self, job_id: str, *, user: str = "") -> views.StopResponse:
         """Seed 002's `start`: release a held job; a queued one is placed as soon as GPUs allow
@@ -338,8 +335,7 @@ class JobService:
             raise Conflict(f"job {job_id} already ended ({state.status.value}); submit it again to rerun it")
         if state.status is JobStatus.PENDING:
             event = ev.JobReleased(job_id=job_id, attempt=state.attempt, ts_s=now_s())
-            await self.writer.publish_and_wait(subjects.job_event(job_id, "released"), event,
-                                               f"{job_id}:{state.attempt}:released:{time.time_ns()}")
+            await self.writer.publish_and_wait(event, unique=wire.nonce())
             message = "released into the queue"
         elif state.status is JobStatus.QUEUED:
             message = "queued; it starts as soon as the GPUs it needs are free"
@@ -361,8 +357,7 @@ class JobService:
             raise Conflict(f"job {job_id} succeeded; use resume to train further from a checkpoint")
         event = ev.JobRetried(job_id=job_id, attempt=state.attempt, ts_s=now_s(), resume_from=resume_from,
                               requested_by=user)
-        await self.writer.publish_and_wait(subjects.job_event(job_id, "retried"), event,
-                                           f"{job_id}:{state.attempt}:retried:{time.time_ns()}")
+        await self.writer.publish_and_wait(event, unique=wire.nonce())
         now = self.state(job_id)
         verb = f"resuming from {resume_from}" if resume_from else "retrying"
         return views.StopResponse(job_id=job_id, status=now.status.value, message=f"{verb} as a new attempt")
@@ -408,14 +403,13 @@ class JobService:
             raise Conflict(f"job {job_id} saved no checkpoint to export")
         if state.host is None:
             raise Conflict(f"job {job_id} never ran on a host")
-        export_id = f"exp_{time.time_ns():x}"
+        export_id = f"exp_{wire.nonce():x}"
         requested = ev.ExportRequested(job_id=job_id, attempt=state.attempt, ts_s=now_s(), export_id=export_id,
                                        host=state.host, checkpoint=chosen["path"], requested_by=user)
-        await self.writer.publish_and_wait(subjects.job_event(job_id, "export_requested"), requested,
-                                           f"{job_id}:{export_id}:export_requested")
+        await self.writer.publish_and_wait(requested, unique=export_id)
         command = ExportJob(job_id=job_id, attempt=state.attempt, ts_s=requested.ts_s,
                             export_id=export_id, spec=spec, checkpoint=chosen["path"])
-        await self.writer.publish(subjects.cmd(state.host, "export"), command, f"{job_id}:{export_id}:export")
+        await self.writer.publish(command, host=state.host, unique=export_id)
         return views.ExportResponse(job_id=job_id, export_id=export_id, status="running",
                                     checkpoint=chosen["path"], host=state.host,
                                     message=f"exporting {os.path.basename(chosen['path'])} on {state.host}")

@@ -1,0 +1,38 @@
+"""Writes from the gateway: the one way it publishes (an event, a command, a control), and
+read-your-writes: after a write, wait (briefly) until the projector shows it, so the client
+that wrote reads its own write."""
+
+from __future__ import annotations
+
+from nats.js import JetStreamContext
+
+from gateway.errors import Unavailable
+from gateway.projection.view import JobView
+from shared import subjects, wire
+
+PUBLISH_TIMEOUT_S = 5.0
+
+
+class EventWriter:
+    def __init__(self, js: JetStreamContext, view: JobView, ryw_timeout_s: float) -> None:
+        self.js = js
+        self.view = view
+        self.ryw_timeout_s = ryw_timeout_s
+
+    async def publish(self, message: wire.Message, *, host: str | None = None, unique: object = None) -> int:
+        """Publish once; the stream sequence, or Unavailable (the caller's one error policy)."""
+        env = wire.envelope(message, host=host, unique=unique)
+        try:
+            ack = await self.js.publish(env.subject, env.payload, headers=env.headers, timeout=PUBLISH_TIMEOUT_S)
+        except Exception as exc:
+            raise Unavailable(f"could not record the request in JetStream: {exc}") from None
+        return ack.seq
+
+    async def publish_and_wait(self, message: wire.Message, *, unique: object = None) -> int:
+        """Publish a gateway event of the job stream, then wait until the projection has it."""
+        seq = await self.publish(message, unique=unique)
+        try:
+            await self.view.wait_applied(subjects.JOB_STREAM, seq, self.ryw_timeout_s)
+        except TimeoutError:
+            pass  # recorded; the projection will show it shortly
+        return seq
