@@ -1,14 +1,13 @@
-"""Domain errors the service raises, and the one place they become HTTP responses."""
+"""The errors the gateway's services raise, each with its HTTP status; api/errors.py is the one
+place they become responses. No Litestar here: services never import it."""
 
 from __future__ import annotations
 
-import logging
+from typing import Any
 
 import msgspec
-from litestar import Request, Response
-from litestar.exceptions import HTTPException
 
-log = logging.getLogger("trainyard.gateway")
+from shared.jobstate import IllegalTransition, JobState, check
 
 
 class ServiceError(Exception):
@@ -44,17 +43,18 @@ class Conflict(ServiceError):
     code = "conflict"
 
 
+class Forbidden(ServiceError):
+    """The caller's role does not allow this (or the job is another operator's)."""
+
+    status_code = 403
+    code = "forbidden"
+
+
 class Unavailable(ServiceError):
     """A part trainyard needs (NATS, the projector) is not answering."""
 
     status_code = 503
     code = "unavailable"
-
-
-class ErrorBody(msgspec.Struct, omit_defaults=True):
-    error: str
-    detail: str
-    field: str | None = None
 
 
 def field_of_validation_error(exc: msgspec.ValidationError) -> str | None:
@@ -67,47 +67,26 @@ def field_of_validation_error(exc: msgspec.ValidationError) -> str | None:
     return path.lstrip(".") or None
 
 
-def service_error_handler(_: Request, exc: ServiceError) -> Response[ErrorBody]:
-    return Response(ErrorBody(exc.code, exc.detail, exc.field), status_code=exc.status_code)
+_REQUIRED = object()
 
 
-def http_error_handler(_: Request, exc: HTTPException) -> Response[ErrorBody]:
-    # Litestar's own 4xx (unknown route, wrong method, body too large, bad query type).
-    code = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 401: "unauthorized",
-            403: "forbidden"}.get(exc.status_code, "bad_request")
-    detail = exc.detail
-    extra = getattr(exc, "extra", None)
-    if extra:
-        detail = f"{detail}: {extra}"
-    return Response(ErrorBody(code, str(detail)), status_code=exc.status_code,
-                    headers=getattr(exc, "headers", None))
+def decode_body(decoder: msgspec.json.Decoder, body: bytes, default: Any = _REQUIRED) -> Any:
+    """A JSON body through `decoder`: 422 naming the field, 400 if it is not JSON. With a
+    `default`, an empty body means the default."""
+    if default is not _REQUIRED and not body.strip():
+        return default
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise InvalidField(str(exc), field=field_of_validation_error(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"body is not a JSON object: {exc}") from None
 
 
-def unexpected_error_handler(_: Request, exc: Exception) -> Response[ErrorBody]:
-    log.exception("unexpected error", exc_info=exc)
-    return Response(ErrorBody("internal", "internal error; see the gateway log"), status_code=500)
-
-
-ERROR_RESPONSES = {
-    400: "malformed body or parameter (`field` names it)",
-    401: "no or unknown bearer token",
-    403: "the token's role does not allow this (or the job is another operator's)",
-    404: "no such job (or route)",
-    409: "the job's state does not allow this",
-    413: "body over 1 MiB",
-    422: "a field's value is not accepted (`field` names it)",
-    503: "NATS or the projector is not answering",
-}
-
-
-def document_errors(handlers: list) -> list:
-    """Put the one error shape, with what each code means, in the OpenAPI of every route."""
-    from litestar.openapi.datastructures import ResponseSpec
-
-    for handler in handlers:
-        documented = dict(handler.responses or {})
-        for code, meaning in ERROR_RESPONSES.items():
-            documented.setdefault(code, ResponseSpec(data_container=ErrorBody, description=meaning,
-                                                     generate_examples=False))
-        handler.responses = documented
-    return handlers
+def refuse_unless_allowed(state: JobState, event: Any) -> None:
+    """409 in the state machine's own words if `event` cannot happen to the job now
+    (shared/jobstate.py holds every such rule)."""
+    try:
+        check(state, event)
+    except IllegalTransition as exc:
+        raise Conflict(str(exc)) from None

@@ -1,7 +1,8 @@
 """The job state machine: a pure `evolve(state, event) -> state` over a transition table.
 
-The projector and the scheduler derive every job's status with it; the gateway runs it before
-publishing a lifecycle event so that an impossible request is refused (409) instead of written.
+The projector and the scheduler derive every job's status with it; the gateway asks `check`
+before publishing a lifecycle event, so that an impossible request is refused (409, with the
+rule's own words) instead of written. Every rule lives here, in TRANSITIONS and next_status.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ ACTIVE = frozenset(JobStatus) - TERMINAL
 S = JobStatus
 # Marker: the target status is the outcome the event carries (JobExited).
 FROM_OUTCOME = "from-outcome"
+# Marker: the job leaves every view (JobDeleted); its status is what it was.
+REMOVED = "removed"
 
 # status -> {event type -> next status}. Anything not listed is illegal.
 TRANSITIONS: dict[JobStatus, dict[type, JobStatus | str]] = {
@@ -63,10 +66,22 @@ TRANSITIONS: dict[JobStatus, dict[type, JobStatus | str]] = {
         ev.JobExited: FROM_OUTCOME,
         ev.JobLost: S.LOST,
     },
-    S.SUCCEEDED: {ev.JobRetried: S.QUEUED},  # resume: train further from a checkpoint
-    S.FAILED: {ev.JobRetried: S.QUEUED},
-    S.STOPPED: {ev.JobRetried: S.QUEUED},
-    S.LOST: {ev.JobRetried: S.QUEUED},
+    # A succeeded job is retried only to resume: train further from a checkpoint (next_status).
+    S.SUCCEEDED: {ev.JobRetried: S.QUEUED, ev.JobDeleted: REMOVED},
+    S.FAILED: {ev.JobRetried: S.QUEUED, ev.JobDeleted: REMOVED},
+    S.STOPPED: {ev.JobRetried: S.QUEUED, ev.JobDeleted: REMOVED},
+    S.LOST: {ev.JobRetried: S.QUEUED, ev.JobDeleted: REMOVED},
+}
+
+# How a refusal reads, by event and by whether the job has ended; the default says the rule.
+_REFUSALS: dict[tuple[type, bool], str] = {
+    (ev.JobStopRequested, True): "already ended ({status}); nothing to stop",
+    (ev.JobCancelled, True): "already ended ({status}); it is not waiting in the queue",
+    (ev.JobCancelled, False): "is {status}, not waiting in the queue; use POST /jobs/{job_id}/stop to stop it",
+    (ev.JobReleased, True): "already ended ({status}); submit it again to rerun it",
+    (ev.JobRetried, False): "is {status}; only an ended job can be retried",
+    (ev.JobRetried, True): "{status}; use resume to train further from a checkpoint",
+    (ev.JobDeleted, False): "is {status}; stop it before deleting it",
 }
 
 # Events an agent sends about one attempt; a stale attempt's report must not move a newer one.
@@ -83,8 +98,12 @@ class IllegalTransition(JobStateError):
     def __init__(self, status: JobStatus | None, event: msgspec.Struct) -> None:
         self.status = status
         self.event_type = ev.tag_of(type(event))
-        where = status.value if status else "no job"
-        super().__init__(f"'{self.event_type}' is not allowed when the job is {where}")
+        template = _REFUSALS.get((type(event), status in TERMINAL)) if status is not None else None
+        if template is not None and isinstance(event, ev.JobEvent):
+            message = f"job {event.job_id} " + template.format(status=status.value, job_id=event.job_id)
+        else:
+            message = f"'{self.event_type}' is not allowed when the job is {status.value if status else 'no job'}"
+        super().__init__(message)
 
 
 class StaleAttempt(IllegalTransition):
@@ -162,12 +181,22 @@ def next_status(state: JobState | None, event: ev.JobEvent) -> JobStatus:
         raise IllegalTransition(state.status, event)
     if isinstance(event, ATTEMPT_BOUND) and event.attempt != state.attempt:
         raise StaleAttempt(state.status, event, state.attempt)
+    if isinstance(event, ev.JobRetried) and state.status is S.SUCCEEDED and event.resume_from is None:
+        raise IllegalTransition(state.status, event)
+    if target == REMOVED:
+        return state.status
     if target == FROM_OUTCOME:
         assert isinstance(event, ev.JobExited)
         target = JobStatus(event.outcome)
     if _retries(state, JobStatus(target)):
         return JobStatus.QUEUED
     return JobStatus(target)
+
+
+def check(state: JobState | None, event: ev.JobEvent) -> None:
+    """IllegalTransition if `event` cannot happen to a job in `state` (what the gateway asks
+    before it publishes one); nothing otherwise."""
+    next_status(state, event)
 
 
 def evolve(state: JobState | None, event: ev.JobEvent) -> JobState:

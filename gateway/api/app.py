@@ -14,20 +14,19 @@ from litestar.types import Guard
 from gateway import schemas as views
 from gateway.api.auth import TokenStore, caller_name, caller_role, make_auth_guard
 from gateway.api.cluster import cluster_routes
-from gateway.api.live import stream_routes
-from gateway.api.openapi import body_operation
-from gateway.api.params import csv_list as _csv
-from gateway.api.params import decode_body, log_filters
-from gateway.api.params import since_seconds as _since
-from gateway.api.seed000 import seed000_router
-from gateway.errors import (
-    InvalidField,
-    ServiceError,
+from gateway.api.errors import (
     document_errors,
     http_error_handler,
     service_error_handler,
     unexpected_error_handler,
 )
+from gateway.api.live import stream_routes
+from gateway.api.openapi import body_operation
+from gateway.api.params import csv_list as _csv
+from gateway.api.params import log_filters
+from gateway.api.params import since_seconds as _since
+from gateway.api.seed000 import seed000_router
+from gateway.errors import InvalidField, ServiceError, decode_body
 from gateway.read.sql import SqlRequest, encode_result
 from gateway.runtime import GatewayRuntime
 from shared.jobspec import JobRequest

@@ -1,13 +1,10 @@
-"""Request parsing shared by the route sets: JSON bodies, list and time parameters, log filters."""
+"""Query parameters shared by the route sets: lists, times, log filters (JSON bodies: errors.decode_body)."""
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
-import msgspec
-
-from gateway.errors import BadRequest, InvalidField, field_of_validation_error
+from gateway.errors import InvalidField
 from gateway.read.queries import LEVELS, LOG_KINDS
 
 MAX_QUERY_LIST = 50
@@ -34,22 +31,6 @@ def since_seconds(value: str | None) -> float | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.timezone.utc)
     return parsed.timestamp()
-
-
-_REQUIRED = object()
-
-
-def decode_body(decoder: msgspec.json.Decoder, body: bytes, default: Any = _REQUIRED) -> Any:
-    """A JSON body through `decoder`: 422 naming the field, 400 if it is not JSON. With a
-    `default`, an empty body means the default."""
-    if default is not _REQUIRED and not body.strip():
-        return default
-    try:
-        return decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise InvalidField(str(exc), field=field_of_validation_error(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"body is not a JSON object: {exc}") from None
 
 
 def log_filters(kind: str, level: str | None) -> tuple[str, str | None]:

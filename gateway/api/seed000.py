@@ -20,8 +20,8 @@ from litestar.types import Guard
 from gateway import schemas as views
 from gateway.api.auth import caller_name, caller_role
 from gateway.api.openapi import body_operation
-from gateway.api.params import decode_body, log_filters, since_seconds
-from gateway.errors import InvalidField, ServiceError
+from gateway.api.params import log_filters, since_seconds
+from gateway.errors import InvalidField, ServiceError, decode_body
 from gateway.runtime import GatewayRuntime
 from shared.jobstate import JobStatus
 

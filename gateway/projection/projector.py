@@ -36,7 +36,7 @@ from gateway.scheduling.placement import JobNeeds
 from shared import events as ev
 from shared import subjects
 from shared.aio import cancel_and_wait
-from shared.jobstate import IllegalTransition, evolve
+from shared.jobstate import IllegalTransition, check, evolve
 from shared.nats.pullfeed import PullFeed
 
 log = logging.getLogger("trainyard.projector")
@@ -248,9 +248,10 @@ class Projector(JobView):
             return item
         if isinstance(event, ev.JobDeleted):
             state = batch.states.get(event.job_id) or self.live_states.get(event.job_id)
-            if state is None or not state.is_terminal:
-                where = state.status.value if state else "unknown"
-                item.applied, item.note = False, f"not deleted: the job is {where}"
+            try:
+                check(state, event)
+            except IllegalTransition as exc:
+                item.applied, item.note = False, f"not deleted: {exc}"
             else:
                 batch.deleted.append(event.job_id)
                 batch.states.pop(event.job_id, None)

@@ -21,7 +21,10 @@ import heapq
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+import msgspec
+
 from shared.jobspec import JobRequest
+from shared.jobstate import JobState, JobStatus
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,11 @@ class Assignment:
     attempt: int
     host: str
     gpu_ids: tuple[int, ...]
+
+    def applied_to(self, state: JobState) -> JobState:
+        """The job as it is once this placement's `scheduled` event lands (it may be in flight)."""
+        return msgspec.structs.replace(state, status=JobStatus.SCHEDULED, attempt=self.attempt, host=self.host,
+                                       gpu_ids=self.gpu_ids)
 
 
 def _shape(needs: JobNeeds) -> tuple:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 
 from gateway import schemas as views
-from gateway.errors import Conflict, NotFound, Unavailable
+from gateway.errors import NotFound, Unavailable, refuse_unless_allowed
 from gateway.projection.projector import Projector
 from gateway.read.queries import Reader
 from gateway.scheduling.placement import estimate_starts
@@ -19,7 +19,7 @@ from gateway.writer import EventWriter
 from shared import events as ev
 from shared.clock import now_s
 from shared.ids import is_valid_token
-from shared.jobstate import ON_HOST, JobState, JobStatus
+from shared.jobstate import ON_HOST, JobState
 
 
 class ClusterService:
@@ -141,11 +141,11 @@ class ClusterService:
 
     async def remove_from_queue(self, job_id: str, user: str = "") -> views.StopResponse:
         state = self._state(job_id)
-        if state.status not in (JobStatus.QUEUED, JobStatus.PENDING) or self.scheduler.placement(job_id):
-            raise Conflict(f"job {job_id} is {state.status.value}, not waiting in the queue; "
-                           "use POST /jobs/{job_id}/stop to stop it")
         event = ev.JobCancelled(job_id=job_id, attempt=state.attempt, ts_s=now_s(),
                                 reason=f"removed from the queue by {user or 'request'}")
+        placed = self.scheduler.placement(job_id)
+        # Placed but not yet projected: its `scheduled` event is on the way.
+        refuse_unless_allowed(state if placed is None else placed.applied_to(state), event)
         await self.writer.publish_and_wait(event)
         return views.StopResponse(job_id=job_id, status=self._state(job_id).status.value,
                                   message="removed from the queue")

@@ -11,82 +11,30 @@ import os
 import msgspec
 
 from gateway import schemas as views
-from gateway.api.params import decode_body
 from gateway.errors import (
     BadRequest,
     Conflict,
+    Forbidden,
     InvalidField,
     NotFound,
-    ServiceError,
+    refuse_unless_allowed,
 )
 from gateway.projection.projector import Projector
 from gateway.read.queries import Reader
 from gateway.scheduling.scheduler import LeaderUnavailable, Scheduler
 from gateway.services.cache import VersionedCache
 from gateway.services.cluster import ClusterService
-from gateway.services.paths import PathNotAllowed, confine
+from gateway.services.submission import PathChecks, decode_job_request
 from gateway.writer import EventWriter
 from shared import events as ev
 from shared import subjects, wire
 from shared.clock import now_s
 from shared.commands import ExportJob, StopJob
-from shared.diffusion_pipe_config import ConfigError, build_configs, model_paths
 from shared.ids import is_valid_token, new_job_id
-from shared.jobspec import (
-    TRAINERS,
-    CommandJob,
-    DiffusionPipeJob,
-    HfJob,
-    JobRequest,
-    SwiftJob,
-)
-from shared.jobstate import TERMINAL, JobState, JobStatus
+from shared.jobspec import JobRequest, SwiftJob
+from shared.jobstate import JobState, JobStatus
 
 MAX_BODY_BYTES = 1024 * 1024
-
-
-class Forbidden(ServiceError):
-    status_code = 403
-    code = "forbidden"
-
-
-class _TrainerPeek(msgspec.Struct):
-    trainer: str | None = None
-
-
-_peek = msgspec.json.Decoder(_TrainerPeek)
-_request_decoders = {
-    "command": msgspec.json.Decoder(CommandJob),
-    "hf": msgspec.json.Decoder(HfJob),
-    "swift": msgspec.json.Decoder(SwiftJob),
-    "diffusion-pipe": msgspec.json.Decoder(DiffusionPipeJob),
-}
-
-
-class _SwiftPeek(msgspec.Struct):
-    model_path: object = None
-    data_path: object = None
-
-
-_swift_peek = msgspec.json.Decoder(_SwiftPeek)
-
-
-def decode_job_request(body: bytes) -> JobRequest:
-    trainer = decode_body(_peek, body).trainer
-    if trainer is None:
-        # Seed 002's clients send a swift job without naming the trainer.
-        peek = _swift_peek.decode(body)
-        if peek.model_path is not None or peek.data_path is not None:
-            return _decode_as("swift", body)
-        raise InvalidField(f"'trainer' is required (one of: {', '.join(TRAINERS)})", field="trainer")
-    return _decode_as(trainer, body)
-
-
-def _decode_as(trainer: str, body: bytes) -> JobRequest:
-    decoder = _request_decoders.get(trainer)
-    if decoder is None:
-        raise InvalidField(f"unknown trainer {trainer!r}; one of: {', '.join(TRAINERS)}", field="trainer")
-    return decode_body(decoder, body)
 
 
 def _checkpoint_named(job_id: str, name: str, saved: list[dict]) -> dict:
@@ -116,7 +64,7 @@ class JobService:
         self.scheduler = scheduler
         self.cluster = cluster
         self.reader = reader
-        self.allowed_roots = allowed_roots
+        self.paths = PathChecks(allowed_roots)
         self.ryw_timeout_s = ryw_timeout_s
         self._details: VersionedCache[views.JobDetail] = VersionedCache()
         self._lists: VersionedCache[views.JobList] = VersionedCache(256)
@@ -138,65 +86,6 @@ class JobService:
         where = ", ".join(f"GPU {g} on {h}" for h, g in busy) or "the GPUs do not exist there"
         raise Conflict(f"requested GPUs are busy ({where}) and if_busy is 'reject'")
 
-    def _confined(self, value: str, field: str) -> str:
-        try:
-            return confine(value, self.allowed_roots, field)
-        except PathNotAllowed as exc:
-            raise InvalidField(str(exc), field=field) from None
-
-    def _check_paths(self, spec: JobRequest) -> JobRequest:
-        """Paths in requests are normalised and must lie under the allowed roots (DESIGN §10).
-        Hub ids (`Qwen/Qwen2.5-7B`) are not paths; a relative output dir stays inside the job's
-        own directory."""
-        changes: dict[str, str] = {}
-        if isinstance(spec, (CommandJob, HfJob)) and spec.cwd is not None:
-            changes["cwd"] = self._confined(spec.cwd, "cwd")
-        if isinstance(spec, HfJob):
-            base = changes.get("cwd")
-            if os.path.isabs(spec.script):
-                changes["script"] = self._confined(spec.script, "script")
-            elif base is not None:
-                changes["script"] = self._confined(os.path.join(base, spec.script), "script")
-            else:
-                raise InvalidField("script must be an absolute path, or relative to cwd", field="script")
-        if isinstance(spec, SwiftJob):
-            for field in ("model_path", "data_path", "resume_from_checkpoint"):
-                value = getattr(spec, field)
-                if value and (os.path.isabs(value) or value.startswith(("./", "../", "~"))):
-                    changes[field] = self._confined(os.path.expanduser(value), field)
-            if os.path.isabs(spec.output_dir):
-                changes["output_dir"] = self._confined(spec.output_dir, "output_dir")
-            elif ".." in spec.output_dir.replace("\\", "/").split("/"):
-                raise InvalidField("a relative output_dir may not contain '..'", field="output_dir")
-        if isinstance(spec, DiffusionPipeJob):
-            return self._check_diffusion_pipe(spec)
-        return msgspec.structs.replace(spec, **changes) if changes else spec
-
-    def _check_diffusion_pipe(self, spec: DiffusionPipeJob) -> DiffusionPipeJob:
-        """Refuse (400, naming the key) what diffusion-pipe would refuse, before anything runs;
-        confine the dataset directories and the model's files."""
-        try:
-            build_configs(spec.model_type, spec.dataset, spec.config, "/output", "/dataset.toml")
-        except ConfigError as exc:
-            raise BadRequest(str(exc), field=exc.key) from None
-        dataset = dict(spec.dataset)
-        dataset["directories"] = [
-            {**d, "path": self._confined(d["path"], f"dataset.directories[{i}].path")}
-            for i, d in enumerate(spec.dataset["directories"])
-        ]
-        config = dict(spec.config)
-        paths = model_paths(spec.config)
-        if paths:
-            config["model"] = {**spec.config["model"],
-                               **{k: self._confined(v, f"config.model.{k}") for k, v in paths.items()}}
-        output = spec.output_dir
-        if output is not None:
-            if os.path.isabs(output):
-                output = self._confined(output, "output_dir")
-            elif ".." in output.split("/"):
-                raise InvalidField("a relative output_dir may not contain '..'", field="output_dir")
-        return msgspec.structs.replace(spec, dataset=dataset, config=config, output_dir=output)
-
     async def submit(self, body: bytes, *, role: str, user: str = "") -> views.SubmitResponse:
         if len(body) > MAX_BODY_BYTES:
             raise BadRequest("body too large")
@@ -207,7 +96,7 @@ class JobService:
             raise InvalidField("host is not a valid host name", field="host")
         if spec.webhook_progress and not spec.webhook_url:
             raise InvalidField("webhook_progress needs a webhook_url to post to", field="webhook_progress")
-        spec = self._check_paths(spec)
+        spec = self.paths.check(spec)
         self._refuse_if_pinned_gpus_busy(spec)
         job_id = new_job_id()
         event = ev.JobSubmitted(job_id=job_id, attempt=0, ts_s=now_s(), spec=spec, submitted_by=user)
@@ -224,22 +113,23 @@ class JobService:
 
     async def stop(self, job_id: str, *, force: bool, grace_s: float | None, user: str = "") -> views.StopResponse:
         state = self.state(job_id)
-        if state.status in TERMINAL:
-            raise Conflict(f"job {job_id} already ended ({state.status.value}); nothing to stop")
         placed = self.scheduler.placement(job_id)
         grace = grace_s if grace_s is not None else self.projector.needs[job_id].spec.stop_grace_s
         ts = now_s()
         if state.status in (JobStatus.PENDING, JobStatus.QUEUED) and placed is None:
             event = ev.JobCancelled(job_id=job_id, attempt=state.attempt, ts_s=ts,
                                     reason=f"stopped by {user or 'request'} before it started")
+            refuse_unless_allowed(state, event)
             await self.writer.publish_and_wait(event)
         else:
             attempt = placed.attempt if placed else state.attempt
+            request = ev.JobStopRequested(job_id=job_id, attempt=attempt, ts_s=ts, force=force,
+                                          grace_s=grace, requested_by=user)
+            # Placed but not yet projected: its `scheduled` event is on the way.
+            refuse_unless_allowed(state if placed is None else placed.applied_to(state), request)
             host = placed.host if placed else state.host
             assert host is not None
             nonce = wire.nonce()
-            request = ev.JobStopRequested(job_id=job_id, attempt=attempt, ts_s=ts, force=force,
-                                          grace_s=grace, requested_by=user)
             await self.writer.publish(request, unique=nonce)
             command = StopJob(job_id=job_id, attempt=attempt, ts_s=ts, force=force, grace_s=grace)
             await self.writer.publish(command, host=host, unique=nonce)
@@ -322,19 +212,17 @@ class JobService:
     async def delete(self, job_id: str, *, user: str = "") -> None:
         """Remove an ended job from every view; its events stay (the history is auditable)."""
         state = self.state(job_id)
-        if not state.is_terminal:
-            raise Conflict(f"job {job_id} is {state.status.value}; stop it before deleting it")
         event = ev.JobDeleted(job_id=job_id, attempt=state.attempt, ts_s=now_s(), requested_by=user)
+        refuse_unless_allowed(state, event)
         await self.writer.publish_and_wait(event)
 
     async def start(self, job_id: str, *, user: str = "") -> views.StopResponse:
         """Seed 002's `start`: release a held job; a queued one is placed as soon as GPUs allow
         (this asks for a scheduling pass now); one already placed or running is left alone."""
         state = self.state(job_id)
-        if state.is_terminal:
-            raise Conflict(f"job {job_id} already ended ({state.status.value}); submit it again to rerun it")
-        if state.status is JobStatus.PENDING:
+        if state.status is JobStatus.PENDING or state.is_terminal:
             event = ev.JobReleased(job_id=job_id, attempt=state.attempt, ts_s=now_s())
+            refuse_unless_allowed(state, event)
             await self.writer.publish_and_wait(event, unique=wire.nonce())
             message = "released into the queue"
         elif state.status is JobStatus.QUEUED:
@@ -351,12 +239,9 @@ class JobService:
     async def retry(self, job_id: str, *, resume_from: str | None = None, user: str = "") -> views.StopResponse:
         """An ended job back to the queue for a new attempt (its history stays)."""
         state = self.state(job_id)
-        if not state.is_terminal:
-            raise Conflict(f"job {job_id} is {state.status.value}; only an ended job can be retried")
-        if state.status is JobStatus.SUCCEEDED and resume_from is None:
-            raise Conflict(f"job {job_id} succeeded; use resume to train further from a checkpoint")
         event = ev.JobRetried(job_id=job_id, attempt=state.attempt, ts_s=now_s(), resume_from=resume_from,
                               requested_by=user)
+        refuse_unless_allowed(state, event)
         await self.writer.publish_and_wait(event, unique=wire.nonce())
         now = self.state(job_id)
         verb = f"resuming from {resume_from}" if resume_from else "retrying"

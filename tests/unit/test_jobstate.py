@@ -16,6 +16,8 @@ from shared.jobstate import (
     JobStatus,
     StaleAttempt,
     evolve,
+    TERMINAL,
+    check,
     next_status,
 )
 
@@ -33,7 +35,7 @@ def sample(event_type: type, attempt: int = 1, **extra) -> ev.JobEvent:
         ev.JobStarted: dict(host="h", pid=1, run_dir="/r", stdout_path="/r/o", stderr_path="/r/e"),
         ev.JobStopRequested: {}, ev.JobCancelled: dict(reason="x"),
         ev.JobExited: dict(outcome="failed", exit_code=1), ev.JobLost: dict(reason="gone"),
-        ev.JobRetried: {},
+        ev.JobRetried: dict(resume_from="latest"),  # allowed from every ended status (a plain retry: not from succeeded)
     }[event_type]
     return event_type(**base, **{**fields, **extra})
 
@@ -140,3 +142,22 @@ def test_a_report_from_an_attempt_that_was_retried_is_fenced() -> None:
     s = run_attempt(s, 2)
     with pytest.raises(StaleAttempt):
         evolve(s, sample(ev.JobExited, attempt=1, outcome="succeeded", exit_code=0))
+
+
+def test_rules_the_gateway_asks_before_publishing() -> None:
+    """The gateway's 409s come from the table: each refusal in the rule's own words."""
+    plain_retry = sample(ev.JobRetried, resume_from=None)
+    with pytest.raises(IllegalTransition, match="succeeded; use resume"):
+        check(state(JobStatus.SUCCEEDED), plain_retry)
+    check(state(JobStatus.FAILED), plain_retry)
+    with pytest.raises(IllegalTransition, match="only an ended job can be retried"):
+        check(state(JobStatus.RUNNING), plain_retry)
+    deleted = ev.JobDeleted(job_id=J, attempt=1, ts_s=1.0)
+    with pytest.raises(IllegalTransition, match="stop it before deleting it"):
+        check(state(JobStatus.RUNNING), deleted)
+    for ended in TERMINAL:
+        check(state(ended), deleted)
+    with pytest.raises(IllegalTransition, match="already ended \\(stopped\\); nothing to stop"):
+        check(state(JobStatus.STOPPED), sample(ev.JobStopRequested))
+    with pytest.raises(IllegalTransition, match="not waiting in the queue"):
+        check(state(JobStatus.RUNNING), sample(ev.JobCancelled))

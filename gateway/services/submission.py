@@ -1,0 +1,125 @@
+"""What a submitted job request must pass before it becomes an event: decoding (seed 002's
+clients send swift jobs without naming the trainer), and paths confined to the allowed roots
+(DESIGN §10), including diffusion-pipe's dataset and model files."""
+
+from __future__ import annotations
+
+import os
+
+import msgspec
+
+from gateway.errors import BadRequest, InvalidField, decode_body
+from gateway.services.paths import PathNotAllowed, confine
+from shared.diffusion_pipe_config import ConfigError, build_configs, model_paths
+from shared.jobspec import (
+    SPECS,
+    TRAINERS,
+    CommandJob,
+    DiffusionPipeJob,
+    HfJob,
+    JobRequest,
+    SwiftJob,
+)
+
+
+class _TrainerPeek(msgspec.Struct):
+    trainer: str | None = None
+
+
+_peek = msgspec.json.Decoder(_TrainerPeek)
+# One decoder per trainer, from the spec registry (shared/jobspec.py).
+_request_decoders: dict[str, msgspec.json.Decoder[JobRequest]] = {
+    name: msgspec.json.Decoder(spec) for name, spec in SPECS.items()
+}
+
+
+class _SwiftPeek(msgspec.Struct):
+    model_path: object = None
+    data_path: object = None
+
+
+_swift_peek = msgspec.json.Decoder(_SwiftPeek)
+
+
+def decode_job_request(body: bytes) -> JobRequest:
+    trainer = decode_body(_peek, body).trainer
+    if trainer is None:
+        # Seed 002's clients send a swift job without naming the trainer.
+        peek = _swift_peek.decode(body)
+        if peek.model_path is not None or peek.data_path is not None:
+            return _decode_as("swift", body)
+        raise InvalidField(f"'trainer' is required (one of: {', '.join(TRAINERS)})", field="trainer")
+    return _decode_as(trainer, body)
+
+
+def _decode_as(trainer: str, body: bytes) -> JobRequest:
+    decoder = _request_decoders.get(trainer)
+    if decoder is None:
+        raise InvalidField(f"unknown trainer {trainer!r}; one of: {', '.join(TRAINERS)}", field="trainer")
+    return decode_body(decoder, body)
+
+
+class PathChecks:
+    """Paths in requests are normalised and must lie under the allowed roots (DESIGN §10)."""
+
+    def __init__(self, allowed_roots: list[str]) -> None:
+        self.allowed_roots = allowed_roots
+
+    def _confined(self, value: str, field: str) -> str:
+        try:
+            return confine(value, self.allowed_roots, field)
+        except PathNotAllowed as exc:
+            raise InvalidField(str(exc), field=field) from None
+
+    def check(self, spec: JobRequest) -> JobRequest:
+        """Paths in requests are normalised and must lie under the allowed roots (DESIGN §10).
+        Hub ids (`Qwen/Qwen2.5-7B`) are not paths; a relative output dir stays inside the job's
+        own directory."""
+        changes: dict[str, str] = {}
+        if isinstance(spec, (CommandJob, HfJob)) and spec.cwd is not None:
+            changes["cwd"] = self._confined(spec.cwd, "cwd")
+        if isinstance(spec, HfJob):
+            base = changes.get("cwd")
+            if os.path.isabs(spec.script):
+                changes["script"] = self._confined(spec.script, "script")
+            elif base is not None:
+                changes["script"] = self._confined(os.path.join(base, spec.script), "script")
+            else:
+                raise InvalidField("script must be an absolute path, or relative to cwd", field="script")
+        if isinstance(spec, SwiftJob):
+            for field in ("model_path", "data_path", "resume_from_checkpoint"):
+                value = getattr(spec, field)
+                if value and (os.path.isabs(value) or value.startswith(("./", "../", "~"))):
+                    changes[field] = self._confined(os.path.expanduser(value), field)
+            if os.path.isabs(spec.output_dir):
+                changes["output_dir"] = self._confined(spec.output_dir, "output_dir")
+            elif ".." in spec.output_dir.replace("\\", "/").split("/"):
+                raise InvalidField("a relative output_dir may not contain '..'", field="output_dir")
+        if isinstance(spec, DiffusionPipeJob):
+            return self._check_diffusion_pipe(spec)
+        return msgspec.structs.replace(spec, **changes) if changes else spec
+
+    def _check_diffusion_pipe(self, spec: DiffusionPipeJob) -> DiffusionPipeJob:
+        """Refuse (400, naming the key) what diffusion-pipe would refuse, before anything runs;
+        confine the dataset directories and the model's files."""
+        try:
+            build_configs(spec.model_type, spec.dataset, spec.config, "/output", "/dataset.toml")
+        except ConfigError as exc:
+            raise BadRequest(str(exc), field=exc.key) from None
+        dataset = dict(spec.dataset)
+        dataset["directories"] = [
+            {**d, "path": self._confined(d["path"], f"dataset.directories[{i}].path")}
+            for i, d in enumerate(spec.dataset["directories"])
+        ]
+        config = dict(spec.config)
+        paths = model_paths(spec.config)
+        if paths:
+            config["model"] = {**spec.config["model"],
+                               **{k: self._confined(v, f"config.model.{k}") for k, v in paths.items()}}
+        output = spec.output_dir
+        if output is not None:
+            if os.path.isabs(output):
+                output = self._confined(output, "output_dir")
+            elif ".." in output.split("/"):
+                raise InvalidField("a relative output_dir may not contain '..'", field="output_dir")
+        return msgspec.structs.replace(spec, dataset=dataset, config=config, output_dir=output)
