@@ -6,6 +6,8 @@ from typing import Any
 
 import msgspec
 
+from shared import events as ev
+
 
 class JobSummary(msgspec.Struct, kw_only=True):
     job_id: str
@@ -47,18 +49,10 @@ class JobStatusView(msgspec.Struct, kw_only=True):
     waiting_reason: str | None = None
 
 
-class ProgressView(msgspec.Struct, kw_only=True):
+class ProgressView(ev.Progress, kw_only=True):
     job_id: str
     status: str
     attempt: int
-    step: int | None = None
-    total_steps: int | None = None
-    epoch: float | None = None
-    total_epochs: int | None = None
-    percent: float | None = None
-    rate_steps_s: float | None = None
-    eta_s: float | None = None
-    estimated: bool = False
     updated_s: float | None = None
     latest_metrics: dict[str, float] = {}
 

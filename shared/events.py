@@ -99,7 +99,11 @@ class JobLost(JobEvent, tag="lost"):
 # ---- observations (they do not move the state machine) ------------------------------------
 
 
-class JobProgress(JobEvent, tag="progress"):
+class Progress(msgspec.Struct, kw_only=True):
+    """How far a training has got: the one shape of progress. Parsers report it (their Sink's
+    `progress` takes these fields), the `progress` event carries it, the API shows it
+    (ProgressView), the `progress` table has its columns."""
+
     step: int | None = None
     total_steps: int | None = None
     epoch: float | None = None
@@ -109,6 +113,31 @@ class JobProgress(JobEvent, tag="progress"):
     eta_s: float | None = None
     # True when total/percent/ETA were derived by trainyard rather than printed by the trainer.
     estimated: bool = False
+
+
+PROGRESS_FIELDS = msgspec.structs.fields(Progress)
+PROGRESS_NAMES = tuple(f.name for f in PROGRESS_FIELDS)
+
+
+class JobProgress(JobEvent, tag="progress"):
+    """Progress's fields, spelled out here because a msgspec Struct has a single base and the
+    event's stored wire shape is flat (tests/unit/test_log_batch.py checks that they agree)."""
+
+    step: int | None = None
+    total_steps: int | None = None
+    epoch: float | None = None
+    total_epochs: int | None = None
+    percent: float | None = None
+    rate_steps_s: float | None = None
+    eta_s: float | None = None
+    estimated: bool = False
+
+    @classmethod
+    def of(cls, job_id: str, attempt: int, ts_s: float, progress: Progress) -> JobProgress:
+        return cls(job_id=job_id, attempt=attempt, ts_s=ts_s, **msgspec.structs.asdict(progress))
+
+    def progress(self) -> Progress:
+        return Progress(**{name: getattr(self, name) for name in PROGRESS_NAMES})
 
 
 class MetricsRecorded(JobEvent, tag="metrics"):

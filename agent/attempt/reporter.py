@@ -10,8 +10,9 @@ import collections
 import itertools
 import time
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import msgspec
 from nats.js import JetStreamContext
 
 from agent.attempt.state import Published, RunState
@@ -23,17 +24,12 @@ LAST_LINES = 30
 
 
 class ProgressReading(NamedTuple):
-    """What a parser said about progress, kept until the slot ships it."""
+    """What a parser said about progress (rate and ETA only if the trainer printed them), and
+    when: kept until the slot ships it."""
 
     mono_s: float
     ts_s: float
-    step: int | None
-    total_steps: int | None
-    epoch: float | None
-    total_epochs: int | None
-    estimated: bool
-    rate_steps_s: float | None = None  # as the trainer said; else derived
-    eta_s: float | None = None
+    progress: ev.Progress
 
 
 class Reporter:
@@ -153,45 +149,31 @@ class Reporter:
                 ([step] * n, [epoch] * n, names, [float(v) for v in values.values()], [now_s()] * n),
             )
 
-    def progress(
-        self,
-        *,
-        step: int | None,
-        total_steps: int | None,
-        epoch: float | None = None,
-        total_epochs: int | None = None,
-        estimated: bool = False,
-        rate_steps_s: float | None = None,
-        eta_s: float | None = None,
-    ) -> None:
-        self.progress_slot.set(
-            ProgressReading(time.monotonic(), now_s(), step, total_steps, epoch, total_epochs,
-                            estimated, rate_steps_s, eta_s)
-        )
+    def progress(self, **reading: Any) -> None:
+        """Sink.progress: its keywords are ev.Progress's fields (percent is derived here)."""
+        self.progress_slot.set(ProgressReading(time.monotonic(), now_s(), ev.Progress(**reading)))
 
     def _progress_event(self, r: ProgressReading) -> ev.JobProgress:
         """Rate and ETA as the trainer printed them, else from the first step seen (reset if the
         step goes back, e.g. a resume) and marked estimated."""
+        p = r.progress
         rate = eta = percent = None
-        estimated = r.estimated
-        if r.step is not None and r.total_steps:
-            percent = min(100.0, 100.0 * r.step / r.total_steps)
-        if r.rate_steps_s is not None or r.eta_s is not None:
-            rate, eta = r.rate_steps_s, r.eta_s
-        elif r.step is not None:
-            if self._rate_anchor is None or r.step < self._rate_anchor[1]:
-                self._rate_anchor = (r.mono_s, r.step)
+        estimated = p.estimated
+        if p.step is not None and p.total_steps:
+            percent = min(100.0, 100.0 * p.step / p.total_steps)
+        if p.rate_steps_s is not None or p.eta_s is not None:
+            rate, eta = p.rate_steps_s, p.eta_s
+        elif p.step is not None:
+            if self._rate_anchor is None or p.step < self._rate_anchor[1]:
+                self._rate_anchor = (r.mono_s, p.step)
             t0, s0 = self._rate_anchor
-            if r.mono_s > t0 and r.step > s0:
-                rate = (r.step - s0) / (r.mono_s - t0)
-            if r.total_steps and rate:
-                eta = max(0.0, (r.total_steps - r.step) / rate)
+            if r.mono_s > t0 and p.step > s0:
+                rate = (p.step - s0) / (r.mono_s - t0)
+            if p.total_steps and rate:
+                eta = max(0.0, (p.total_steps - p.step) / rate)
                 estimated = True
-        return ev.JobProgress(
-            job_id=self.job_id, attempt=self.attempt, ts_s=r.ts_s, step=r.step,
-            total_steps=r.total_steps, epoch=r.epoch, total_epochs=r.total_epochs,
-            percent=percent, rate_steps_s=rate, eta_s=eta, estimated=estimated,
-        )
+        shipped = msgspec.structs.replace(p, percent=percent, rate_steps_s=rate, eta_s=eta, estimated=estimated)
+        return ev.JobProgress.of(self.job_id, self.attempt, r.ts_s, shipped)
 
     def checkpoint(self, path: str, step: int | None) -> None:
         if path in self.shipped_checkpoints or any(c.path == path for c in self._checkpoints):

@@ -163,10 +163,7 @@ class BatchWriter:
             p = list(progress.values())
             self.tables.replace_by_key(con, "progress", ("job_id",), {
                 "job_id": [e.job_id for e in p], "attempt": [e.attempt for e in p],
-                "step": [e.step for e in p], "total_steps": [e.total_steps for e in p],
-                "epoch": [e.epoch for e in p], "total_epochs": [e.total_epochs for e in p],
-                "percent": [e.percent for e in p], "rate_steps_s": [e.rate_steps_s for e in p],
-                "eta_s": [e.eta_s for e in p], "estimated": [e.estimated for e in p],
+                **{name: [getattr(e, name) for e in p] for name in ev.PROGRESS_NAMES},
                 "ts_s": [e.ts_s for e in p],
             })
 

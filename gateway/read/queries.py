@@ -12,6 +12,7 @@ import duckdb
 import msgspec
 
 from gateway import schemas as views
+from shared import events as ev
 from shared.ids import job_key
 
 T = TypeVar("T")
@@ -128,10 +129,14 @@ class Reader:
 
         return await self.run(fetch)
 
-    async def progress_row(self, job_id: str) -> tuple | None:
-        return await self.run(lambda c: c.execute(
-            "SELECT attempt, step, total_steps, epoch, total_epochs, percent, rate_steps_s, eta_s, "
-            "estimated, ts_s FROM progress WHERE job_id = ?", [job_id]).fetchone())
+    async def progress(self, job_id: str) -> tuple[int, float, ev.Progress] | None:
+        """The job's latest progress: (attempt, when, the reading)."""
+        columns = ", ".join(ev.PROGRESS_NAMES)
+        row = await self.run(lambda c: c.execute(
+            f"SELECT attempt, ts_s, {columns} FROM progress WHERE job_id = ?", [job_id]).fetchone())
+        if row is None:
+            return None
+        return row[0], row[1], ev.Progress(**dict(zip(ev.PROGRESS_NAMES, row[2:], strict=True)))
 
     async def latest_metrics(self, job_id: str, attempt: int) -> dict[str, float]:
         rows = await self.run(lambda c: c.execute(

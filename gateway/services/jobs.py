@@ -170,16 +170,14 @@ class JobService:
 
     async def progress(self, job_id: str) -> views.ProgressView:
         s = self.state(job_id)
-        row = await self.reader.progress_row(job_id)
+        stored = await self.reader.progress(job_id)
         latest = await self.reader.latest_metrics(job_id, s.attempt)
-        if row is None or row[0] != s.attempt:
+        if stored is None or stored[0] != s.attempt:
             return views.ProgressView(job_id=job_id, status=s.status.value, attempt=s.attempt,
                                       latest_metrics=latest)
-        return views.ProgressView(
-            job_id=job_id, status=s.status.value, attempt=row[0], step=row[1], total_steps=row[2],
-            epoch=row[3], total_epochs=row[4], percent=row[5], rate_steps_s=row[6], eta_s=row[7],
-            estimated=row[8], updated_s=row[9], latest_metrics=latest,
-        )
+        attempt, updated_s, reading = stored
+        return views.ProgressView(job_id=job_id, status=s.status.value, attempt=attempt, updated_s=updated_s,
+                                  latest_metrics=latest, **msgspec.structs.asdict(reading))
 
     async def detail(self, job_id: str) -> views.JobDetail:
         self.state(job_id)

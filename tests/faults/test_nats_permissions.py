@@ -8,16 +8,16 @@ import asyncio
 import sys
 import time
 
+import msgspec
 import nats as nats_py
 import pytest
 from nats.errors import TimeoutError as NatsTimeout
-import msgspec
 from nats.js.api import ConsumerConfig
 
 from shared import events as ev
 from shared import subjects
-from shared.nats import auth as natsauth
 from shared.jobspec import CommandJob
+from shared.nats import auth as natsauth
 from tests.harness import Rig
 
 DENIED_WITHIN_S = 1.0  # a denied request gets no answer: it times out

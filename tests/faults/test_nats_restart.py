@@ -8,8 +8,8 @@ import signal
 
 import pytest
 
-from tests.harness import Rig, check_lines, job_processes, paced
 from tests.faults.test_agent_restart import wait_lines
+from tests.harness import Rig, check_lines, job_processes, paced
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])

@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from shared import subjects
 from shared.commands import StartJob
 from shared.jobspec import CommandJob

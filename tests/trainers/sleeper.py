@@ -4,6 +4,7 @@ import signal
 import sys
 import time
 
+
 def on_term(*_):
     print("got SIGTERM, saving and exiting", flush=True)
     sys.exit(0)

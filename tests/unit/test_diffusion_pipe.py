@@ -4,9 +4,8 @@ and the TensorBoard reader."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 import pytest
 import tomli_w

@@ -10,14 +10,14 @@ import pytest
 from shared import events as ev
 from shared.jobspec import CommandJob
 from shared.jobstate import (
+    TERMINAL,
     TRANSITIONS,
     IllegalTransition,
     JobState,
     JobStatus,
     StaleAttempt,
-    evolve,
-    TERMINAL,
     check,
+    evolve,
     next_status,
 )
 

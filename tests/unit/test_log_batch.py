@@ -54,3 +54,12 @@ def test_a_batch_whose_parts_disagree_is_refused(change: dict) -> None:
     raw.update(change)
     with pytest.raises(msgspec.ValidationError):
         ev.decode_job_event(msgspec.json.encode(raw))
+
+
+def test_the_progress_event_carries_exactly_the_progress_fields() -> None:
+    """JobProgress spells out ev.Progress's fields (one Struct base only); they must agree."""
+    event_fields = {f.name: (f.type, f.default) for f in msgspec.structs.fields(ev.JobProgress)}
+    for f in ev.PROGRESS_FIELDS:
+        assert event_fields[f.name] == (f.type, f.default), f.name
+    reading = ev.Progress(step=3, total_steps=10, percent=30.0, estimated=True)
+    assert ev.JobProgress.of("j", 1, 2.0, reading).progress() == reading

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.nats import auth as natsauth
 from shared.ids import InvalidIdentifier
+from shared.nats import auth as natsauth
 
 NATS_CONF = Path(__file__).parents[2] / "nats.conf"
 

@@ -5,9 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.trainers.hf import flag_value
-from agent.trainers.swift import master_port, sft_argv
-from agent.trainers.parsing.trainer_output import global_step_of, metrics_of, parse_bar, parse_log_dict
+from agent.trainers.parsing.trainer_output import (
+    global_step_of,
+    metrics_of,
+    parse_bar,
+    parse_log_dict,
+)
 from agent.trainers.parsing.trainer_parser import TrainerParser
+from agent.trainers.swift import master_port, sft_argv
 from shared.jobspec import SwiftJob
 
 HF4 = "{'loss': 2.1234, 'grad_norm': 1.583, 'learning_rate': 4.8e-05, 'epoch': 0.08}"
