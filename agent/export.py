@@ -41,7 +41,9 @@ async def run_export(js: JetStreamContext, command: ExportJob, ctx: LaunchContex
         if not isinstance(adapter, Exports):
             raise LaunchError(f"a {command.spec.trainer} job has no export step")
         launch = adapter.build_export(command.spec, ctx, command.checkpoint)
-        proc = await process.spawn(launch.argv, launch.cwd, process.child_env(launch.env, ctx), stdout_path, stderr_path)
+        proc = await process.spawn(
+            launch.argv, launch.cwd, process.child_env(launch.env, ctx), stdout_path, stderr_path
+        )
         code = await proc.wait()
         text = stdout_path.read_text(errors="replace") + "\n" + stderr_path.read_text(errors="replace")
         m = _MERGED_RE.search(text)
@@ -52,7 +54,7 @@ async def run_export(js: JetStreamContext, command: ExportJob, ctx: LaunchContex
         else:
             _, _, words = process.describe_exit(code)
             reason = f"export {words}"
-        last = [l for l in text.splitlines() if l.strip()][-LAST_LINES:]
+        last = [ln for ln in text.splitlines() if ln.strip()][-LAST_LINES:]
     except (LaunchError, OSError) as exc:
         reason, last = str(exc), []
     done_marker.write_text(outcome)

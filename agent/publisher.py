@@ -89,7 +89,7 @@ class ColumnBatcher:
         self._idle.set()
 
     def add(self, size: int, *values: object) -> None:
-        for name, value in zip(self._names, values):
+        for name, value in zip(self._names, values, strict=True):
             self._cols[name].append(value)
         self._sizes.append(size)
         self.pending_bytes += size
@@ -106,7 +106,7 @@ class ColumnBatcher:
         if not added:
             return
         self.pending_bytes += sum(self._sizes[before:])
-        for name, values in zip(self._names, columns):
+        for name, values in zip(self._names, columns, strict=True):
             self._cols[name].extend(values)
         self.added += added
         self._idle.clear()

@@ -24,7 +24,6 @@ import httpx
 from bench.common import bench_stack, print_table
 from bench.spine import submit, wait_status
 
-
 WARMUP_S = 0.5  # connections opening, first answers computed: not the steady state measured
 
 
@@ -123,12 +122,36 @@ def main() -> None:
         sse = sse_latency(base, b.token, api)
     c, r = args.clients, args.rate
     rows = [
-        (f"GET /jobs/{{id}} (detail), {c} clients flat out", f"{detail[0]:,.0f} req/s", f"p50 {detail[1]:.1f} ms, p99 {detail[2]:.1f} ms; budget >= 2,000 req/s"),
-        (f"GET /jobs?limit=50 (list page), {c} clients flat out", f"{listing[0]:,.0f} req/s", f"p50 {listing[1]:.1f} ms, p99 {listing[2]:.1f} ms; same budget"),
-        (f"GET /jobs/{{id}}/status, {c} clients flat out", f"{status[0]:,.0f} req/s", f"p50 {status[1]:.1f} ms, p99 {status[2]:.1f} ms"),
-        (f"GET detail, {c} clients sending {r:,.0f} req/s", f"p99 {detail_at[2]:.1f} ms", f"p50 {detail_at[1]:.1f} ms ({detail_at[0]:,.0f} req/s answered); budget p99 <= 25 ms"),
-        (f"GET list page, {c} clients sending {r:,.0f} req/s", f"p99 {listing_at[2]:.1f} ms", f"p50 {listing_at[1]:.1f} ms ({listing_at[0]:,.0f} req/s answered); same budget"),
-        ("SSE log follow, printed -> received", f"{statistics.median(sse)*1e3:.1f} ms p50", f"p90 {sse[int(len(sse)*0.9)]*1e3:.1f} ms over {len(sse)} lines"),
+        (
+            f"GET /jobs/{{id}} (detail), {c} clients flat out",
+            f"{detail[0]:,.0f} req/s",
+            f"p50 {detail[1]:.1f} ms, p99 {detail[2]:.1f} ms; budget >= 2,000 req/s",
+        ),
+        (
+            f"GET /jobs?limit=50 (list page), {c} clients flat out",
+            f"{listing[0]:,.0f} req/s",
+            f"p50 {listing[1]:.1f} ms, p99 {listing[2]:.1f} ms; same budget",
+        ),
+        (
+            f"GET /jobs/{{id}}/status, {c} clients flat out",
+            f"{status[0]:,.0f} req/s",
+            f"p50 {status[1]:.1f} ms, p99 {status[2]:.1f} ms",
+        ),
+        (
+            f"GET detail, {c} clients sending {r:,.0f} req/s",
+            f"p99 {detail_at[2]:.1f} ms",
+            f"p50 {detail_at[1]:.1f} ms ({detail_at[0]:,.0f} req/s answered); budget p99 <= 25 ms",
+        ),
+        (
+            f"GET list page, {c} clients sending {r:,.0f} req/s",
+            f"p99 {listing_at[2]:.1f} ms",
+            f"p50 {listing_at[1]:.1f} ms ({listing_at[0]:,.0f} req/s answered); same budget",
+        ),
+        (
+            "SSE log follow, printed -> received",
+            f"{statistics.median(sse) * 1e3:.1f} ms p50",
+            f"p90 {sse[int(len(sse) * 0.9)] * 1e3:.1f} ms over {len(sse)} lines",
+        ),
     ]
     print_table(rows, 16)
 

@@ -18,8 +18,8 @@ import sys
 import time
 
 from bench.common import bench_stack, print_table
-from gateway.scheduling.placement import HostView, QueuedJob, plan
 from gateway.projection.projector import JobNeeds
+from gateway.scheduling.placement import HostView, QueuedJob, plan
 from shared.jobspec import CommandJob
 
 SPEC = CommandJob(command=["x"])
@@ -78,8 +78,14 @@ def submit_to_running(agents: int, jobs: int) -> list[float]:
         latencies = []
         for _ in range(jobs):
             t0 = time.perf_counter()
-            job = api.post("/jobs", json={"trainer": "command", "gpus": 1,
-                                          "command": [sys.executable, "-c", "import time; time.sleep(0.2)"]}).json()["job_id"]
+            job = api.post(
+                "/jobs",
+                json={
+                    "trainer": "command",
+                    "gpus": 1,
+                    "command": [sys.executable, "-c", "import time; time.sleep(0.2)"],
+                },
+            ).json()["job_id"]
             while api.get(f"/jobs/{job}/status").json()["status"] not in ("running", "succeeded", "failed"):
                 time.sleep(0.001)
             latencies.append(time.perf_counter() - t0)

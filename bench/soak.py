@@ -78,7 +78,7 @@ def retrying(fn, timeout_s: float = 120.0):
 
 
 def inject_faults(rig: Rig, rng: random.Random, want: int, done: threading.Event, log: list[str]) -> None:
-    names, weights = zip(*FAULTS)
+    names, weights = zip(*FAULTS, strict=False)
     while not done.is_set() or len(log) < want:
         time.sleep(rng.uniform(0.8, 2.0))
         what = rng.choices(names, weights)[0]
@@ -95,9 +95,9 @@ def stop_when_running(rig: Rig, jobs: list[PlannedJob], done: threading.Event) -
     pending = [j for j in jobs if j.stop]
     while pending and not done.is_set():
         for job in list(pending):
-            status = retrying(lambda: rig.api.status(job.job_id))["status"]
+            status = retrying(lambda job=job: rig.api.status(job.job_id))["status"]
             if status == "running":
-                retrying(lambda: rig.api.client.post(f"/jobs/{job.job_id}/stop", json={"grace_s": 2}))
+                retrying(lambda job=job: rig.api.client.post(f"/jobs/{job.job_id}/stop", json={"grace_s": 2}))
                 pending.remove(job)
             elif status in TERMINAL:
                 pending.remove(job)
@@ -155,7 +155,7 @@ def main() -> int:
         while len(finals) < len(jobs) and time.monotonic() < deadline:
             for job in jobs:
                 if job.job_id not in finals:
-                    st = retrying(lambda: rig.api.status(job.job_id))
+                    st = retrying(lambda job=job: rig.api.status(job.job_id))
                     if st["status"] in TERMINAL:
                         finals[job.job_id] = st
             time.sleep(0.5)
@@ -186,7 +186,7 @@ def report(rig: Rig, jobs: list[PlannedJob], finals: dict[str, dict], faults: li
         if not ok:
             wrong.append(f"{job.job_id}: {final['status']} (exit {final.get('exit_code')}), expected {job.expected}")
         want = printed_lines(rig, {**final, "job_id": job.job_id})
-        got = retrying(lambda: rig.api.logs(job.job_id))
+        got = retrying(lambda job=job: rig.api.logs(job.job_id))
         for stream, lines in want.items():
             have = [line["text"] for line in got if line["stream"] == stream]
             printed += len(lines)

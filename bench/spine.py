@@ -25,8 +25,8 @@ import sys
 import time
 
 import httpx
-import psutil
 import nats
+import psutil
 
 from bench.common import bench_stack, print_table
 
@@ -124,7 +124,7 @@ def first_line_polled(api: httpx.Client) -> float:
     job = submit(api, HELLO)
     while True:
         lines = api.get(f"/jobs/{job}/logs", params={"type": "train"}).json()["lines"]
-        if any(l["text"] == "hello" for l in lines):
+        if any(ln["text"] == "hello" for ln in lines):
             return time.perf_counter() - t0
         time.sleep(0.001)
 
@@ -189,11 +189,19 @@ def main() -> None:
 
         pub, con = asyncio.run(raw_jetstream(url, args.raw, len(LINE), b.stack.connect_options()))
         raw = min(pub, con)
-        lines_s = throughput(api, f"import sys\nw=sys.stdout.write\nfor i in range({args.lines}): w('line %07d some trainer output text\\n' % i)", args.lines,
-                             "SELECT count(*) FROM logs WHERE job_id = '{job}' AND kind = 'train'")
-        metric_script = ("import sys\nw=sys.stdout.write\n"
-                         f"for i in range({args.metric_lines}): "
-                         "w('@trainyard {\"step\": %d, \"metrics\": {\"loss\": 0.5, \"lr\": 0.0001, \"grad_norm\": 1.5, \"acc\": 0.9, \"tok_s\": 1234.0}}\\n' % i)")
+        lines_s = throughput(
+            api,
+            f"import sys\nw=sys.stdout.write\nfor i in range({args.lines}): "
+            "w('line %07d some trainer output text\\n' % i)",
+            args.lines,
+            "SELECT count(*) FROM logs WHERE job_id = '{job}' AND kind = 'train'",
+        )
+        metric_script = (
+            "import sys\nw=sys.stdout.write\n"
+            f"for i in range({args.metric_lines}): "
+            'w(\'@trainyard {"step": %d, "metrics": {"loss": 0.5, "lr": 0.0001, "grad_norm": 1.5, '
+            '"acc": 0.9, "tok_s": 1234.0}}\\n\' % i)'
+        )
         points_s = throughput(api, metric_script, args.metric_lines * 5,
                               "SELECT count(*) FROM metrics WHERE job_id = '{job}'")
         # The budget's measure: each job submitted to a quiet system (the previous one has
@@ -214,17 +222,38 @@ def main() -> None:
 
         p50 = statistics.median
         rows = [
-            ("(a) raw JetStream, %d-byte msgs: publish / consume" % len(LINE), f"{pub:,.0f} / {con:,.0f} msg/s", ""),
-            ("(b) log lines, stdout -> queryable", f"{lines_s:,.0f} lines/s", f"{lines_s / raw:.2f}x raw; budget >= 200,000"),
-            ("(b) metric points, stdout -> queryable", f"{points_s:,.0f} points/s", f"{points_s / raw:.2f}x raw; budget >= 200,000"),
-            ("(c) submit -> first line, log follow (SSE), p50 / p90", f"{p50(firsts)*1e3:.1f} / {firsts[int(len(firsts)*0.9)]*1e3:.1f} ms",
-             f"overhead {(p50(firsts)-p50(bares))*1e3:.1f} ms over a bare start; budget <= 30"),
-            ("(c) same, back to back (earlier jobs still ending)", f"{p50(busy)*1e3:.1f} / {busy[int(len(busy)*0.9)]*1e3:.1f} ms",
-             f"overhead {(p50(busy)-p50(bares))*1e3:.1f} ms"),
-            ("(c) same, polling GET /logs every 1 ms, p50 / p90", f"{p50(polled)*1e3:.1f} / {polled[int(len(polled)*0.9)]*1e3:.1f} ms",
-             f"overhead {(p50(polled)-p50(bares))*1e3:.1f} ms (the polling loads the gateway)"),
-            ("(c) bare start of the same process, p50", f"{p50(bares)*1e3:.1f} ms", ""),
-            ("(d) stop -> terminal status visible, p50 / max", f"{p50(stops)*1e3:.1f} / {stops[-1]*1e3:.1f} ms", "budget <= 100"),
+            (f"(a) raw JetStream, {len(LINE)}-byte msgs: publish / consume", f"{pub:,.0f} / {con:,.0f} msg/s", ""),
+            (
+                "(b) log lines, stdout -> queryable",
+                f"{lines_s:,.0f} lines/s",
+                f"{lines_s / raw:.2f}x raw; budget >= 200,000",
+            ),
+            (
+                "(b) metric points, stdout -> queryable",
+                f"{points_s:,.0f} points/s",
+                f"{points_s / raw:.2f}x raw; budget >= 200,000",
+            ),
+            (
+                "(c) submit -> first line, log follow (SSE), p50 / p90",
+                f"{p50(firsts) * 1e3:.1f} / {firsts[int(len(firsts) * 0.9)] * 1e3:.1f} ms",
+                f"overhead {(p50(firsts) - p50(bares)) * 1e3:.1f} ms over a bare start; budget <= 30",
+            ),
+            (
+                "(c) same, back to back (earlier jobs still ending)",
+                f"{p50(busy) * 1e3:.1f} / {busy[int(len(busy) * 0.9)] * 1e3:.1f} ms",
+                f"overhead {(p50(busy) - p50(bares)) * 1e3:.1f} ms",
+            ),
+            (
+                "(c) same, polling GET /logs every 1 ms, p50 / p90",
+                f"{p50(polled) * 1e3:.1f} / {polled[int(len(polled) * 0.9)] * 1e3:.1f} ms",
+                f"overhead {(p50(polled) - p50(bares)) * 1e3:.1f} ms (the polling loads the gateway)",
+            ),
+            ("(c) bare start of the same process, p50", f"{p50(bares) * 1e3:.1f} ms", ""),
+            (
+                "(d) stop -> terminal status visible, p50 / max",
+                f"{p50(stops) * 1e3:.1f} / {stops[-1] * 1e3:.1f} ms",
+                "budget <= 100",
+            ),
             ("(e) agent CPU, trainer printing 10k lines/s", f"{cpu:.1f} % of one core", "budget <= 10 %"),
         ]
         print_table(rows, 28)

@@ -54,7 +54,7 @@ class ProgressView(ev.Progress, kw_only=True):
     status: str
     attempt: int
     updated_s: float | None = None
-    latest_metrics: dict[str, float] = {}
+    latest_metrics: dict[str, float] = {}  # noqa: RUF012 (msgspec copies a mutable default per instance)
 
 
 class MetricPoint(msgspec.Struct, array_like=False, kw_only=True):

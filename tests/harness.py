@@ -5,6 +5,7 @@ process of a job left alive, no GPU held."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -163,8 +164,8 @@ def check_lines(api: Api, job_id: str, lines: int) -> LineCheck:
         got = [line["text"] for line in stored if line["stream"] == stream]
         dup += len(got) - len(set(got))
         missing += len(set(expected) - set(got))
-        disorder += sum(1 for a, b in zip(got, expected) if a != b) if not missing and not dup else 0
-    disorder += sum(1 for a, b in zip(seqs, seqs[1:]) if b <= a)
+        disorder += sum(1 for a, b in zip(got, expected, strict=False) if a != b) if not missing and not dup else 0
+    disorder += sum(1 for a, b in itertools.pairwise(seqs) if b <= a)
     trainer_rows = sum(1 for line in stored if line["stream"] in ("stdout", "stderr"))
     return LineCheck(len(out) + len(err), trainer_rows, dup, missing, disorder)
 

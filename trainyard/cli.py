@@ -218,8 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     rb = prs.add_parser("rebuild", help="replay the streams into a fresh DuckDB file")
     rb.add_argument("--data-dir", default="./trainyard-data")
     rb.add_argument("--nats-url", default=os.environ.get("TRAINYARD_NATS_URL"))
-    rb.add_argument("--nats-credentials", default=os.environ.get("TRAINYARD_NATS_CREDENTIALS", ""),
-                    metavar="FILE", help="gateway credentials (default: <data-dir>/nats/credentials/gateway.json if there)")
+    rb.add_argument(
+        "--nats-credentials",
+        default=os.environ.get("TRAINYARD_NATS_CREDENTIALS", ""),
+        metavar="FILE",
+        help="gateway credentials (default: <data-dir>/nats/credentials/gateway.json if there)",
+    )
     rb.add_argument("--out", default=None)
     rb.set_defaults(func=cmd_rebuild)
 

@@ -46,7 +46,9 @@ class Gateway:
                 field = body.get("field")
             except ValueError:
                 detail, field = r.text, None
-            raise ClientError(f"{r.status_code}: {detail}" + (f" (field {field})" if field and field not in detail else ""))
+            raise ClientError(
+                f"{r.status_code}: {detail}" + (f" (field {field})" if field and field not in detail else "")
+            )
         return r.json() if r.content else None
 
     def stream(self, path: str, **params: Any):
@@ -223,7 +225,7 @@ def cmd_sql(gw: Gateway, args: argparse.Namespace) -> None:
     result = gw.call("POST", "/api/v1/sql", json={"sql": args.query, "limit": args.limit})
 
     def render(r: dict) -> None:
-        _table([dict(zip(r["columns"], row)) for row in r["rows"]], [(c, c) for c in r["columns"]],
+        _table([dict(zip(r["columns"], row, strict=False)) for row in r["rows"]], [(c, c) for c in r["columns"]],
                title=f"{r['row_count']} rows{' (cut at the limit)' if r['truncated'] else ''}")
 
     _print(result, args.json, render)

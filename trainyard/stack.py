@@ -149,7 +149,7 @@ class Stack:
 
     def spawn(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_file = open(log_path, "ab")
+        log_file = open(log_path, "ab")  # noqa: SIM115 (open as long as the process; closed in stop())
         self.logs.append(log_file)
         proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
                                 env={**os.environ, **(env or {})}, start_new_session=True)
@@ -187,7 +187,7 @@ class Stack:
         # Reverse start order, but nats-server always last (a restarted one was started after
         # the gateway and agents, which still want to say goodbye through it).
         ordered = sorted(reversed(self.procs), key=lambda item: item[0] == "nats")
-        for name, proc in ordered:
+        for _name, proc in ordered:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 try:

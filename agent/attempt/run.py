@@ -231,7 +231,9 @@ class TrainerRun(ProcessTreeControl):
         self.reporter.system(f"started pid {self.root.pid} on host {self.host}: {' '.join(launch.argv)}")
         return True
 
-    async def _spawn_and_record(self, launch: Launch, env: dict[str, str], stdout_path: Path, stderr_path: Path) -> None:
+    async def _spawn_and_record(
+        self, launch: Launch, env: dict[str, str], stdout_path: Path, stderr_path: Path
+    ) -> None:
         self.root = await self.spawner.spawn(launch.argv, launch.cwd, env, stdout_path, stderr_path)
         self.recorded = {self.root}
         self._save_state()

@@ -118,9 +118,11 @@ class ProcessTreeControl:
         process.kill_all(self.root.pid, self.recorded)
         escaped = await asyncio.get_running_loop().run_in_executor(None, process.tagged, self.job_id, self.attempt)
         if escaped - self.recorded:
-            self.reporter.system(f"killing processes that left the trainer's session: pids "
-                                 f"{', '.join(str(r.pid) for r in sorted(escaped - self.recorded, key=lambda r: r.pid))}",
-                                 "WARNING")
+            self.reporter.system(
+                f"killing processes that left the trainer's session: pids "
+                f"{', '.join(str(r.pid) for r in sorted(escaped - self.recorded, key=lambda r: r.pid))}",
+                "WARNING",
+            )
             self.recorded |= escaped
             process.kill_all(self.root.pid, escaped)
         deadline = time.monotonic() + RELEASE_WAIT_S

@@ -118,7 +118,7 @@ def stream_routes(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard]) 
                         continue
                     yield end(job_id)
                     return
-                keepalive = await changed(lambda: projector.version != looked_at)
+                keepalive = await changed(lambda looked_at=looked_at: projector.version != looked_at)
                 if keepalive:
                     yield keepalive
 
@@ -145,7 +145,7 @@ def stream_routes(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard]) 
                 if state is None or state.is_terminal:
                     yield end(job_id)
                     return
-                keepalive = await changed(lambda: projector.applied[JOB_STREAM] != looked_at)
+                keepalive = await changed(lambda looked_at=looked_at: projector.applied[JOB_STREAM] != looked_at)
                 if keepalive:
                     yield keepalive
 

@@ -29,7 +29,7 @@ def since_seconds(value: str | None) -> float | None:
     except ValueError:
         raise InvalidField("since must be epoch seconds or an ISO 8601 time", field="since") from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+        parsed = parsed.replace(tzinfo=dt.UTC)
     return parsed.timestamp()
 
 

@@ -164,7 +164,7 @@ def seed000_router(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard],
                                         tail=tail, limit=limit, since_s=since_seconds(since), after_seq=None,
                                         q=None, attempt=None)
         return envelope({"task_id": task_id, "logs": [
-            {"timestamp": l.ts_s, "level": l.level, "type": l.kind, "message": l.text} for l in lines]})
+            {"timestamp": ln.ts_s, "level": ln.level, "type": ln.kind, "message": ln.text} for ln in lines]})
 
     return Router(
         path=prefix,

@@ -28,7 +28,8 @@ def refusal(subject: subjects.JobSubject | None, event: ev.JobEvent | None) -> s
     if subject.host is not None and subject.kind not in subjects.AGENT_EVENT_KINDS:
         return f"host {subject.host} may not send {subject.kind} events"
     if event is not None and (ev.tag_of(type(event)) != subject.kind or event.job_id != subject.job_id):
-        return f"its body is a {ev.tag_of(type(event))} event of {event.job_id}, its subject says {subject.kind} of {subject.job_id}"
+        return (f"its body is a {ev.tag_of(type(event))} event of {event.job_id}, "
+                f"its subject says {subject.kind} of {subject.job_id}")
     return None
 
 

@@ -71,7 +71,7 @@ def log_batches(msgs: list[tuple[int, Msg]]) -> list[ev.LogBatch]:
     """The log batches of `msgs`; one that is not the log of the job its subject names (which
     the sending host's NATS user may publish) is skipped, with an error logged."""
     batches = []
-    for (_, msg), event in zip(msgs, _decoded_or_none(msgs, ev.decode_job_event, "log batch")):
+    for (_, msg), event in zip(msgs, _decoded_or_none(msgs, ev.decode_job_event, "log batch"), strict=True):
         subject = subjects.parse_job_subject(msg.subject)
         if event is None or subject is None:
             continue

@@ -69,7 +69,7 @@ class LiveLogs:
             return None
         start = max(0, covered + 1 - batch.first_seq)
         columns = zip(batch.times(), ev.expand(batch.stream), ev.expand(batch.level), ev.expand(batch.kind),
-                      batch.texts())
+                      batch.texts(), strict=False)
         return [
             views.LogLine(seq=batch.first_seq + i, attempt=attempt, ts_s=ts, stream=stream, level=level,
                           kind=kind, text=text)

@@ -215,7 +215,11 @@ class Projector(JobView):
         except msgspec.DecodeError:
             return  # the writer records it as undecodable
         item.event = event
-        if report_accepted(self.attempt_hosts, item, event) and isinstance(event, ev.JobProgress) and event.percent is not None:
+        if (
+            report_accepted(self.attempt_hosts, item, event)
+            and isinstance(event, ev.JobProgress)
+            and event.percent is not None
+        ):
             batch.percent[job_id] = event.percent
 
     def _evolve_item(self, seq: int, msg: Msg, batch: PreparedBatch) -> JobItem:
@@ -263,7 +267,8 @@ class Projector(JobView):
         if subject.host is not None and (before is None or before.host != subject.host):
             # A host reports only on the job placed on it (the state machine fences attempts).
             item.applied = False
-            item.note = f"sent by host {subject.host}; the job is {'on ' + before.host if before and before.host else 'on no host'}"
+            where = f"on {before.host}" if before and before.host else "on no host"
+            item.note = f"sent by host {subject.host}; the job is {where}"
             return item
         try:
             after = evolve(before, event)

@@ -74,13 +74,19 @@ class BatchWriter:
         if sum(b.count for b in batches) <= SMALL_BATCH_ROWS:
             cols: dict[str, list] = {k: [] for k in LOG_COLUMNS}
             for b in batches:
-                for name, values in zip(LOG_COLUMNS, self._log_values(b)):
+                for name, values in zip(LOG_COLUMNS, self._log_values(b), strict=True):
                     cols[name].extend(values)
             self.tables.insert(con, "logs", cols)
             return
         parts = [self._log_arrays(b) for b in batches]
-        self.tables.insert(con, "logs", {name: pa.concat_arrays([p[i] for p in parts]) if len(parts) > 1 else parts[0][i]
-                                         for i, name in enumerate(LOG_COLUMNS)})
+        self.tables.insert(
+            con,
+            "logs",
+            {
+                name: pa.concat_arrays([p[i] for p in parts]) if len(parts) > 1 else parts[0][i]
+                for i, name in enumerate(LOG_COLUMNS)
+            },
+        )
 
     @staticmethod
     def _log_values(b: ev.LogBatch) -> tuple[list, ...]:
@@ -90,16 +96,25 @@ class BatchWriter:
 
     def _log_arrays(self, b: ev.LogBatch) -> list[pa.Array]:
         runs = self.tables.runs
-        return [runs("logs", "job_id", [(b.job_id, b.count)]), runs("logs", "job_key", [(job_key(b.job_id), b.count)]),
-                runs("logs", "attempt", [(b.attempt, b.count)]),
-                pa.array(range(b.first_seq, b.end_seq), pa.int64()),
-                runs("logs", "ts_s", b.line_ts_s), runs("logs", "stream", b.stream), runs("logs", "level", b.level),
-                runs("logs", "kind", b.kind),
-                pc.split_pattern(pa.array([b.text], pa.string()), "\n").flatten()]
+        return [
+            runs("logs", "job_id", [(b.job_id, b.count)]),
+            runs("logs", "job_key", [(job_key(b.job_id), b.count)]),
+            runs("logs", "attempt", [(b.attempt, b.count)]),
+            pa.array(range(b.first_seq, b.end_seq), pa.int64()),
+            runs("logs", "ts_s", b.line_ts_s),
+            runs("logs", "stream", b.stream),
+            runs("logs", "level", b.level),
+            runs("logs", "kind", b.kind),
+            pc.split_pattern(pa.array([b.text], pa.string()), "\n").flatten(),
+        ]
 
     def _write_job_events(self, con: duckdb.DuckDBPyConnection, batch: PreparedBatch) -> None:
-        events_cols: dict[str, list] = {k: [] for k in ("stream_seq", "job_id", "job_key", "attempt", "type", "ts_s", "data", "applied", "note")}
-        metric_cols: dict[str, list] = {k: [] for k in ("job_id", "job_key", "attempt", "seq", "step", "epoch", "name", "value", "ts_s")}
+        events_cols: dict[str, list] = {
+            k: [] for k in ("stream_seq", "job_id", "job_key", "attempt", "type", "ts_s", "data", "applied", "note")
+        }
+        metric_cols: dict[str, list] = {
+            k: [] for k in ("job_id", "job_key", "attempt", "seq", "step", "epoch", "name", "value", "ts_s")
+        }
         ckpt_cols: dict[str, list] = {k: [] for k in ("job_id", "attempt", "path", "step", "ts_s")}
         new_jobs: dict[str, list] = {}
         progress: dict[str, ev.JobProgress] = {}
@@ -114,7 +129,11 @@ class BatchWriter:
             if item.note == "control":
                 continue
             seq, msg = item.seq, item.msg
-            event = item.event if item.event is not None or not item.applied else decode_checked(self.view.attempt_hosts, item)
+            event = (
+                item.event
+                if item.event is not None or not item.applied
+                else decode_checked(self.view.attempt_hosts, item)
+            )
             if event is None:  # undecodable, or refused on its subject alone
                 kind = "undecodable" if item.note and item.note.startswith("undecodable") else (
                     item.subject.kind if item.subject else "unknown")
@@ -238,7 +257,10 @@ class BatchWriter:
         latest = batch.heartbeats
         if not latest:
             return
-        samples: dict[str, list] = {k: [] for k in ("host", "gpu_index", "ts_s", "memory_used_mb", "utilization_pct", "temperature_c", "power_w")}
+        samples: dict[str, list] = {
+            k: []
+            for k in ("host", "gpu_index", "ts_s", "memory_used_mb", "utilization_pct", "temperature_c", "power_w")
+        }
         for beat in batch.beats:
             for g in beat.gpus:
                 for key, value in (("host", beat.host), ("gpu_index", g.index), ("ts_s", beat.ts_s),

@@ -79,7 +79,10 @@ class Reader:
             where.append("host = ?")
             params.append(host)
         if q:
-            where.append("(contains(lower(name), lower(?)) OR contains(lower(description), lower(?)) OR contains(job_id, lower(?)))")
+            where.append(
+                "(contains(lower(name), lower(?)) OR contains(lower(description), lower(?))"
+                " OR contains(job_id, lower(?)))"
+            )
             params += [q, q, q]
         cond = " AND ".join(where)
 
@@ -102,7 +105,7 @@ class Reader:
             row = cur.fetchone()
             if row is None:
                 return None
-            job = dict(zip([d[0] for d in cur.description], row))
+            job = dict(zip([d[0] for d in cur.description], row, strict=True))
             job["history"] = [
                 {"status_event": t, "attempt": a, "ts_s": ts}
                 for t, a, ts in c.execute(

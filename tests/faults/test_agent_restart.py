@@ -92,7 +92,7 @@ def test_a_trainer_stopped_just_before_its_agent_died_is_reported_stopped(rig: R
     r = rig.api.client.post(f"/jobs/{job}/stop", json={"grace_s": 30})
     assert r.status_code in (200, 202), r.text
     deadline = time.monotonic() + 10
-    while not any("stop: SIGTERM" in l["text"] for l in rig.api.logs(job, type="system")):
+    while not any("stop: SIGTERM" in ln["text"] for ln in rig.api.logs(job, type="system")):
         assert time.monotonic() < deadline, "the agent never signalled the trainer"
         time.sleep(0.05)
     rig.kill("agent-f")  # the trainer dies of the SIGTERM 1.5 s later, with no agent watching

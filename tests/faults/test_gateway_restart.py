@@ -32,7 +32,7 @@ def test_a_gateway_killed_mid_batch_loses_nothing_and_keeps_the_queue(rig: Rig) 
     assert rig.api.wait(running, timeout_s=30)["status"] == "succeeded"
     check = check_lines(rig.api, running, 3000)
     assert check.exact, check
-    assert [(l["seq"], l["text"]) for l in followed] == [(l["seq"], l["text"]) for l in rig.api.logs(running)]
+    assert [(ln["seq"], ln["text"]) for ln in followed] == [(ln["seq"], ln["text"]) for ln in rig.api.logs(running)]
     for job in waiting:
         assert rig.api.wait(job, timeout_s=30)["status"] == "succeeded"
         assert check_lines(rig.api, job, 20).exact

@@ -35,7 +35,7 @@ async def attempt(rig: Rig, user: str, action, timeout_s: float = DENIED_WITHIN_
     try:
         await asyncio.wait_for(action(nc, nc.jetstream()), timeout_s)
         ok = True
-    except (NatsTimeout, TimeoutError, asyncio.TimeoutError, nats_py.errors.Error):
+    except (NatsTimeout, TimeoutError, nats_py.errors.Error):
         ok = False
     await asyncio.sleep(0.1)  # a permission violation arrives as an asynchronous -ERR
     await nc.close()

@@ -66,7 +66,12 @@ def test_request_bodies_the_routes_decode_themselves_are_documented(live: tuple[
     paths = httpx.get(f"{live[0]}/docs/openapi.json").json()["paths"]
     job = paths["/api/v1/training/jobs"]["post"]["requestBody"]
     alternatives = job["content"]["application/json"]["schema"]["anyOf"]
-    assert {alt["properties"]["trainer"]["enum"][0] for alt in alternatives} == {"command", "hf", "swift", "diffusion-pipe"}
+    assert {alt["properties"]["trainer"]["enum"][0] for alt in alternatives} == {
+        "command",
+        "hf",
+        "swift",
+        "diffusion-pipe",
+    }
     assert job["required"] is True
     for path in ("/api/v1/training/jobs/{job_id}/stop", "/api/v1/training/jobs/{job_id}/resume",
                  "/api/v1/training/jobs/{job_id}/export", "/api/v1/sql", "/api/v1/training/start",

@@ -55,7 +55,7 @@ def test_kill_9_mid_stream_then_rebuild_equals_live(cluster: Cluster, tmp_path: 
         wait_caught_up(url)
         api2 = Api(url, token)
         assert api2.status(job)["status"] == "succeeded"
-        stdout = [l["text"] for l in api2.logs(job) if l["stream"] == "stdout"]
+        stdout = [ln["text"] for ln in api2.logs(job) if ln["stream"] == "stdout"]
         assert len(stdout) == n and stdout == [f"line {i}" for i in range(n)]
         stack.stop()
         live = duckdb.connect(str(data_dir / "trainyard.duckdb"), read_only=True)
@@ -101,7 +101,7 @@ def test_up_twice_keeps_jobs_and_history(tmp_path: Path) -> None:
     try:
         api = Api(f"http://127.0.0.1:{port}", token)
         assert api.status(job)["status"] == "succeeded"
-        assert any(l["text"] == "hello from up" for l in api.logs(job))
+        assert any(ln["text"] == "hello from up" for ln in api.logs(job))
         job2 = api.submit([sys.executable, "-c", "print('again')"])
         assert api.wait(job2, timeout_s=30)["status"] == "succeeded"
         listed = api.client.get("/jobs").json()

@@ -8,6 +8,7 @@ Timeouts are short (heartbeat 0.3 s, offline after 1.5 s, lost 1.5 s later, leas
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -102,7 +103,11 @@ def test_gpus_hosts_and_system_status_show_simulated_gpus(gc: GpuCluster) -> Non
         ("a", 0), ("a", 1), ("b", 0), ("b", 1), ("c", 0), ("c", 1), ("c", 2), ("c", 3)}
     assert all(g["simulated"] and g["state"] == "free" and g["job_id"] is None for g in gpus["gpus"])
     hosts = gc.api.client.get("/hosts").json()
-    assert [(h["host"], h["status"], h["gpus"]) for h in hosts] == [("a", "online", 2), ("b", "online", 2), ("c", "online", 4)]
+    assert [(h["host"], h["status"], h["gpus"]) for h in hosts] == [
+        ("a", "online", 2),
+        ("b", "online", 2),
+        ("c", "online", 4),
+    ]
     system = gc.api.client.get("/system/status").json()
     assert (system["hosts_online"], system["gpus_free"], system["queue_length"]) == (3, 8, 0)
     assert system["processor_running"] is True and system["scheduler_leader"].startswith("g1-")
@@ -163,7 +168,9 @@ def test_a_big_job_is_not_starved_and_small_ones_backfill_elsewhere(gc: GpuClust
     later = [gc.submit(0.5, host="c") for _ in range(6)]
     elsewhere = gc.submit(0.5)  # may backfill on a or b: the big job cannot use those
     assert gc.api.status(big)["waiting_reason"].startswith("needs 4 GPUs")
-    results = {j: st for j, st in zip([*first, big, *later, elsewhere], gc.done(*first, big, *later, elsewhere))}
+    results = {
+        j: st for j, st in zip([*first, big, *later, elsewhere], gc.done(*first, big, *later, elsewhere), strict=False)
+    }
     assert all(st["status"] == "succeeded" for st in results.values())
     assert results[big]["started_s"] < min(results[j]["started_s"] for j in later)
     assert results[elsewhere]["host"] in ("a", "b")
@@ -237,7 +244,7 @@ def test_a_failing_job_is_retried_as_new_attempts_each_with_its_own_logs(gc: Gpu
     ran = [e["attempt"] for e in events if e["type"] == "exited"]
     assert len(ran) == 3 and ran == sorted(set(ran)) and final["attempt"] == ran[-1]
     for attempt in ran:
-        lines = [l["text"] for l in gc.api.logs(job, attempt=attempt, type="train")]
+        lines = [ln["text"] for ln in gc.api.logs(job, attempt=attempt, type="train")]
         assert lines == [f"attempt {attempt}"]
 
 
@@ -265,7 +272,7 @@ def test_concurrent_submits_over_several_agents_never_share_a_gpu(gc: GpuCluster
             intervals.setdefault((r["host"], g), []).append((r["started_s"], r["finished_s"]))
     for gpu, spans in intervals.items():
         spans.sort()
-        for (_, end), (start, _) in zip(spans, spans[1:]):
+        for (_, end), (start, _) in itertools.pairwise(spans):
             assert start >= end, f"two jobs overlapped on {gpu}"
 
 
@@ -356,7 +363,7 @@ def test_diffusion_pipe_stops_its_own_way_and_success_needs_its_completion_line(
     assert r.status_code == 200
     stopped = gc.api.wait(job, timeout_s=15)
     assert stopped["status"] == "stopped" and stopped["exit_code"] == 0  # save_quit, not a signal
-    texts = [l["text"] for l in gc.api.logs(job)]
+    texts = [ln["text"] for ln in gc.api.logs(job)]
     assert "Manually quitting" in texts and any("save_quit" in t for t in texts)
     detail = gc.api.client.get(f"/jobs/{job}").json()
     assert any(Path(c["path"]).name.startswith("global_step") for c in detail["checkpoints"])
@@ -393,9 +400,9 @@ def test_the_log_of_an_attempt_is_cut_at_the_cap_with_a_visible_event(gc: GpuClu
         script = "for i in range(500): print(f'line {i:04d} of a chatty trainer')\nprint('@trainyard {\"step\": 500}')"
         job = gc.api.submit([sys.executable, "-c", script], gpus=0, host="capped")
         assert gc.api.wait(job)["status"] == "succeeded"
-        train = [l["text"] for l in gc.api.logs(job, type="train")]
+        train = [ln["text"] for ln in gc.api.logs(job, type="train")]
         assert 0 < len(train) < 100 and train[0] == "line 0000 of a chatty trainer"
-        system = [l["text"] for l in gc.api.logs(job, type="system")]
+        system = [ln["text"] for ln in gc.api.logs(job, type="system")]
         assert any("log cut at 2,000 bytes" in t for t in system)
         notes = [e["data"] for e in gc.api.client.get(f"/jobs/{job}/events").json() if e["type"] == "agent_note"]
         assert [n["what"] for n in notes] == ["log_truncated"]

@@ -129,8 +129,12 @@ def test_seed_002_curl_examples(seeds: Seeds) -> None:
                         "command": ["python", "-c", "import time; time.sleep(30)"]}).json()["job_id"]
     seeds.wait(holder, {"running"})
     seeds.call("POST", "/api/v1/training/queue/processor/stop")
-    urgent = seeds.call("POST", "/api/v1/training/jobs", {**create, "output_dir": "output/urgent_training", "priority": 9})
-    low = seeds.call("POST", "/api/v1/training/jobs", {**create, "output_dir": "output/low_priority_training", "priority": 1})
+    urgent = seeds.call(
+        "POST", "/api/v1/training/jobs", {**create, "output_dir": "output/urgent_training", "priority": 9}
+    )
+    low = seeds.call(
+        "POST", "/api/v1/training/jobs", {**create, "output_dir": "output/low_priority_training", "priority": 1}
+    )
     for r in (urgent, low):
         assert r.status_code == 201 and r.json()["status"] == "queued"
         assert {"queue_position", "estimated_wait_time"} <= set(r.json())

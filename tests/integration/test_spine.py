@@ -18,9 +18,9 @@ def test_job_runs_and_reports_logs_progress_and_metrics(cluster: Cluster) -> Non
     job = api.submit(python_job("numbered.py", "500"), name="numbered")
     final = api.wait(job)
     assert final["status"] == "succeeded" and final["exit_code"] == 0
-    lines = [l for l in api.logs(job) if l["stream"] == "stdout"]
-    assert [l["text"] for l in lines] == [f"line {i}" for i in range(500)]
-    seqs = [l["seq"] for l in api.logs(job)]
+    lines = [ln for ln in api.logs(job) if ln["stream"] == "stdout"]
+    assert [ln["text"] for ln in lines] == [f"line {i}" for i in range(500)]
+    seqs = [ln["seq"] for ln in api.logs(job)]
     assert seqs == sorted(set(seqs)), "log sequence numbers are unique and ordered"
     progress = api.client.get(f"/jobs/{job}/progress").json()
     assert progress["step"] == 490 and progress["total_steps"] == 500
@@ -41,16 +41,16 @@ def test_big_line_redraws_traceback_and_unterminated_last_line(cluster: Cluster)
     job = api.submit(python_job("edge_lines.py"))
     assert api.wait(job)["status"] == "succeeded"
     lines = api.logs(job)
-    stdout = [l["text"] for l in lines if l["stream"] == "stdout"]
+    stdout = [ln["text"] for ln in lines if ln["stream"] == "stdout"]
     assert stdout == ["first line", "x" * (1024 * 1024), "bar done", "the end without newline"]
-    stderr = [(l["text"], l["level"]) for l in lines if l["stream"] == "stderr"]
+    stderr = [(ln["text"], ln["level"]) for ln in lines if ln["stream"] == "stderr"]
     assert [lvl for _, lvl in stderr] == ["ERROR", "ERROR", "ERROR"]
     only_errors = api.logs(job, level="ERROR")
-    assert {l["stream"] for l in only_errors} == {"stderr"}
+    assert {ln["stream"] for ln in only_errors} == {"stderr"}
     # stdout and stderr are two files: their interleaving is read order, but tail is always the
     # last lines by sequence.
     tail = api.logs(job, tail=2)
-    assert [l["seq"] for l in tail] == [l["seq"] for l in lines][-2:]
+    assert [ln["seq"] for ln in tail] == [ln["seq"] for ln in lines][-2:]
 
 
 def test_failed_job_records_exit_code_reason_and_last_lines(cluster: Cluster) -> None:
@@ -101,9 +101,16 @@ def test_stop_graceful_and_force(cluster: Cluster) -> None:
     assert r.status_code == 200
     final = api.wait(job)
     assert final["status"] == "stopped" and final["exit_code"] == 0
-    assert any("got SIGTERM" in l["text"] for l in api.logs(job))
+    assert any("got SIGTERM" in ln["text"] for ln in api.logs(job))
     # Force: SIGKILL now; no body is needed for a plain stop (seed 002 sends none).
-    job2 = api.submit([sys.executable, "-c", "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(600)"])
+    job2 = api.submit(
+        [
+            sys.executable,
+            "-c",
+            "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print('up', flush=True); time.sleep(600)",
+        ]
+    )
     api.wait(job2, {"running"})
     assert api.client.post(f"/jobs/{job2}/stop", json={"force": True}).status_code == 200
     final2 = api.wait(job2, timeout_s=10)
@@ -174,7 +181,7 @@ def test_log_and_progress_streams_follow_a_job_until_it_ends(cluster: Cluster) -
     job = cluster.api.submit([sys.executable, "-c", script])
     events = cluster.api.sse_events(f"/jobs/{job}/logs/stream?type=train")
     logs = [json.loads(d) for e, _, d in events if e == "log"]
-    assert [l["text"] for l in logs] == [f"line {i}" for i in range(20)]
+    assert [ln["text"] for ln in logs] == [f"line {i}" for i in range(20)]
     assert events[-1][:1] == ("end",) and events[-1][2] == "succeeded"
     # Reconnecting with Last-Event-ID gets exactly the lines after it.
     resumed = cluster.api.sse_events(f"/jobs/{job}/logs/stream?type=train", {"Last-Event-ID": str(logs[14]["seq"])})

@@ -45,7 +45,7 @@ def test_a_real_tiny_transformers_trainer(cluster: Cluster) -> None:
     detail = cluster.api.client.get(f"/jobs/{job}").json()
     assert sorted(c["step"] for c in detail["checkpoints"]) == [6, 12]
     assert all(Path(c["path"], "trainer_state.json").is_file() for c in detail["checkpoints"])
-    lines = [l["text"] for l in cluster.api.logs(job)]
+    lines = [ln["text"] for ln in cluster.api.logs(job)]
     assert not any("%|" in t for t in lines)  # the tqdm bar is progress, not a flood of lines
     assert sum(t.startswith("{'loss'") for t in lines) == 6
 
@@ -65,7 +65,7 @@ def test_swift_job_as_seed_002_sends_it(cluster: Cluster) -> None:
     run_dir = Path(detail["run_dir"])
     recorded = json.loads((run_dir / "swift-argv.json").read_text())
     out = run_dir.parent / "output" / "training_001"
-    flags = dict(zip(recorded["argv"][1::2], recorded["argv"][2::2]))
+    flags = dict(zip(recorded["argv"][1::2], recorded["argv"][2::2], strict=False))
     assert recorded["argv"][0] == "sft" and flags["--output_dir"] == str(out)
     assert flags["--model"] == "Qwen/Qwen2.5-VL-7B-Instruct" and flags["--add_version"] == "false"
     assert [(p["step"], p["value"]) for p in series(cluster, job, "loss")] == [(5, 1.23456789), (10, 1.061)]
@@ -75,7 +75,7 @@ def test_swift_job_as_seed_002_sends_it(cluster: Cluster) -> None:
     assert (progress["step"], progress["total_steps"]) == (10, 10)
     assert sorted((c["step"], c["path"]) for c in detail["checkpoints"]) == [
         (5, str(out / "checkpoint-5")), (10, str(out / "checkpoint-10"))]
-    levels = {l["text"]: l["level"] for l in cluster.api.logs(job, type="all")}
+    levels = {ln["text"]: ln["level"] for ln in cluster.api.logs(job, type="all")}
     assert levels["[INFO:swift] End time of running main: 2026-11-22 12:00:00"] == "INFO"
 
 
@@ -212,12 +212,16 @@ def test_resume_from_a_named_or_the_latest_checkpoint_and_retry(cluster: Cluster
     assert argv[argv.index("--resume_from_checkpoint") + 1] == str(out / "checkpoint-5")
     cluster.api.client.post(f"/jobs/{job}/resume")  # the latest: checkpoint-10 of attempt 2
     third = cluster.api.wait(job, timeout_s=60)
-    argv = json.loads((Path(cluster.api.client.get(f"/jobs/{job}").json()["run_dir"]) / "swift-argv.json").read_text())["argv"]
+    argv = json.loads((Path(cluster.api.client.get(f"/jobs/{job}").json()["run_dir"]) / "swift-argv.json").read_text())[
+        "argv"
+    ]
     assert third["attempt"] == 3 and argv[argv.index("--resume_from_checkpoint") + 1] == str(out / "checkpoint-10")
     assert cluster.api.client.post(f"/jobs/{job}/resume", json={"checkpoint": "checkpoint-99"}).status_code == 404
-    failing = cluster.api.submit([sys.executable, "-c", "import os, sys; print(os.environ['TRAINYARD_ATTEMPT']); sys.exit(1)"])
+    failing = cluster.api.submit(
+        [sys.executable, "-c", "import os, sys; print(os.environ['TRAINYARD_ATTEMPT']); sys.exit(1)"]
+    )
     assert cluster.api.wait(failing)["status"] == "failed"
     assert cluster.api.client.post(f"/jobs/{failing}/retry").status_code == 200
     again = cluster.api.wait(failing)
     assert again["status"] == "failed" and again["attempt"] == 2
-    assert [l["text"] for l in cluster.api.logs(failing, attempt=2, type="train")] == ["2"]
+    assert [ln["text"] for ln in cluster.api.logs(failing, attempt=2, type="train")] == ["2"]

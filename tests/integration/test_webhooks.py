@@ -21,7 +21,7 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.calls.append((dict(self.headers), body))
                 code = 500 if len(receiver.calls) <= receiver.fail_first else 204
@@ -72,7 +72,11 @@ def test_a_failing_webhook_is_retried_with_backoff(cluster: Cluster) -> None:
     job = cluster.api.submit([sys.executable, "-c", "print('ok')"], webhook_url=receiver.url)
     cluster.api.wait(job)
     events = webhook_events(cluster, job, 3)
-    assert [(e["try_number"], e["ok"], e["final"]) for e in events] == [(1, False, False), (2, False, False), (3, True, True)]
+    assert [(e["try_number"], e["ok"], e["final"]) for e in events] == [
+        (1, False, False),
+        (2, False, False),
+        (3, True, True),
+    ]
     assert events[0]["error"] == "answered 500"
     assert len({h["X-Trainyard-Delivery"] for h, _ in receiver.calls}) == 1  # one delivery, three tries
 
@@ -91,11 +95,17 @@ PROGRESSING = ("import json, time\n"
 
 def test_progress_milestones_are_posted_once_each_then_the_end(cluster: Cluster) -> None:
     receiver = Receiver()
-    job = cluster.api.submit([sys.executable, "-c", PROGRESSING], webhook_url=receiver.url,
-                             webhook_progress=[75, 25, 50])
+    job = cluster.api.submit(
+        [sys.executable, "-c", PROGRESSING], webhook_url=receiver.url, webhook_progress=[75, 25, 50]
+    )
     assert cluster.api.wait(job)["status"] == "succeeded"
     events = webhook_events(cluster, job, 4)
-    assert sorted(e["event"] for e in events) == ["job.progress.25", "job.progress.50", "job.progress.75", "job.succeeded"]
+    assert sorted(e["event"] for e in events) == [
+        "job.progress.25",
+        "job.progress.50",
+        "job.progress.75",
+        "job.succeeded",
+    ]
     assert all(e["ok"] and e["final"] for e in events)
     time.sleep(1.0)  # later progress and heartbeats tell it nothing again
     payloads = {json.loads(body)["event"]: json.loads(body) for _, body in receiver.calls}

@@ -16,7 +16,10 @@ for i in range(lines):
     if i % 7 == 0:
         print(f"err {i}", file=sys.stderr, flush=True)
     if i % 10 == 0:
-        print("@trainyard " + json.dumps({"step": i, "total_steps": lines, "metrics": {"loss": 1.0 / (i + 1)}}), flush=True)
+        print(
+            "@trainyard " + json.dumps({"step": i, "total_steps": lines, "metrics": {"loss": 1.0 / (i + 1)}}),
+            flush=True,
+        )
     delay = start + seconds * (i + 1) / lines - time.monotonic()
     if delay > 0:
         time.sleep(delay)

@@ -16,7 +16,7 @@ from shared.diffusion_pipe_config import ConfigError, build_configs
 from shared.jobspec import DiffusionPipeJob
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "trainers"))
-from tfevents_writer import record, scalar_event  # noqa: E402
+from tfevents_writer import record, scalar_event
 
 SEED_DATASET = {"resolutions": [512], "directories": [{"path": "/data/train", "num_repeats": 5}]}
 SEED_CONFIG = {"epochs": 10, "micro_batch_size_per_gpu": 1, "optimizer": {"type": "adamw_optimi", "lr": 5e-5}}
@@ -38,18 +38,26 @@ def test_seed_000_request_becomes_both_toml_files() -> None:
     assert "adapter" not in full and "save_every_n_epochs" not in full
 
 
-@pytest.mark.parametrize(("model_type", "dataset", "config", "key"), [
-    ("flux-9000", SEED_DATASET, SEED_CONFIG, "model_type"),
-    ("flux", SEED_DATASET, {**SEED_CONFIG, "adapter": {"type": "lora", "rank": 16, "alpha": 16}}, "config.adapter.alpha"),
-    ("flux", SEED_DATASET, {**SEED_CONFIG, "adapter": {"type": "dora"}}, "config.adapter.type"),
-    ("flux", SEED_DATASET, {"micro_batch_size_per_gpu": 1}, "config.epochs"),
-    ("flux", SEED_DATASET, {**SEED_CONFIG, "output_dir": "/x"}, "config.output_dir"),
-    ("flux", SEED_DATASET, {**SEED_CONFIG, "model": {"dtype": "int4"}}, "config.model.dtype"),
-    ("flux", SEED_DATASET, {**SEED_CONFIG, "warmup_steps": None}, "config.warmup_steps"),
-    ("flux", SEED_DATASET, {**SEED_CONFIG, "eval_datasets": ["eval.toml"]}, "config.eval_datasets"),
-    ("flux", {"resolutions": [512]}, SEED_CONFIG, "dataset.directories"),
-    ("flux", {"directories": [{"num_repeats": 1}]}, SEED_CONFIG, "dataset.directories[0].path"),
-])
+@pytest.mark.parametrize(
+    ("model_type", "dataset", "config", "key"),
+    [
+        ("flux-9000", SEED_DATASET, SEED_CONFIG, "model_type"),
+        (
+            "flux",
+            SEED_DATASET,
+            {**SEED_CONFIG, "adapter": {"type": "lora", "rank": 16, "alpha": 16}},
+            "config.adapter.alpha",
+        ),
+        ("flux", SEED_DATASET, {**SEED_CONFIG, "adapter": {"type": "dora"}}, "config.adapter.type"),
+        ("flux", SEED_DATASET, {"micro_batch_size_per_gpu": 1}, "config.epochs"),
+        ("flux", SEED_DATASET, {**SEED_CONFIG, "output_dir": "/x"}, "config.output_dir"),
+        ("flux", SEED_DATASET, {**SEED_CONFIG, "model": {"dtype": "int4"}}, "config.model.dtype"),
+        ("flux", SEED_DATASET, {**SEED_CONFIG, "warmup_steps": None}, "config.warmup_steps"),
+        ("flux", SEED_DATASET, {**SEED_CONFIG, "eval_datasets": ["eval.toml"]}, "config.eval_datasets"),
+        ("flux", {"resolutions": [512]}, SEED_CONFIG, "dataset.directories"),
+        ("flux", {"directories": [{"num_repeats": 1}]}, SEED_CONFIG, "dataset.directories[0].path"),
+    ],
+)
 def test_what_diffusion_pipe_would_reject_is_refused_naming_the_key(model_type, dataset, config, key) -> None:
     with pytest.raises(ConfigError) as err:
         build_configs(model_type, dataset, config, "/o", "/d")
@@ -61,7 +69,7 @@ class Sink:
         self.points, self.progress_calls, self.lines, self.checkpoints = [], [], [], []
 
     def logs(self, stream, texts, levels, kinds) -> None:
-        self.lines += list(zip(texts, levels))
+        self.lines += list(zip(texts, levels, strict=False))
 
     def metrics(self, step, epoch, values) -> None:
         self.points.append((step, epoch, dict(values)))
@@ -91,7 +99,7 @@ def test_the_parser_reads_steps_epochs_and_the_end(tmp_path: Path) -> None:
     # Before epoch 2 the total is unknown; then it is epochs x the steps of epoch 1, estimated.
     assert sink.progress_calls[0]["total_steps"] is None
     assert (sink.progress_calls[-1]["total_steps"], sink.progress_calls[-1]["estimated"]) == (6, True)
-    assert parser.completed and [l for l, _ in sink.lines] == lines
+    assert parser.completed and [ln for ln, _ in sink.lines] == lines
 
 
 def test_checkpoints_and_eval_losses_come_from_the_run_dir(tmp_path: Path) -> None:
@@ -101,7 +109,9 @@ def test_checkpoints_and_eval_losses_come_from_the_run_dir(tmp_path: Path) -> No
     (run / "epoch1").mkdir()
     (run / "global_step4").mkdir()
     events = run / "events.out.tfevents.1.host"
-    events.write_bytes(record(scalar_event("eval/loss", 0.25, 4, 1.0)) + record(scalar_event("train/loss", 0.9, 4, 1.0)))
+    events.write_bytes(
+        record(scalar_event("eval/loss", 0.25, 4, 1.0)) + record(scalar_event("train/loss", 0.9, 4, 1.0))
+    )
     parser, sink = DiffusionPipeParser(spec, tmp_path), Sink()
     parser.feed("stdout", ["steps: 4 loss: 0.3 iter time (s): 1.0 samples/sec: 1.0"], None, sink)
     assert (sink.progress_calls[-1]["total_steps"], sink.progress_calls[-1]["estimated"]) == (8, False)

@@ -36,7 +36,9 @@ async def test_a_write_wakes_the_wait(files: list[Path]) -> None:
         watch.close()
 
 
-async def test_cleared_writes_do_not_wake_and_the_wait_ends_on_its_timeout_or_the_other_future(files: list[Path]) -> None:
+async def test_cleared_writes_do_not_wake_and_the_wait_ends_on_its_timeout_or_the_other_future(
+    files: list[Path],
+) -> None:
     watch = FileWatch.open(files)
     assert watch is not None
     try:

@@ -68,7 +68,10 @@ def test_without_a_driver_there_are_no_gpus_and_a_note_says_why() -> None:
 def test_simulated_gpus_are_marked_and_report_their_pids() -> None:
     inv = GpuInventory("h", "2x40GB")
     gpus = inv.snapshot({1: [99]})
-    assert [(g.index, g.memory_total_mb, g.simulated, g.pids) for g in gpus] == [(0, 40960, True, []), (1, 40960, True, [99])]
+    assert [(g.index, g.memory_total_mb, g.simulated, g.pids) for g in gpus] == [
+        (0, 40960, True, []),
+        (1, 40960, True, [99]),
+    ]
     assert parse_simulation("3x512MB") == [(0, 512), (1, 512), (2, 512)]
     with pytest.raises(ValueError, match="COUNTxMEMORY"):
         parse_simulation("lots")

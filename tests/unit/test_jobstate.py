@@ -29,13 +29,18 @@ def sample(event_type: type, attempt: int = 1, **extra) -> ev.JobEvent:
     base = dict(job_id=J, attempt=attempt, ts_s=1.0)
     fields = {
         ev.JobSubmitted: dict(spec=SPEC),
-        ev.JobHeld: {}, ev.JobReleased: {},
+        ev.JobHeld: {},
+        ev.JobReleased: {},
         ev.JobScheduled: dict(host="h", gpu_ids=[0]),
         ev.JobRefused: dict(host="h", reason="busy"),
         ev.JobStarted: dict(host="h", pid=1, run_dir="/r", stdout_path="/r/o", stderr_path="/r/e"),
-        ev.JobStopRequested: {}, ev.JobCancelled: dict(reason="x"),
-        ev.JobExited: dict(outcome="failed", exit_code=1), ev.JobLost: dict(reason="gone"),
-        ev.JobRetried: dict(resume_from="latest"),  # allowed from every ended status (a plain retry: not from succeeded)
+        ev.JobStopRequested: {},
+        ev.JobCancelled: dict(reason="x"),
+        ev.JobExited: dict(outcome="failed", exit_code=1),
+        ev.JobLost: dict(reason="gone"),
+        ev.JobRetried: dict(
+            resume_from="latest"
+        ),  # allowed from every ended status (a plain retry: not from succeeded)
     }[event_type]
     return event_type(**base, **{**fields, **extra})
 

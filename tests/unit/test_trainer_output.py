@@ -23,7 +23,8 @@ SWIFT3 = ("{'loss': 1.23456789, 'grad_norm': 0.98765432, 'learning_rate': 9.5e-0
 SWIFT4 = ("{'loss': '1.461', 'grad_norm': '1.705', 'learning_rate': '1e-05', 'token_acc': '0.6399', 'epoch': '0.016', "
           "'global_step/max_steps': '1/189', 'elapsed_time': '2m 41s', 'remaining_time': '8h 25m 20s', "
           "'memory(GiB)': '67.95', 'train_speed(s/it)': '161.3'}")
-SUMMARY = "{'train_runtime': 123.4567, 'train_samples_per_second': 12.345, 'train_steps_per_second': 1.543, 'train_loss': 1.8765, 'epoch': 1.0}"
+SUMMARY = ("{'train_runtime': 123.4567, 'train_samples_per_second': 12.345, 'train_steps_per_second': 1.543, "
+           "'train_loss': 1.8765, 'epoch': 1.0}")
 
 
 class Sink:
@@ -34,7 +35,7 @@ class Sink:
         self.checkpoints: list[tuple[str, int | None]] = []
 
     def logs(self, stream, texts, levels, kinds) -> None:
-        self.lines += list(zip(texts, levels, kinds))
+        self.lines += list(zip(texts, levels, kinds, strict=False))
 
     def metrics(self, step, epoch, values) -> None:
         self.points.append((step, epoch, dict(values)))
@@ -108,13 +109,23 @@ def test_swift_steps_come_from_global_step_and_checkpoints_from_disk(tmp_path: P
 def test_swift_command_line_from_seed_002_defaults() -> None:
     spec = SwiftJob(model_path="Qwen/Qwen2.5-VL-7B-Instruct", data_path="AI-ModelScope/coco#20000")
     argv = sft_argv("/usr/bin/swift", spec, Path("/w/job/output"))
-    flags = dict(zip(argv[2::2], argv[3::2]))
+    flags = dict(zip(argv[2::2], argv[3::2], strict=False))
     assert argv[:2] == ["/usr/bin/swift", "sft"]
     assert flags["--model"] == "Qwen/Qwen2.5-VL-7B-Instruct" and flags["--dataset"] == "AI-ModelScope/coco#20000"
     assert flags["--add_version"] == "false" and flags["--output_dir"] == "/w/job/output"
-    assert (flags["--num_train_epochs"], flags["--learning_rate"], flags["--lora_rank"], flags["--lora_alpha"]) == ("1", "0.0001", "16", "32")
+    assert (flags["--num_train_epochs"], flags["--learning_rate"], flags["--lora_rank"], flags["--lora_alpha"]) == (
+        "1",
+        "0.0001",
+        "16",
+        "32",
+    )
     assert (flags["--vit_lr"], flags["--aligner_lr"], flags["--gradient_accumulation_steps"]) == ("1e-05", "1e-05", "4")
-    assert (flags["--save_steps"], flags["--save_total_limit"], flags["--logging_steps"], flags["--max_length"]) == ("100", "2", "5", "8192")
+    assert (flags["--save_steps"], flags["--save_total_limit"], flags["--logging_steps"], flags["--max_length"]) == (
+        "100",
+        "2",
+        "5",
+        "8192",
+    )
     assert (flags["--train_type"], flags["--torch_dtype"], flags["--save_only_model"]) == ("lora", "bfloat16", "true")
     assert 20000 <= master_port("job_20261122_120000_abcdef") < 40000
     assert flag_value(["--output_dir", "a", "--output_dir=b"], "--output_dir") == "b"

@@ -62,10 +62,9 @@ def _fields(buf: bytes) -> Iterator[tuple[int, int, object]]:
 
 
 def _tensor_value(buf: bytes) -> float | None:
-    for field, wire, value in _fields(buf):
+    for field, _wire, value in _fields(buf):
         if field == 5:  # float_val
-            raw = value if wire == 2 else value
-            return struct.unpack("<f", raw[:4])[0]  # type: ignore[index]
+            return struct.unpack("<f", value[:4])[0]  # type: ignore[index]
         if field == 6:  # double_val
             return struct.unpack("<d", value[:8])[0]  # type: ignore[index]
     return None
