@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import Literal
 
 from nats.js import JetStreamContext
 
@@ -36,7 +37,8 @@ async def run_export(js: JetStreamContext, command: ExportJob, ctx: LaunchContex
     out_dir.mkdir(parents=True, exist_ok=True)
     stdout_path, stderr_path = out_dir / "stdout.log", out_dir / "stderr.log"
     adapter = adapter_for(command.spec.trainer)
-    path, reason, outcome = None, "", "failed"
+    path, reason = None, ""
+    outcome: Literal["succeeded", "failed"] = "failed"
     try:
         if not isinstance(adapter, Exports):
             raise LaunchError(f"a {command.spec.trainer} job has no export step")

@@ -9,6 +9,9 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
 
 from shared.events import GpuState
 
@@ -35,7 +38,7 @@ class GpuInventory:
         self.simulated = bool(simulate)
         self.note = ""
         self._sim = parse_simulation(simulate) if simulate else []
-        self._nvml = None
+        self._nvml: ModuleType | None = None  # pynvml, once initialised
         if not self.simulated:
             self._init_nvml()
 
@@ -65,12 +68,13 @@ class GpuInventory:
 
     def _nvml_snapshot(self) -> list[GpuState]:
         nv = self._nvml
+        assert nv is not None
         out: list[GpuState] = []
         for i in range(nv.nvmlDeviceGetCount()):
             h = nv.nvmlDeviceGetHandleByIndex(i)
             mem = nv.nvmlDeviceGetMemoryInfo(h)
 
-            def optional(fn, *args):  # some boards do not report every sensor
+            def optional(fn: Callable[..., Any], *args: Any) -> Any:  # some boards do not report every sensor
                 try:
                     return fn(*args)
                 except Exception:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
+from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
 
 from shared import wire
@@ -42,6 +43,10 @@ async def publish_once(js: JetStreamContext, message: wire.Message, *, host: str
     return ack.seq
 
 
+class PayloadTooLarge(Exception):
+    """The server can never take this message (over its max_payload): retrying cannot help."""
+
+
 async def _publish_retrying(js: JetStreamContext, env: wire.Envelope) -> int:
     delay_s = 0.05
     while True:
@@ -50,6 +55,8 @@ async def _publish_retrying(js: JetStreamContext, env: wire.Envelope) -> int:
             return ack.seq
         except asyncio.CancelledError:
             raise
+        except MaxPayloadError:
+            raise PayloadTooLarge(f"{env.msg_id}: {len(env.payload):,} bytes is over the server's limit") from None
         except Exception as exc:  # disconnected, no responders, timeout: the same id again
             log.warning("publish %s failed (%s); retrying in %.2fs", env.msg_id, exc, delay_s)
             await asyncio.sleep(delay_s)
@@ -82,6 +89,7 @@ class ColumnBatcher:
         self._build = build
         self._max_bytes = max_bytes
         self.next_seq = first_seq  # seq of the first row not yet shipped
+        self._rows_cap: int | None = None  # after a batch was over the server's limit
         self.added = first_seq  # seq the next added row gets
         self.last_stream_seq = 0
         self._wake = asyncio.Event()
@@ -127,18 +135,30 @@ class ColumnBatcher:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            count = self._cut()
+            count = self._cut() if self._rows_cap is None else min(self._cut(), self._rows_cap)
             batch = {name: col[:count] for name, col in self._cols.items()}
             first = self.next_seq
             message = self._build(first, batch)
-            self.last_stream_seq = await publish(self._js, message, host=self._host, unique=first)
+            acked: wire.Message | None = message
+            try:
+                self.last_stream_seq = await publish(self._js, message, host=self._host, unique=first)
+            except PayloadTooLarge as exc:
+                # Sizes are counted in characters (cheap on the hot path); wide characters can
+                # take a batch over the server's limit: send fewer rows. A single row too big
+                # for any message is dropped (its number stays used), never retried forever.
+                if count > 1:
+                    self._rows_cap = count // 2
+                    continue
+                log.error("row %s dropped: %s", first, exc)
+                acked = None
+            self._rows_cap = None
             for col in self._cols.values():
                 del col[:count]
             self.pending_bytes -= sum(itertools.islice(self._sizes, count))
             del self._sizes[:count]
             self.next_seq = first + count
-            if self._on_ack is not None:
-                self._on_ack(message)
+            if self._on_ack is not None and acked is not None:
+                self._on_ack(acked)
 
     async def drained(self) -> None:
         """Wait until every row added so far has been acknowledged by the server."""

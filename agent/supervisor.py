@@ -6,6 +6,7 @@ It only refuses what it cannot honour (a GPU already in use here); it never plac
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -99,7 +100,7 @@ class Supervisor:
         self.runs[key] = run
         task = asyncio.create_task(run.run(), name=f"run-{run.job_id}-{run.attempt}")
         self._tasks[key] = task
-        task.add_done_callback(lambda t, key=key: self._forget(key, t))
+        task.add_done_callback(functools.partial(self._forget, key))
         await run.launched.wait()
 
     async def readopt(self) -> None:

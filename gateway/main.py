@@ -9,6 +9,7 @@ import io
 import ipaddress
 import logging
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 
@@ -71,7 +72,7 @@ def run_gateway(settings: GatewaySettings) -> None:
 class BoundedShutdownServer(uvicorn.Server):
     """uvicorn's server with a watchdog armed by the first SIGTERM/SIGINT (see SHUTDOWN_LIMIT_S)."""
 
-    def handle_exit(self, sig: int, frame: object) -> None:
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.should_exit:
             faulthandler.dump_traceback_later(SHUTDOWN_LIMIT_S, exit=True)
             # faulthandler shows threads, not coroutines: a shutdown stuck on an await shows an

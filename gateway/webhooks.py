@@ -13,6 +13,7 @@ told the same event again once it was delivered (or its tries ran out), also aft
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import logging
@@ -95,9 +96,12 @@ class WebhookNotifier:
                 task = asyncio.create_task(self._deliver(job_id, url, state, event, percent),
                                            name=f"webhook-{job_id}-{event}")
                 self._running[key] = task
-                task.add_done_callback(lambda _t, k=key: self._running.pop(k, None))
+                task.add_done_callback(functools.partial(self._delivered, key))
             if state.is_terminal and all((job_id, e) in self.projector.webhooks_settled for e in due):
                 del self._watched[job_id]
+
+    def _delivered(self, key: tuple[str, str], _task: asyncio.Task[None]) -> None:
+        self._running.pop(key, None)
 
     async def _deliver(self, job_id: str, url: str, state, event: str, percent: float | None) -> None:
         delivery_id = f"wh_{time.time_ns():x}"

@@ -8,6 +8,7 @@ decode, so an older reader survives a newer writer.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from typing import Literal, TypeVar
 
 import msgspec
@@ -209,7 +210,7 @@ def runs_of(values: list[V]) -> list[tuple[V, int]]:
     return [(value, len(list(same))) for value, same in itertools.groupby(values)]
 
 
-def expand(runs: list[tuple[V, int]]) -> list[V]:
+def expand(runs: Sequence[tuple[V, int]]) -> list[V]:
     return [value for value, count in runs for _ in range(count)]
 
 

@@ -99,7 +99,7 @@ class IllegalTransition(JobStateError):
         self.status = status
         self.event_type = ev.tag_of(type(event))
         template = _REFUSALS.get((type(event), status in TERMINAL)) if status is not None else None
-        if template is not None and isinstance(event, ev.JobEvent):
+        if status is not None and template is not None and isinstance(event, ev.JobEvent):
             message = f"job {event.job_id} " + template.format(status=status.value, job_id=event.job_id)
         else:
             message = f"'{self.event_type}' is not allowed when the job is {status.value if status else 'no job'}"

@@ -140,14 +140,14 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
-    from gateway.projection.rebuild import run_rebuild
+    from gateway.projection.rebuild import StreamsMissing, run_rebuild
 
     out = Path(args.out) if args.out else Path(args.data_dir) / "trainyard.rebuilt.duckdb"
     try:
         default_cred = Path(args.data_dir) / "nats" / "credentials" / "gateway.json"
         cred = args.nats_credentials or (str(default_cred) if default_cred.exists() else "")
         targets = run_rebuild(args.nats_url or DEFAULT_NATS_URL, out, cred)
-    except FileExistsError as exc:
+    except (FileExistsError, StreamsMissing) as exc:
         print(f"trainyard projector rebuild: {exc}", file=sys.stderr)
         return 1
     print(f"rebuilt {out} from streams up to {targets}")

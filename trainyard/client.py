@@ -53,7 +53,7 @@ class Gateway:
 
     def stream(self, path: str, **params: Any):
         """(event, data) of an SSE stream."""
-        event, data = "message", []
+        event, data = "message", list[str]()
         try:
             with self.http.stream("GET", path, params=params, timeout=None) as r:
                 if r.status_code >= 400:

@@ -83,7 +83,7 @@ class FileWatch:
         """Until a watched file is written to, `also` is done, or `timeout_s` passes."""
         loop = asyncio.get_running_loop()
         written = loop.create_future()
-        loop.add_reader(self._fd, lambda: written.done() or written.set_result(None))
+        loop.add_reader(self._fd, _settle, written)
         try:
             await asyncio.wait([written, also], timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -92,3 +92,9 @@ class FileWatch:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    """Complete `future` once (a reader callback may fire again before it is removed)."""
+    if not future.done():
+        future.set_result(None)

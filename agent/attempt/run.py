@@ -221,6 +221,7 @@ class TrainerRun(ProcessTreeControl):
             await spawning
             raise
         self.launched.set()
+        assert self.root is not None  # set by _spawn_and_record
         await self._publish(
             ev.JobStarted(
                 job_id=self.job_id, attempt=self.attempt, ts_s=now_s(), host=self.host,

@@ -70,9 +70,10 @@ async def published_so_far(js: JetStreamContext, host: str, job_id: str, attempt
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 2.0)
                 continue
-            event = ev.decode_job_event(msg.data)
-            ok = isinstance(event, (ev.LogBatch, ev.MetricsRecorded)) and event.attempt == attempt
-            return event if ok else None  # type: ignore[return-value]
+            event = ev.decode_job_event(msg.data or b"")
+            if isinstance(event, (ev.LogBatch, ev.MetricsRecorded)) and event.attempt == attempt:
+                return event
+            return None
 
     logs = await last(subjects.LOG_STREAM, subjects.job_log(job_id, host))
     metrics = await last(subjects.JOB_STREAM, subjects.job_event(job_id, "metrics", host))

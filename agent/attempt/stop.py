@@ -69,8 +69,9 @@ class ProcessTreeControl:
             self.killed = True
             process.kill_all(self.root.pid, self.recorded)
             return
-        own_way = isinstance(self.adapter, StopsGracefully) and self._kill_deadline_task is None
-        done = self.adapter.request_stop(self.command.spec, self.ctx) if own_way else None
+        own_way = self.adapter if isinstance(self.adapter, StopsGracefully) else None
+        first_stop = self._kill_deadline_task is None
+        done = own_way.request_stop(self.command.spec, self.ctx) if own_way and first_stop else None
         if done:
             self.reporter.system(f"stop: {done}; SIGTERM after {grace_s / 2:g}s, SIGKILL after {grace_s:g}s",
                                  "WARNING")

@@ -14,12 +14,12 @@ READ_CHUNKS_AT_ONCE = 8
 class FileTail:
     """Reads what was appended to one output file since the last read."""
 
-    def __init__(self, path: Path, stream: str, max_line_chars: int, offset: int = 0) -> None:
+    def __init__(self, path: Path, stream: str, max_line_bytes: int, offset: int = 0) -> None:
         self.path = path
         self.stream = stream
         self.offset = offset
         self._fd: int | None = None
-        self.splitter = LineSplitter(max_line_chars)
+        self.splitter = LineSplitter(max_line_bytes)
 
     def read(self) -> bytes:
         if self._fd is None:

@@ -150,14 +150,18 @@ class LineSplitter:
     `\n` and `\r\n` end a line. Text rewritten with a lone `\r` (a progress bar redraw) is
     folded to what a terminal would show: an unfinished redraw is returned as the latest
     *transient* text, not as a log line, so a tqdm bar yields one progress value instead of
-    thousands of lines. A line longer than `max_line_chars` is cut into pieces of that size:
-    nothing is dropped.
+    thousands of lines. A line longer than `max_line_bytes` in UTF-8 is cut into pieces of at
+    most that many bytes, at character boundaries: nothing is dropped, and no piece can exceed
+    the NATS message limit (a character is up to 4 bytes: a cut by characters once let a CJK
+    line through at 3x the limit, and its publish was retried forever).
     """
 
-    def __init__(self, max_line_chars: int) -> None:
+    def __init__(self, max_line_bytes: int) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._pending = ""
-        self._max = max_line_chars
+        self._max = max_line_bytes
+        # A text of at most this many characters fits whatever it holds (4 bytes a character).
+        self._surely_fits = max_line_bytes // 4
 
     @property
     def clean(self) -> bool:
@@ -184,16 +188,24 @@ class LineSplitter:
             if tail:
                 lines.append(tail)
             tail = ""
-        if len(tail) > self._max:
-            cut = len(tail) - len(tail) % self._max
-            lines.extend(tail[i : i + self._max] for i in range(0, cut, self._max))
-            tail = tail[cut:]
+        if len(tail) > self._surely_fits and len(tail.encode()) > self._max:
+            *whole, tail = self._cut(tail)  # full pieces go now; the rest waits for its end
+            lines.extend(whole)
         self._pending = tail
-        if lines and max(map(len, lines)) > self._max:
+        if lines and max(map(len, lines)) > self._surely_fits:
             lines = [piece for line in lines for piece in self._cut(line)]
         return lines, transient
 
     def _cut(self, line: str) -> list[str]:
-        if len(line) <= self._max:
+        """`line` in pieces of at most `max_line_bytes` UTF-8 bytes, cut between characters."""
+        data = line.encode()
+        if len(data) <= self._max:
             return [line]
-        return [line[i : i + self._max] for i in range(0, len(line), self._max)]
+        pieces, start = [], 0
+        while start < len(data):
+            end = min(start + self._max, len(data))
+            while end < len(data) and (data[end] & 0xC0) == 0x80:  # not inside a character
+                end -= 1
+            pieces.append(data[start:end].decode())
+            start = end
+        return pieces

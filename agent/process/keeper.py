@@ -39,7 +39,7 @@ def main() -> None:
                     code = _keep(req["argv"], req["cwd"], req["env"], req["stdout"], req["stderr"], req["status"])
                 finally:
                     os._exit(code)
-            reply = {"pid": pid}
+            reply: dict[str, object] = {"pid": pid}
         except Exception as exc:  # a malformed request or a failed fork: say so, keep serving
             reply = {"error": f"{type(exc).__name__}: {exc}"}
         out.write(json.dumps(reply).encode() + b"\n")

@@ -133,7 +133,7 @@ async def wait_gone(ref: ProcRef, poll_s: float = 0.05) -> None:
     try:
         if pidfd is not None and ref.is_alive():
             gone = loop.create_future()
-            loop.add_reader(pidfd, lambda: gone.done() or gone.set_result(None))
+            loop.add_reader(pidfd, _settle, gone)
             try:
                 await gone
             finally:
@@ -226,3 +226,7 @@ def child_env(launch_env: dict[str, str], ctx: LaunchContext) -> dict[str, str]:
     return env
 
 
+def _settle(future: asyncio.Future[None]) -> None:
+    """Complete `future` once (a reader callback may fire again before it is removed)."""
+    if not future.done():
+        future.set_result(None)

@@ -115,11 +115,11 @@ def ensure_admin_token(data_dir: Path) -> str:
 
 
 def caller_role(connection: ASGIConnection) -> str:
-    return connection.scope.get("state", {}).get("role", "admin")  # type: ignore[no-any-return]
+    return str(connection.scope.get("state", {}).get("role", "admin"))
 
 
 def caller_name(connection: ASGIConnection) -> str:
-    return connection.scope.get("state", {}).get("user", "local")  # type: ignore[no-any-return]
+    return str(connection.scope.get("state", {}).get("user", "local"))
 
 
 def make_auth_guard(store: TokenStore | None):
@@ -135,7 +135,7 @@ def make_auth_guard(store: TokenStore | None):
                 connection.scope.setdefault("state", {}).update(role="admin", user="local")
                 return
             header = connection.headers.get("authorization", "")
-            scheme, _, token = header.partition(" ")
+            scheme, _sep, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token:
                 raise NotAuthorizedException("missing bearer token (Authorization: Bearer <token>)",
                                              headers={"WWW-Authenticate": "Bearer"})

@@ -12,6 +12,7 @@ A stream ends with an `end` event once the job has ended and every line has been
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
@@ -118,7 +119,7 @@ def stream_routes(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard]) 
                         continue
                     yield end(job_id)
                     return
-                keepalive = await changed(lambda looked_at=looked_at: projector.version != looked_at)
+                keepalive = await changed(functools.partial(_moved_from, lambda: projector.version, looked_at))
                 if keepalive:
                     yield keepalive
 
@@ -145,10 +146,16 @@ def stream_routes(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard]) 
                 if state is None or state.is_terminal:
                     yield end(job_id)
                     return
-                keepalive = await changed(lambda looked_at=looked_at: projector.applied[JOB_STREAM] != looked_at)
+                job_stream_seq = functools.partial(projector.applied.__getitem__, JOB_STREAM)
+                keepalive = await changed(functools.partial(_moved_from, job_stream_seq, looked_at))
                 if keepalive:
                     yield keepalive
 
         return ServerSentEvent(updates())
 
     return [follow_logs, follow_progress]
+
+
+def _moved_from(now: Callable[[], int], looked_at: int) -> bool:
+    """The projection counter `now` has moved past what was looked at."""
+    return now() != looked_at

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import duckdb
 import pyarrow as pa
 
@@ -34,7 +37,7 @@ class Tables:
             names=list(columns),
         )
 
-    def runs(self, table: str, column: str, runs: list[tuple[object, int]]) -> pa.Array:
+    def runs(self, table: str, column: str, runs: Sequence[tuple[Any, int]]) -> pa.Array:
         """A column given as runs of (value, count), repeated in C. Runs of a few rows each
         (stdout and stderr interleaved line by line) are cheaper as a list."""
         kind = self._types[table][column]

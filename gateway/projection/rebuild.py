@@ -15,8 +15,11 @@ from nats.js.errors import NotFoundError
 from gateway.projection.projector import Projector
 from gateway.projection.schema import open_db
 from shared import subjects
-from shared.nats import provision
 from shared.nats.connect import close_quietly, connect
+
+
+class StreamsMissing(Exception):
+    """The NATS server holds no trainyard streams."""
 
 
 async def rebuild(nats_url: str, out_path: Path, credentials: str = "", timeout_s: float = 600.0) -> dict[str, int]:
@@ -24,8 +27,15 @@ async def rebuild(nats_url: str, out_path: Path, credentials: str = "", timeout_
         raise FileExistsError(f"{out_path} exists; remove it or choose another --out")
     nc = await connect(nats_url, "projector-rebuild", credentials=credentials)
     js = nc.jetstream()
-    await provision.ensure_streams(js)
-    targets = {s: (await js.stream_info(s)).state.last_seq for s in subjects.EVENT_STREAMS}
+    # A reader: it never provisions, so the streams keep the limits the gateway set (an update
+    # with default limits here once lifted TY_LOG's size cap until the next gateway start).
+    targets = {}
+    for stream in subjects.EVENT_STREAMS:
+        try:
+            targets[stream] = (await js.stream_info(stream)).state.last_seq
+        except NotFoundError:
+            await close_quietly(nc)
+            raise StreamsMissing(f"NATS has no stream {stream}: no gateway ran there, nothing to rebuild") from None
     con = open_db(str(out_path))
     replica = f"rebuild_{secrets.token_hex(4)}"
     projector = Projector(con, replica)

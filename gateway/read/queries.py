@@ -59,7 +59,8 @@ class Reader:
     async def list_jobs(self, *, status: list[str], trainer: str | None, host: str | None,
                         q: str | None, limit: int, offset: int, gpu_id: int | None = None,
                         priority: int | None = None, before_seq: int | None = None) -> views.JobList:
-        where, params = ["TRUE"], []
+        where: list[str] = ["TRUE"]
+        params: list[Any] = []
         if before_seq is not None:  # cursor paging: stable while new jobs arrive
             where.append("submit_seq < ?")
             params.append(before_seq)
@@ -174,7 +175,8 @@ class Reader:
     async def metrics(self, job_id: str, *, names: list[str], by: str, limit: int,
                       step_min: int | None, step_max: int | None, downsample: int | None,
                       attempt: int | None) -> dict[str, list[views.MetricPoint]]:
-        where, params = ["job_key = ?", "job_id = ?"], [job_key(job_id), job_id]
+        where = ["job_key = ?", "job_id = ?"]
+        params: list[Any] = [job_key(job_id), job_id]
         if names:
             where.append("name IN (SELECT unnest(?::VARCHAR[]))")
             params.append(names)
@@ -214,7 +216,8 @@ class Reader:
     async def logs(self, job_id: str, *, kind: str, min_level: str | None, tail: int | None,
                    limit: int, since_s: float | None, after_seq: int | None, q: str | None,
                    attempt: int | None) -> list[views.LogLine]:
-        where, params = ["job_key = ?", "job_id = ?"], [job_key(job_id), job_id]
+        where = ["job_key = ?", "job_id = ?"]
+        params: list[Any] = [job_key(job_id), job_id]
         if kind != "all":
             where.append("kind = ?")
             params.append(kind)

@@ -73,7 +73,10 @@ class Assignment:
                                        gpu_ids=self.gpu_ids)
 
 
-def _shape(needs: JobNeeds) -> tuple:
+Shape = tuple[int, tuple[int, ...], str | None, float | None]
+
+
+def _shape(needs: JobNeeds) -> Shape:
     return (needs.gpus, needs.gpu_ids, needs.host, needs.min_gpu_memory_gb)
 
 
@@ -169,11 +172,12 @@ def plan(queue: list[QueuedJob], hosts: dict[str, HostView]) -> tuple[list[Assig
     pool = _Pool(hosts)
     assignments: list[Assignment] = []
     waiting: dict[str, str] = {}
-    failed: dict[tuple, str] = {}  # shape -> reason: resources only shrink within a pass
+    failed: dict[tuple[Shape, str | None], str] = {}  # shape -> reason: resources only shrink within a pass
     reserved = False
     for q in ordered:
         needs = q.needs
         shape = (_shape(needs), q.avoid_host)
+        placed: tuple[str, tuple[int, ...]] | None
         if shape in failed:
             waiting[q.job_id] = failed[shape]
             continue
@@ -274,7 +278,7 @@ def estimate_starts(
             gpus = list(needs.gpu_ids) if needs.gpu_ids else sorted(view.gpu_memory_mb)
             if needs.min_gpu_memory_gb:
                 gpus = [g for g in gpus if view.gpu_memory_mb.get(g, 0) >= needs.min_gpu_memory_gb * 1024]
-            times = sorted((free_at[(h, g)], g) for g in gpus if (h, g) in free_at and free_at[(h, g)] is not None)
+            times = sorted((at, g) for g in gpus if (at := free_at.get((h, g))) is not None)
             want = len(needs.gpu_ids) if needs.gpu_ids else needs.gpus
             if needs.gpu_ids and len(times) < len(needs.gpu_ids):
                 continue

@@ -25,6 +25,7 @@ import time
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from gateway.projection.projector import Projector
@@ -79,7 +80,7 @@ class Scheduler:
         self._preview: tuple[tuple, tuple[list[QueuedJob], dict[str, str], dict[str, HostView]]] | None = None
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._sub = None
+        self._sub: Subscription | None = None
         projector.on_jobs_changed.append(self.kick)
 
     # ---- state other parts read ----------------------------------------------------------------
@@ -300,18 +301,18 @@ class Scheduler:
             if not self.host_online(beat, now):
                 continue
             for hj in beat.jobs:
-                state = states.get(hj.job_id)
-                current = (state is not None and state.status in ON_HOST
-                           and state.host == beat.host and state.attempt == hj.attempt)
+                job = states.get(hj.job_id)
+                current = (job is not None and job.status in ON_HOST
+                           and job.host == beat.host and job.attempt == hj.attempt)
                 pending = self._inflight.get(hj.job_id)
                 if current or (pending and (pending.host, pending.attempt) == (beat.host, hj.attempt)):
                     continue
-                if state is not None and beat.ts_s <= state.changed_s:
+                if job is not None and beat.ts_s <= job.changed_s:
                     continue  # the report predates the job's last change: wait for a fresh one
-                key = (beat.host, hj.job_id, hj.attempt)
-                if now - self._fenced.get(key, 0.0) < FENCE_REPEAT_S:
+                fence_key = (beat.host, hj.job_id, hj.attempt)
+                if now - self._fenced.get(fence_key, 0.0) < FENCE_REPEAT_S:
                     continue
-                self._fenced[key] = now
+                self._fenced[fence_key] = now
                 log.warning("host %s still runs %s attempt %s, which the job has moved past: stopping it",
                             beat.host, hj.job_id, hj.attempt)
                 stop = StopJob(job_id=hj.job_id, attempt=hj.attempt, ts_s=now, force=True, grace_s=0.0)

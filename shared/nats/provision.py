@@ -22,44 +22,29 @@ MAX_MSG_BYTES = 8 * 1024 * 1024
 DUPLICATE_WINDOW_S = 120.0
 
 
+def _stream(name: str, filters: list[str], retention: RetentionPolicy, *, max_age_s: float | None = None,
+            max_bytes: int | None = None) -> StreamConfig:
+    return StreamConfig(
+        name=name, subjects=filters, retention=retention, storage=StorageType.FILE, max_msg_size=MAX_MSG_BYTES,
+        duplicate_window=DUPLICATE_WINDOW_S, max_age=max_age_s, max_bytes=max_bytes, discard=DiscardPolicy.OLD,
+    )
+
+
 def stream_configs(*, log_max_age_s: float, log_max_bytes: int) -> list[StreamConfig]:
-    common = dict(storage=StorageType.FILE, max_msg_size=MAX_MSG_BYTES, duplicate_window=DUPLICATE_WINDOW_S)
+    """The limits of the log stream are settings (GatewaySettings.log_max_*: their one home)."""
     return [
-        StreamConfig(
-            name=subjects.CMD_STREAM,
-            subjects=["ty.cmd.>"],
-            retention=RetentionPolicy.WORK_QUEUE,
-            **common,
-        ),
-        StreamConfig(
-            name=subjects.JOB_STREAM,
-            subjects=["ty.job.>", "ty.ctl.>"],
-            retention=RetentionPolicy.LIMITS,
-            **common,
-        ),
-        StreamConfig(
-            name=subjects.LOG_STREAM,
-            subjects=["ty.log.>"],
-            retention=RetentionPolicy.LIMITS,
-            max_age=log_max_age_s,
-            max_bytes=log_max_bytes,
-            discard=DiscardPolicy.OLD,
-            **common,
-        ),
-        StreamConfig(
-            name=subjects.HOST_STREAM,
-            subjects=["ty.host.>"],
-            retention=RetentionPolicy.LIMITS,
-            max_age=86400.0,
-            **common,
-        ),
+        _stream(subjects.CMD_STREAM, ["ty.cmd.>"], RetentionPolicy.WORK_QUEUE),
+        _stream(subjects.JOB_STREAM, ["ty.job.>", "ty.ctl.>"], RetentionPolicy.LIMITS),
+        _stream(subjects.LOG_STREAM, ["ty.log.>"], RetentionPolicy.LIMITS, max_age_s=log_max_age_s,
+                max_bytes=log_max_bytes),
+        _stream(subjects.HOST_STREAM, ["ty.host.>"], RetentionPolicy.LIMITS, max_age_s=86400.0),
     ]
 
 
-async def ensure_streams(
-    js: JetStreamContext, *, log_max_age_s: float = 30 * 86400.0, log_max_bytes: int = -1
-) -> None:
+async def ensure_streams(js: JetStreamContext, *, log_max_age_s: float, log_max_bytes: int) -> None:
+    """Only the gateway calls this, with its settings: an existing stream is updated to them."""
     for config in stream_configs(log_max_age_s=log_max_age_s, log_max_bytes=log_max_bytes):
+        assert config.name is not None
         try:
             await js.stream_info(config.name)
         except NotFoundError:

@@ -3,6 +3,7 @@ nothing; a rebuild from the streams gives the same tables; `trainyard up` twice 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -14,6 +15,8 @@ import duckdb
 import httpx
 
 from gateway.api.auth import TOKENS_FILE, TokenStore
+from shared import subjects
+from shared.nats.connect import close_quietly, connect
 from tests.conftest import Api, Cluster, python_job
 from trainyard.stack import Stack, free_port, wait_for_health
 
@@ -32,6 +35,15 @@ def wait_caught_up(url: str, timeout_s: float = 60.0) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"replica still behind: {lag}")
+
+
+async def _log_stream_limits(url: str, credentials: str) -> tuple[int, float]:
+    nc = await connect(url, "test-limits", credentials=credentials)
+    try:
+        config = (await nc.jetstream().stream_info(subjects.LOG_STREAM)).config
+        return config.max_bytes or 0, config.max_age or 0.0
+    finally:
+        await close_quietly(nc)
 
 
 def test_kill_9_mid_stream_then_rebuild_equals_live(cluster: Cluster, tmp_path: Path) -> None:
@@ -63,6 +75,9 @@ def test_kill_9_mid_stream_then_rebuild_equals_live(cluster: Cluster, tmp_path: 
             "SELECT count(*) - count(DISTINCT (job_id, attempt, seq)) FROM logs").fetchone()[0]
         assert dupes == 0
         out = tmp_path / "rebuilt.duckdb"
+        credentials = str(cluster.nats.stack.credentials("gateway"))
+        log_limits = asyncio.run(_log_stream_limits(cluster.nats.url, credentials))
+        assert log_limits[0] > 0, "the gateway caps the log stream"
         subprocess.run([sys.executable, "-m", "trainyard", "projector", "rebuild", "--nats-url",
                         cluster.nats.url, "--nats-credentials", str(cluster.nats.stack.credentials("gateway")),
                         "--out", str(out)], check=True, timeout=300)
@@ -71,6 +86,8 @@ def test_kill_9_mid_stream_then_rebuild_equals_live(cluster: Cluster, tmp_path: 
             q = f"SELECT * FROM {table} ORDER BY ALL"
             a, b = live.execute(q).fetchall(), rebuilt.execute(q).fetchall()
             assert len(a) == len(b) and a == b, f"{table} differs after rebuild"
+        # The rebuild only reads the streams: the log stream keeps the limits the gateway set.
+        assert asyncio.run(_log_stream_limits(cluster.nats.url, credentials)) == log_limits
         live.close()
         rebuilt.close()
     finally:

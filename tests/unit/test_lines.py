@@ -96,3 +96,15 @@ def test_eval_kind_in_a_chunk_with_non_ascii_text() -> None:
 
 def test_a_word_containing_eval_is_not_eval() -> None:
     assert kind_of("retrieval step 3") == "train"
+
+
+def test_a_long_line_of_wide_characters_is_cut_by_bytes() -> None:
+    """max_line_bytes is a byte limit (each piece must fit a NATS message), so a line of
+    3-byte characters is cut at a third of the characters, between characters, and nothing
+    is lost, also when it arrives in chunks that split a character."""
+    text = "字" * 5_000 + "é" * 7
+    data = (text + "\n").encode()
+    lines, _ = feed_all([data[:7001], data[7001:], b""], max_chars=4096)
+    assert "".join(lines) == text
+    assert all(len(piece.encode()) <= 4096 for piece in lines)
+    assert len(lines) == -(-len(text.encode()) // 4095)  # 4,096 bytes hold 1,365 whole characters

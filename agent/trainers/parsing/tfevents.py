@@ -41,12 +41,29 @@ def _varint(buf: bytes, i: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(buf: bytes) -> Iterator[tuple[int, int, object]]:
+# A field's value: an int for varints, bytes for the rest (fixed-size and length-delimited).
+FieldValue = int | bytes
+
+
+def _as_bytes(value: FieldValue) -> bytes:
+    if isinstance(value, int):  # a corrupt record: read as struct.error, like a short one
+        raise struct.error("expected a length-delimited or fixed-size field, found a varint")
+    return value
+
+
+def _as_int(value: FieldValue) -> int:
+    if isinstance(value, bytes):
+        raise struct.error("expected a varint field")
+    return value
+
+
+def _fields(buf: bytes) -> Iterator[tuple[int, int, FieldValue]]:
     """(field number, wire type, value) of a protobuf message; bytes for length-delimited."""
     i, n = 0, len(buf)
     while i < n:
         key, i = _varint(buf, i)
         field, wire = key >> 3, key & 7
+        value: FieldValue
         if wire == 0:
             value, i = _varint(buf, i)
         elif wire == 1:
@@ -64,9 +81,9 @@ def _fields(buf: bytes) -> Iterator[tuple[int, int, object]]:
 def _tensor_value(buf: bytes) -> float | None:
     for field, _wire, value in _fields(buf):
         if field == 5:  # float_val
-            return struct.unpack("<f", value[:4])[0]  # type: ignore[index]
+            return float(struct.unpack("<f", _as_bytes(value)[:4])[0])
         if field == 6:  # double_val
-            return struct.unpack("<d", value[:8])[0]  # type: ignore[index]
+            return float(struct.unpack("<d", _as_bytes(value)[:8])[0])
     return None
 
 
@@ -74,25 +91,25 @@ def scalars_of_event(data: bytes) -> list[Scalar]:
     wall_time, step, summary = 0.0, 0, None
     for field, _, value in _fields(data):
         if field == 1:
-            wall_time = struct.unpack("<d", value)[0]  # type: ignore[arg-type]
+            wall_time = float(struct.unpack("<d", _as_bytes(value))[0])
         elif field == 2:
-            step = value  # type: ignore[assignment]
+            step = _as_int(value)
         elif field == 5:
-            summary = value
+            summary = _as_bytes(value)
     if summary is None:
         return []
-    out = []
-    for field, _, raw in _fields(summary):  # type: ignore[arg-type]
+    out: list[Scalar] = []
+    for field, _, raw in _fields(summary):
         if field != 1:
             continue
         tag, scalar = "", None
-        for f, _, v in _fields(raw):  # type: ignore[arg-type]
+        for f, _, v in _fields(_as_bytes(raw)):
             if f == 1:
-                tag = v.decode("utf-8", "replace")  # type: ignore[union-attr]
+                tag = _as_bytes(v).decode("utf-8", "replace")
             elif f == 2:
-                scalar = struct.unpack("<f", v)[0]  # type: ignore[arg-type]
+                scalar = float(struct.unpack("<f", _as_bytes(v))[0])
             elif f == 8 and scalar is None:
-                scalar = _tensor_value(v)  # type: ignore[arg-type]
+                scalar = _tensor_value(_as_bytes(v))
         if tag and scalar is not None:
             out.append(Scalar(tag, int(step), float(scalar), wall_time))
     return out

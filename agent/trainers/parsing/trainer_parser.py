@@ -87,6 +87,7 @@ class TrainerParser:
         if epoch is not None:
             self.epoch = epoch
         exact = global_step_of(logged)
+        step: int | None
         if exact is not None:
             step, self.total = exact
             self.step = step
