@@ -18,6 +18,17 @@ from trainyard.stack import Stack, free_port
 __all__ = ["TERMINAL", "TRAINERS", "Api", "pid_alive", "python_job"]
 
 
+TIERS = ("unit", "integration", "faults", "fuzz")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test is marked with its tier, the folder it lives in (`-m unit` selects one)."""
+    for item in items:
+        tier = item.path.parent.name
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
+
+
 @dataclass
 class Nats:
     url: str
