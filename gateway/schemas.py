@@ -96,23 +96,11 @@ class EventView(msgspec.Struct, kw_only=True):
     data: Any
 
 
-class JobDetail(msgspec.Struct, kw_only=True):
-    job_id: str
-    name: str
+class JobDetail(JobSummary, kw_only=True):
+    """A job's summary and everything else the API knows of it."""
+
     description: str
-    trainer: str
-    status: str
-    priority: int
-    gpus: int
-    attempt: int
-    host: str | None
-    gpu_ids: list[int]
-    submitted_s: float
-    started_s: float | None
-    finished_s: float | None
-    exit_code: int | None
     signal: int | None
-    reason: str
     last_lines: list[str]
     pid: int | None
     run_dir: str | None

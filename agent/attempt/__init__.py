@@ -1,0 +1,1 @@
+"""One attempt of one job on this host: run, stop and release, report, re-adopt."""

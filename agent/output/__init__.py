@@ -1,0 +1,1 @@
+"""Raw trainer output as log lines: splitting, redraw folding, levels and kinds."""

@@ -1,0 +1,1 @@
+"""Process trees: spawning through the keeper helper, signals, exit status, the child environment."""

@@ -1,0 +1,1 @@
+"""The projector: the event streams into DuckDB and an in-memory view; the only writer of the projection."""

@@ -1,0 +1,1 @@
+"""Reads over the DuckDB projection: the API's queries and the read-only SQL endpoint."""

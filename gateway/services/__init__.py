@@ -1,0 +1,1 @@
+"""What the routes call: commands and reads over the projection, no HTTP (no Litestar here)."""

@@ -1,0 +1,1 @@
+"""The NATS helpers both sides use: connection, users and permissions, provisioning, the pull feed."""
