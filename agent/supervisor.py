@@ -19,7 +19,7 @@ from agent.attempt.state import RunState, published_so_far
 from agent.export import export_context, run_export
 from agent.gpus import GpuInventory
 from agent.options import RunOptions
-from agent.process.tree import Spawner
+from agent.process.spawner import Spawner
 from agent.publisher import publish
 from shared import events as ev
 from shared.aio import cancel_and_wait

@@ -30,6 +30,7 @@ from agent.attempt.stop import ProcessTreeControl
 from agent.attempt.tail import FileTail
 from agent.options import RunOptions
 from agent.process import tree as process
+from agent.process.spawner import Spawner
 from agent.publisher import publish
 from agent.trainers import LaunchContext, adapter_for
 from agent.trainers.base import Launch, LaunchError, OutputParser
@@ -70,7 +71,7 @@ class TrainerRun(ProcessTreeControl):
         *,
         adopt: RunState | None = None,
         published: Published | None = None,
-        spawner: process.Spawner,
+        spawner: Spawner,
     ) -> None:
         self.js = js
         self.spawner = spawner
