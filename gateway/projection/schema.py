@@ -136,4 +136,7 @@ def open_db(path: str) -> duckdb.DuckDBPyConnection:
     # users run SQL against this database (POST /api/v1/sql). It cannot be turned back on.
     con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
     con.execute("SET enable_external_access = false")
+    # Nothing may change a setting from here on (a user query could otherwise starve the
+    # projector with `SET memory_limit`); settings are made above, once, at open.
+    con.execute("SET lock_configuration = true")
     return con

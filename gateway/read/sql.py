@@ -1,9 +1,15 @@
 """Read-only SQL over the projection, for analytics (`POST /api/v1/sql`, admin only).
 
-One statement, and it must be a query (SELECT / WITH / EXPLAIN), checked by DuckDB's own parser,
-not by pattern matching. The database has external access switched off (schema.py), so a query
-cannot read or write files. Each query runs on its own cursor with a statement timeout (DuckDB
-interrupts it) and a row cap; the answer says when it was cut.
+A write is impossible by construction, not by recognising it:
+- the user's text runs only as a subquery, `SELECT * FROM (<text>) AS user_query`, where DuckDB
+  accepts no statement but a query: DDL, SET, PRAGMA, EXPLAIN ANALYZE do not parse there, and a
+  data-modifying CTE is refused by the binder below the top level;
+- DuckDB's parser must see exactly one statement, a SELECT, in the text alone (no `;` escape);
+- it runs in a transaction that is always rolled back;
+- the database's configuration is locked and its external access off (schema.py), so a query
+  cannot change a setting or touch a file.
+Each query runs on its own cursor with a statement timeout (DuckDB interrupts it), and its answer
+is capped in rows and in bytes; the answer says when it was cut.
 """
 
 from __future__ import annotations
@@ -18,7 +24,10 @@ import msgspec
 
 from gateway.errors import BadRequest, InvalidField
 
-ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+ALLOWED = {duckdb.StatementType.SELECT}
+# An answer stops growing past this many bytes of JSON (rows beyond it are cut, `truncated`).
+MAX_RESULT_BYTES = 8 << 20
+FETCH_ROWS = 256
 
 
 class SqlRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -54,7 +63,7 @@ class SqlRunner:
         if len(statements) != 1:
             raise InvalidField(f"one statement per request, not {len(statements)}", field="sql")
         if statements[0].type not in ALLOWED:
-            raise InvalidField(f"only queries (SELECT, WITH, EXPLAIN) are allowed here, not "
+            raise InvalidField(f"only queries (SELECT, WITH ... SELECT, FROM, VALUES) are allowed here, not "
                                f"{statements[0].type.name}", field="sql")
 
     async def run(self, req: SqlRequest) -> SqlResult:
@@ -77,21 +86,39 @@ class SqlRunner:
     @staticmethod
     def _execute(cursor: duckdb.DuckDBPyConnection, req: SqlRequest) -> SqlResult:
         started = time.perf_counter()
+        cursor.execute("BEGIN TRANSACTION")
         try:
-            cursor.execute(req.sql)
-            rows = cursor.fetchmany(req.limit + 1)
+            # The newline ends a trailing `-- comment` before the closing parenthesis.
+            cursor.execute(f"SELECT * FROM (\n{req.sql}\n) AS user_query")
+            description = cursor.description or []
+            rows, truncated = _fetch_capped(cursor, req.limit)
         except duckdb.InterruptException:
             raise
         except duckdb.Error as exc:
             raise InvalidField(str(exc).splitlines()[0], field="sql") from None
-        description = cursor.description or []
-        truncated = len(rows) > req.limit
-        rows = rows[: req.limit]
+        finally:
+            cursor.execute("ROLLBACK")
         return SqlResult(
             columns=[d[0] for d in description], types=[str(d[1]) for d in description],
             rows=[list(r) for r in rows], row_count=len(rows), truncated=truncated,
             elapsed_ms=round((time.perf_counter() - started) * 1e3, 2),
         )
+
+
+def _fetch_capped(cursor: duckdb.DuckDBPyConnection, limit: int) -> tuple[list[Any], bool]:
+    """Up to `limit` rows and MAX_RESULT_BYTES of JSON; and whether the answer was cut."""
+    rows: list[Any] = []
+    size = 0
+    while len(rows) <= limit:
+        chunk = cursor.fetchmany(min(FETCH_ROWS, limit + 1 - len(rows)))
+        if not chunk:
+            return rows, False
+        for row in chunk:
+            size += len(msgspec.json.encode(list(row), enc_hook=str))
+            if size > MAX_RESULT_BYTES or len(rows) == limit:
+                return rows, True
+            rows.append(row)
+    return rows, True
 
 
 def encode_result(result: SqlResult) -> bytes:
