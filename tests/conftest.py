@@ -3,6 +3,7 @@ gateway and agent as separate processes, exactly as `trainyard up` runs them."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from trainyard.stack import Stack, free_port
 __all__ = ["TERMINAL", "TRAINERS", "Api", "pid_alive", "python_job"]
 
 
-TIERS = ("unit", "integration", "faults", "fuzz")
+TIERS = ("unit", "integration", "faults", "fuzz", "security")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -65,7 +66,11 @@ def cluster(nats: Nats, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cl
     token = TokenStore(data_dir / TOKENS_FILE).create("admin")
     port = free_port()
     stack = Stack(nats_dir=nats.stack.nats_dir, nats_port=nats.port)
-    stack.start_agent("test-host", work_dir, nats.url, work_dir / "agent.log", "--heartbeat-interval-s", "1")
+    # The stand-in `swift` and `deepspeed` on the agent's PATH, as a GPU host has the real ones
+    # (trainer executables come from the agent's PATH, never from a job's env).
+    stand_ins = {"PATH": f"{TRAINERS / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    stack.start_agent("test-host", work_dir, nats.url, work_dir / "agent.log", "--heartbeat-interval-s", "1",
+                      env=stand_ins)
     stack.start_gateway(data_dir, port, nats.url)
     url = f"http://127.0.0.1:{port}"
     api = Api(url, token)

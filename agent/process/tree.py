@@ -167,8 +167,11 @@ def describe_exit(returncode: int) -> tuple[int | None, int | None, str]:
 def child_env(launch_env: dict[str, str], ctx: LaunchContext) -> dict[str, str]:
     # The agent's own TRAINYARD_* settings (NATS URL, credentials) are not the trainer's business.
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(launch_env)
+    # trainyard's own variables go last: a job's env cannot widen its GPUs or pose as another
+    # job (the release finds an attempt's processes by TRAINYARD_JOB_ID/ATTEMPT).
     env.update(
-        PYTHONUNBUFFERED="1",
         CUDA_VISIBLE_DEVICES=",".join(str(i) for i in ctx.gpu_ids),
         TRAINYARD_JOB_ID=ctx.job_id,
         TRAINYARD_ATTEMPT=str(ctx.attempt),
@@ -176,7 +179,6 @@ def child_env(launch_env: dict[str, str], ctx: LaunchContext) -> dict[str, str]:
     )
     if ctx.resume_from:
         env["TRAINYARD_RESUME_FROM"] = ctx.resume_from  # for scripts that resume by themselves
-    env.update(launch_env)
     return env
 
 

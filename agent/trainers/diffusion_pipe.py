@@ -150,7 +150,7 @@ class DiffusionPipeAdapter:
         if not train_py.is_file():
             raise LaunchError(f"diffusion-pipe train.py not found in {checkout} on host {ctx.host}")
         env = dict(spec.env)
-        deepspeed = resolve_executable("deepspeed", ctx, env.get("PATH", os.environ.get("PATH")))
+        deepspeed = resolve_executable("deepspeed", ctx, os.environ.get("PATH"))  # the agent's PATH, never the job's
         out = output_dir(spec, ctx)
         out.mkdir(parents=True, exist_ok=True)
         main_toml, dataset_toml = ctx.run_dir / MAIN_TOML, ctx.run_dir / DATASET_TOML

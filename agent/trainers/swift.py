@@ -81,7 +81,7 @@ class SwiftAdapter:
 
     def build_launch(self, spec: SwiftJob, ctx: LaunchContext) -> Launch:
         env = dict(spec.env)
-        swift = resolve_executable("swift", ctx, env.get("PATH", os.environ.get("PATH")))
+        swift = resolve_executable("swift", ctx, os.environ.get("PATH"))  # the agent's PATH, never the job's
         out = output_dir(spec, ctx)
         out.mkdir(parents=True, exist_ok=True)
         if len(ctx.gpu_ids) > 1:
@@ -93,7 +93,7 @@ class SwiftAdapter:
         """`swift export --adapters <checkpoint> --merge_lora true`: the merged model lands in
         `<checkpoint>-merged` (ms-swift's own choice; it refuses to overwrite one)."""
         env = dict(spec.env)
-        swift = resolve_executable("swift", ctx, env.get("PATH", os.environ.get("PATH")))
+        swift = resolve_executable("swift", ctx, os.environ.get("PATH"))  # the agent's PATH, never the job's
         return Launch(argv=[swift, "export", "--adapters", checkpoint, "--merge_lora", "true"],
                       cwd=output_dir(spec, ctx), env=env, expected_output=f"{checkpoint}-merged")
 

@@ -59,6 +59,43 @@ def _decode_as(trainer: str, body: bytes) -> JobRequest:
     return decode_body(decoder, body)
 
 
+# Variables only an admin may set in a job's `env` (security review C2, M2): what makes a loader,
+# an interpreter or a tool run other code (LD_PRELOAD, PYTHONWARNINGS importing a module that runs
+# $BROWSER, NODE_OPTIONS, GIT_SSH_COMMAND, PAGER, ...), what picks the executable (PATH), and what
+# trainyard sets itself (CUDA_VISIBLE_DEVICES: the GPUs the job was given; TRAINYARD_*).
+ADMIN_ONLY_ENV_NAMES = frozenset({
+    "PATH", "BROWSER", "PERL5OPT", "PERL5LIB", "PERLLIB", "RUBYOPT", "RUBYLIB", "NODE_OPTIONS",
+    "NODE_PATH", "BASH_ENV", "ENV", "SHELL", "SHELLOPTS", "IFS", "PS4", "PROMPT_COMMAND", "CDPATH",
+    "PAGER", "MANPAGER", "EDITOR", "VISUAL", "LESSOPEN", "LESSCLOSE", "SSH_ASKPASS", "SUDO_ASKPASS",
+    "GCONV_PATH", "LOCPATH", "NLSPATH", "HOSTALIASES", "RESOLV_HOST_CONF", "TMPDIR", "HOME",
+    "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CONFIG_DIRS", "XDG_DATA_DIRS", "CUDA_VISIBLE_DEVICES",
+    "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "OPENSSL_CONF", "OPENSSL_ENGINES", "SSL_CERT_FILE",
+    "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR",
+})
+ADMIN_ONLY_ENV_PREFIXES = ("LD_", "DYLD_", "PYTHON", "TRAINYARD_", "NVIDIA_", "GIT_", "PIP_", "MALLOC_",
+                           "JAVA_", "_JAVA", "BASH_FUNC_", "CONDA_", "VIRTUAL_ENV", "DS_", "TORCHELASTIC_")
+# Harmless Python switches an operator may still set.
+ALLOWED_PYTHON_ENV = frozenset({"PYTHONHASHSEED", "PYTHONUNBUFFERED", "PYTHONIOENCODING", "PYTHONFAULTHANDLER"})
+
+
+def admin_only_env(name: str) -> bool:
+    """Whether only an admin may set `name` in a job's env."""
+    upper = name.upper()
+    if upper in ALLOWED_PYTHON_ENV:
+        return False
+    return upper in ADMIN_ONLY_ENV_NAMES or upper.startswith(ADMIN_ONLY_ENV_PREFIXES)
+
+
+def check_env(spec: JobRequest, role: str) -> None:
+    """422 naming `env.NAME` for a variable the caller's role may not set."""
+    if role == "admin":
+        return
+    for name in spec.env:
+        if admin_only_env(name):
+            raise InvalidField(f"env.{name} controls how programs load or which GPUs the job sees; "
+                               f"only an admin may set it", field=f"env.{name}")
+
+
 class PathChecks:
     """Paths in requests are normalised and must lie under the allowed roots (DESIGN §10)."""
 

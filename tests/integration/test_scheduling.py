@@ -59,7 +59,8 @@ class GpuCluster:
         proc = self.stack.start_agent(host, self.tmp / f"work-{host}", self.nats_url,
                                       self.tmp / f"agent-{host}.log", "--simulate-gpus", gpus,
                                       "--heartbeat-interval-s", "0.3",
-                                      "--diffusion-pipe-dir", str(DIFFUSION_PIPE_CHECKOUT))
+                                      "--diffusion-pipe-dir", str(DIFFUSION_PIPE_CHECKOUT),
+                                      env={"PATH": f"{STANDIN_BIN}{os.pathsep}{os.environ['PATH']}"})
         self.agents[host] = proc
         return proc
 

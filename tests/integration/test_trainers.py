@@ -80,11 +80,23 @@ def test_swift_job_as_seed_002_sends_it(cluster: Cluster) -> None:
 
 
 def test_a_missing_trainer_executable_fails_at_once_with_the_reason(cluster: Cluster) -> None:
-    r = cluster.api.client.post("/jobs", json={
-        "trainer": "swift", "model_path": "m", "data_path": "d", "gpus": 0, "env": {"PATH": "/nonexistent"}})
-    job = r.json()["job_id"]
+    job = cluster.api.submit(["no-such-trainer-binary", "--epochs", "1"])
     final = cluster.api.wait(job, timeout_s=20)
-    assert final["status"] == "failed" and final["reason"] == f"swift not found on host {cluster.host}"
+    assert final["status"] == "failed" and final["reason"] == f"no-such-trainer-binary not found on host {cluster.host}"
+
+
+def test_a_jobs_path_does_not_choose_the_trainer_executable(cluster: Cluster, tmp_path: Path) -> None:
+    """swift comes from the agent's PATH (security review C2): a job's PATH, even an admin's,
+    does not pick another program."""
+    decoy = tmp_path / "swift"
+    decoy.write_text("#!/bin/sh\necho DECOY-RAN\n")
+    decoy.chmod(0o755)
+    r = cluster.api.client.post("/jobs", json={
+        "trainer": "swift", "model_path": "m", "data_path": "d", "gpus": 0,
+        "env": {"PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}})
+    job = r.json()["job_id"]
+    assert cluster.api.wait(job, timeout_s=60)["status"] == "succeeded"
+    assert not any("DECOY-RAN" in line["text"] for line in cluster.api.logs(job))
 
 
 def test_paths_in_trainer_requests_are_confined(cluster: Cluster) -> None:

@@ -133,7 +133,8 @@ def test_the_event_reader_waits_for_a_record_still_being_written(tmp_path: Path)
     assert reader.read() == []
 
 
-def test_the_launch_pins_gpus_by_environment_and_resumes_from_a_run_dir(tmp_path: Path) -> None:
+def test_the_launch_pins_gpus_by_environment_and_resumes_from_a_run_dir(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from agent.trainers.base import LaunchContext
     from agent.trainers.diffusion_pipe import DiffusionPipeAdapter
 
@@ -141,6 +142,7 @@ def test_the_launch_pins_gpus_by_environment_and_resumes_from_a_run_dir(tmp_path
     checkout.mkdir()
     (checkout / "train.py").write_text("")
     bin_dir = Path(__file__).parents[1] / "trainers" / "bin"
+    monkeypatch.setenv("PATH", str(bin_dir))  # deepspeed comes from the agent's PATH
     run_dir = tmp_path / "job" / "2"
     run_dir.mkdir(parents=True)
     ctx = LaunchContext(host="h", job_id="job_20261122_120000_abcdef", attempt=2, run_dir=run_dir,
