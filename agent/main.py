@@ -6,6 +6,7 @@ import asyncio
 import faulthandler
 import logging
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from shared.config import AgentSettings
 from shared.ids import check_token
 from shared.nats.connect import close_quietly, connect
 from shared.nats.pullfeed import PullFeed
+from shared.paths import RootNotAllowed
 
 log = logging.getLogger("trainyard.agent")
 
@@ -57,13 +59,14 @@ class Agent:
         self.host = check_token(settings.host, "host")
         self.work_dir = Path(settings.work_dir).resolve()
         self.gpus = GpuInventory(self.host, settings.simulate_gpus)
+        self.options = RunOptions.from_settings(settings)  # RootNotAllowed before anything starts
         self.started_s = now_s()
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
         nc = await connect(self.settings.nats_url, f"agent-{self.host}", credentials=self.settings.nats_credentials)
         js = nc.jetstream()
-        self.supervisor = Supervisor(js, self.host, self.work_dir, self.gpus, RunOptions.from_settings(self.settings))
+        self.supervisor = Supervisor(js, self.host, self.work_dir, self.gpus, self.options)
         feed = PullFeed(nc, subjects.CMD_STREAM, subjects.agent_consumer(self.host), batch=64)
         # Heartbeats first: the gateway creates this host's command consumer when it sees one.
         # Everything else may wait on NATS, so it runs as a task that a stop cancels.
@@ -158,8 +161,12 @@ SHUTDOWN_LIMIT_S = 20.0
 
 
 def run_agent(settings: AgentSettings) -> None:
-    async def main() -> None:
+    try:
         agent = Agent(settings)
+    except RootNotAllowed as exc:
+        sys.exit(f"trainyard agent: {exc}")
+
+    async def main() -> None:
         loop = asyncio.get_running_loop()
 
         def stop() -> None:

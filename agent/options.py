@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from shared.config import AgentSettings
+from shared.paths import Forbidden, check_roots, trainyard_own_paths
 
 
 @dataclass(frozen=True)
@@ -14,11 +16,26 @@ class RunOptions:
     python: str = ""  # the interpreter a bare `python` runs with; "" for the agent's own
     trainer_options: dict[str, str] = field(default_factory=dict)  # e.g. diffusion_pipe_dir
     log_cap_bytes: int = 0  # log bytes kept per attempt; 0: no cap
+    # Where a job's paths may lead on this host, checked again right before launch.
+    allowed_roots: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: AgentSettings) -> RunOptions:
         return cls(
+            allowed_roots=tuple(agent_roots(settings)),
             max_line_bytes=settings.max_line_bytes, batch_max_bytes=settings.batch_max_bytes,
             python=settings.python, trainer_options={"diffusion_pipe_dir": settings.diffusion_pipe_dir},
             log_cap_bytes=settings.max_log_bytes_per_attempt,
         )
+
+
+def agent_roots(settings: AgentSettings) -> list[str]:
+    """This host's allowed roots: the configured ones, or `workspace` beside the work dir (where
+    `trainyard up` puts DATA/workspace). None may expose the agent's state files (each holds a
+    job's full command), its NATS credentials, trainyard's Python environment or its code:
+    RootNotAllowed (the agent refuses to start)."""
+    work_dir = Path(settings.work_dir).resolve()
+    forbidden = [Forbidden(str(work_dir / "state"), "the agent's state files"), *trainyard_own_paths()]
+    if settings.nats_credentials:
+        forbidden.append(Forbidden(str(Path(settings.nats_credentials).resolve().parent), "NATS credentials"))
+    return check_roots(settings.allowed_roots or [str(work_dir.parent / "workspace")], forbidden)

@@ -81,6 +81,8 @@ def decode_body(decoder: msgspec.json.Decoder, body: bytes, default: Any = _REQU
         raise InvalidField(str(exc), field=field_of_validation_error(exc)) from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"body is not a JSON object: {exc}") from None
+    except RecursionError:
+        raise BadRequest("body is nested too deeply") from None
 
 
 def refuse_unless_allowed(state: JobState, event: Any) -> None:

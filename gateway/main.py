@@ -8,6 +8,7 @@ import importlib.util
 import io
 import ipaddress
 import logging
+import sys
 from pathlib import Path
 from types import FrameType
 
@@ -17,6 +18,7 @@ from gateway.api.app import create_app
 from gateway.api.auth import TOKENS_FILE, TokenStore
 from gateway.runtime import GatewayRuntime
 from shared.config import GatewaySettings
+from shared.paths import RootNotAllowed
 
 log = logging.getLogger("trainyard.gateway")
 
@@ -53,7 +55,10 @@ def token_store_for(settings: GatewaySettings) -> TokenStore | None:
 def run_gateway(settings: GatewaySettings) -> None:
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     tokens = token_store_for(settings)
-    runtime = GatewayRuntime(settings)
+    try:
+        runtime = GatewayRuntime(settings)
+    except RootNotAllowed as exc:
+        sys.exit(f"trainyard gateway: {exc}")
     app = create_app(runtime, tokens)
     # httptools and uvloop: the C HTTP parser and event loop roughly double the requests one
     # worker serves (DESIGN §9 asks 2,000 req/s of it); plain asyncio and h11 where missing.

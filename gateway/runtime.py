@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -25,19 +24,33 @@ from shared import subjects
 from shared.config import GatewaySettings
 from shared.nats import provision
 from shared.nats.connect import close_quietly, connect
+from shared.paths import Forbidden, check_roots, trainyard_own_paths
 
 log = logging.getLogger("trainyard.gateway")
 
 DB_FILE = "trainyard.duckdb"
 
 
-def default_allowed_roots(settings: GatewaySettings) -> list[str]:
-    return settings.allowed_roots or [str(Path(settings.data_dir).resolve()), os.getcwd()]
+WORKSPACE_DIR = "workspace"
+
+
+def allowed_roots(settings: GatewaySettings) -> list[str]:
+    """Where paths in requests may point: the configured roots, or DATA/workspace. No root may
+    expose the data dir (API tokens, NATS credentials, the projection), trainyard's Python
+    environment or its code: RootNotAllowed (the gateway refuses to start)."""
+    data_dir = Path(settings.data_dir).resolve()
+    workspace = data_dir / WORKSPACE_DIR
+    if not settings.allowed_roots:
+        workspace.mkdir(parents=True, exist_ok=True)
+    forbidden = [Forbidden(str(data_dir), "the gateway's data dir: API tokens, NATS credentials, the projection"),
+                 *trainyard_own_paths()]
+    return check_roots(settings.allowed_roots or [str(workspace)], forbidden, inside_ok=[str(workspace)])
 
 
 class GatewayRuntime:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
+        self.allowed_roots = allowed_roots(settings)  # checked before anything starts
         self.nc: Client | None = None
 
     async def start(self) -> None:
@@ -65,7 +78,7 @@ class GatewayRuntime:
         writer = EventWriter(self.js, self.projector, s.read_your_writes_timeout_s)
         self.cluster = ClusterService(writer, self.projector, self.scheduler, self.reader, replica=s.replica)
         self.service = JobService(writer, self.projector, self.scheduler, self.cluster, self.reader,
-                                  allowed_roots=default_allowed_roots(s),
+                                  allowed_roots=self.allowed_roots,
                                   ryw_timeout_s=s.read_your_writes_timeout_s)
         # What start built (the recovered projection, the app) lives as long as the process:
         # keep it out of the collector's full passes, whose pauses were the API's p99.

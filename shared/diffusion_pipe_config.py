@@ -53,8 +53,11 @@ def build_configs(model_type: str, dataset: dict[str, Any], config: dict[str, An
     for key in SET_BY_TRAINYARD:
         if key in config:
             raise ConfigError(f"config.{key}", "set by trainyard (use the job's output_dir and dataset)")
-    if "epochs" not in config:
+    epochs = config.get("epochs")
+    if epochs is None:
         raise ConfigError("config.epochs", "required by diffusion-pipe")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or not 1 <= epochs <= 1_000_000:
+        raise ConfigError("config.epochs", "a whole number of epochs, 1 to 1,000,000")
     main: dict[str, Any] = {k: v for k, v in config.items() if k not in ("model", "adapter", "optimizer")}
     main["output_dir"] = output_dir
     main["dataset"] = dataset_toml
@@ -64,11 +67,14 @@ def build_configs(model_type: str, dataset: dict[str, Any], config: dict[str, An
     if not isinstance(eval_datasets, list) or any(not isinstance(e, dict) for e in eval_datasets):
         raise ConfigError("config.eval_datasets", "use tables: [{name = 'x', config = 'path.toml'}]")
 
+    for section in ("model", "adapter", "optimizer"):
+        if config.get(section) is not None and not isinstance(config[section], dict):
+            raise ConfigError(f"config.{section}", "a table (a JSON object) of diffusion-pipe's keys")
     model = dict(config.get("model") or {})
     if "type" in model and model["type"] != model_type:
         raise ConfigError("config.model.type", f"differs from model_type {model_type!r}")
     main["model"] = {**DEFAULT_MODEL, **model, "type": model_type}
-    if main["model"]["dtype"] not in DTYPES:
+    if not isinstance(main["model"]["dtype"], str) or main["model"]["dtype"] not in DTYPES:
         raise ConfigError("config.model.dtype", f"one of {', '.join(sorted(DTYPES))}")
 
     if "adapter" not in config:
@@ -77,7 +83,7 @@ def build_configs(model_type: str, dataset: dict[str, Any], config: dict[str, An
         adapter = dict(config["adapter"])
         if "alpha" in adapter:
             raise ConfigError("config.adapter.alpha", "diffusion-pipe forces alpha = rank; remove alpha")
-        if adapter.get("type", "lora") not in ADAPTER_TYPES:
+        if not isinstance(adapter.get("type", "lora"), str) or adapter.get("type", "lora") not in ADAPTER_TYPES:
             raise ConfigError("config.adapter.type", "lora or lokr")
         main["adapter"] = {**DEFAULT_ADAPTER, **adapter}
     main["optimizer"] = {**DEFAULT_OPTIMIZER, **(config.get("optimizer") or {})}
@@ -90,6 +96,9 @@ def build_configs(model_type: str, dataset: dict[str, Any], config: dict[str, An
     for i, d in enumerate(directories):
         if not isinstance(d, dict) or not isinstance(d.get("path"), str) or not d["path"]:
             raise ConfigError(f"dataset.directories[{i}].path", "required")
+        repeats = d.get("num_repeats", 1)
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= 1_000_000:
+            raise ConfigError(f"dataset.directories[{i}].num_repeats", "a whole number, 1 to 1,000,000")
         tables.append({"num_repeats": 1, **d})
     data: dict[str, Any] = {k: v for k, v in dataset.items() if k != "directories"}
     data.setdefault("resolutions", [512])

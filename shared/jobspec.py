@@ -72,6 +72,11 @@ class JobRequestBase(
     def default_gpus(self) -> int:
         return 1
 
+    def local_paths(self) -> list[tuple[str, str]]:
+        """(field, path) of every absolute local path in the request, as the gateway accepted
+        it (relative ones it made absolute): what the agent confines again before launch."""
+        return []
+
 
 class CommandJob(JobRequestBase, tag="command"):
     """Any program, given as an argv list (never a shell string)."""
@@ -81,6 +86,9 @@ class CommandJob(JobRequestBase, tag="command"):
 
     def default_gpus(self) -> int:
         return 0
+
+    def local_paths(self) -> list[tuple[str, str]]:
+        return [("cwd", self.cwd)] if self.cwd else []
 
 
 RelPath = Annotated[str, Meta(min_length=1, max_length=4096)]
@@ -92,6 +100,9 @@ class HfJob(JobRequestBase, tag="hf"):
     script: RelPath
     args: Annotated[list[Arg], Meta(max_length=MAX_ARGV)] = []
     cwd: Annotated[str, Meta(max_length=4096)] | None = None
+
+    def local_paths(self) -> list[tuple[str, str]]:
+        return [("script", self.script), *([("cwd", self.cwd)] if self.cwd else [])]
 
 
 class SwiftJob(JobRequestBase, tag="swift"):
@@ -128,6 +139,10 @@ class SwiftJob(JobRequestBase, tag="swift"):
     # Further `swift sft` flags, as argv (e.g. ["--system", "You are ..."]); never a shell string.
     extra_args: Annotated[list[Arg], Meta(max_length=MAX_ARGV)] = []
 
+    def local_paths(self) -> list[tuple[str, str]]:
+        fields = ("model_path", "data_path", "output_dir", "resume_from_checkpoint")
+        return [(f, v) for f in fields if isinstance(v := getattr(self, f), str) and v.startswith("/")]
+
 
 class DiffusionPipeJob(JobRequestBase, tag="diffusion-pipe"):
     """diffusion-pipe's `train.py` under `deepspeed`, as seed 000 ran it: `model_type`,
@@ -142,6 +157,15 @@ class DiffusionPipeJob(JobRequestBase, tag="diffusion-pipe"):
     output_dir: RelPath | None = None
     # A run dir name under output_dir (`20250212_07-06-40`), or true for the most recent one.
     resume_from_checkpoint: Annotated[str, Meta(pattern=r"^[\w.-]{1,128}$")] | bool | None = None
+
+    def local_paths(self) -> list[tuple[str, str]]:
+        found = [(f"dataset.directories[{i}].path", d["path"])
+                 for i, d in enumerate(self.dataset.get("directories") or []) if isinstance(d, dict)]
+        model = self.config.get("model") or {}
+        found += [(f"config.model.{k}", v) for k, v in model.items() if k.endswith("_path") and isinstance(v, str)]
+        if self.output_dir:
+            found.append(("output_dir", self.output_dir))
+        return [(f, v) for f, v in found if isinstance(v, str) and v.startswith("/")]
 
     def __post_init__(self) -> None:
         if self.gpu_id is not None and self.gpu_ids is None:

@@ -4,7 +4,9 @@ gateway and agent as separate processes, exactly as `trainyard up` runs them."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +18,17 @@ from gateway.api.auth import TOKENS_FILE, TokenStore
 from tests.harness import TERMINAL, TRAINERS, Api, pid_alive
 from trainyard.stack import Stack, free_port
 
-__all__ = ["TERMINAL", "TRAINERS", "Api", "pid_alive", "python_job"]
+__all__ = ["TERMINAL", "TRAINERS", "WORKSPACE", "Api", "pid_alive", "python_job"]
+
+
+# Every gateway and agent the tests start (they inherit this environment) confines paths to the
+# stand-in trainers and one workspace, as a deployment would to its datasets and scripts.
+WORKSPACE = Path(tempfile.mkdtemp(prefix="trainyard-workspace-"))
+os.environ["TRAINYARD_ALLOWED_ROOTS"] = f"{TRAINERS}{os.pathsep}{WORKSPACE}"
+
+
+def pytest_unconfigure() -> None:
+    shutil.rmtree(WORKSPACE, ignore_errors=True)
 
 
 TIERS = ("unit", "integration", "faults", "fuzz", "security")

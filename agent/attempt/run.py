@@ -38,6 +38,7 @@ from shared import events as ev
 from shared.aio import cancel_and_wait
 from shared.clock import now_s
 from shared.commands import StartJob
+from shared.paths import PathNotAllowed, confine
 
 log = logging.getLogger("trainyard.agent.run")
 
@@ -82,6 +83,7 @@ class TrainerRun(ProcessTreeControl):
         self.run_dir = run_dir
         self.state_path = state_path
         self.max_line_bytes = options.max_line_bytes
+        self.allowed_roots = options.allowed_roots
         self.adapter = adapter_for(command.spec.trainer)
         self.ctx = LaunchContext(
             host=host, job_id=self.job_id, attempt=self.attempt, run_dir=run_dir,
@@ -205,6 +207,7 @@ class TrainerRun(ProcessTreeControl):
             return False
         self.run_dir.mkdir(parents=True, exist_ok=True)
         ctx = self.ctx
+        self._confine_paths()
         launch = self.adapter.build_launch(self.command.spec, ctx)
         for path, content in launch.files.items():
             path.write_bytes(content)
@@ -232,6 +235,15 @@ class TrainerRun(ProcessTreeControl):
         )
         self.reporter.system(f"started pid {self.root.pid} on host {self.host}: {' '.join(launch.argv)}")
         return True
+
+    def _confine_paths(self) -> None:
+        """The request's paths again, on this host, with its roots, right before launch: a
+        symlink made after submit, or this host's filesystem, cannot lead outside them."""
+        for field, path in self.command.spec.local_paths():
+            try:
+                confine(path, list(self.allowed_roots), field)
+            except PathNotAllowed as exc:
+                raise LaunchError(f"{exc} on host {self.host}") from None
 
     async def _spawn_and_record(
         self, launch: Launch, env: dict[str, str], stdout_path: Path, stderr_path: Path

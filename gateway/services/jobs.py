@@ -24,7 +24,7 @@ from gateway.read.queries import Reader
 from gateway.scheduling.scheduler import LeaderUnavailable, Scheduler
 from gateway.services.cache import VersionedCache
 from gateway.services.cluster import ClusterService
-from gateway.services.submission import PathChecks, check_env, decode_job_request
+from gateway.services.submission import PathChecks, check_env, check_gpus, decode_job_request
 from gateway.writer import EventWriter
 from shared import events as ev
 from shared import subjects, wire
@@ -97,6 +97,7 @@ class JobService:
         if spec.webhook_progress and not spec.webhook_url:
             raise InvalidField("webhook_progress needs a webhook_url to post to", field="webhook_progress")
         check_env(spec, role)
+        check_gpus(spec)
         spec = self.paths.check(spec)
         self._refuse_if_pinned_gpus_busy(spec)
         job_id = new_job_id()

@@ -9,7 +9,6 @@ import os
 import msgspec
 
 from gateway.errors import BadRequest, InvalidField, decode_body
-from gateway.services.paths import PathNotAllowed, confine
 from shared.diffusion_pipe_config import ConfigError, build_configs, model_paths
 from shared.jobspec import (
     SPECS,
@@ -20,6 +19,7 @@ from shared.jobspec import (
     JobRequest,
     SwiftJob,
 )
+from shared.paths import PathNotAllowed, confine
 
 
 class _TrainerPeek(msgspec.Struct):
@@ -94,6 +94,17 @@ def check_env(spec: JobRequest, role: str) -> None:
         if admin_only_env(name):
             raise InvalidField(f"env.{name} controls how programs load or which GPUs the job sees; "
                                f"only an admin may set it", field=f"env.{name}")
+
+
+def check_gpus(spec: JobRequest) -> None:
+    """Pinned GPUs are distinct, and `gpus`, when also given, agrees with them (422 naming the field)."""
+    if spec.gpu_ids and len(set(spec.gpu_ids)) != len(spec.gpu_ids):
+        raise InvalidField("gpu_ids names a GPU twice", field="gpu_ids")
+    if spec.gpu_ids and spec.gpus is not None and spec.gpus != len(spec.gpu_ids):
+        raise InvalidField(f"gpus is {spec.gpus} but gpu_ids pins {len(spec.gpu_ids)}; give one or make them agree",
+                           field="gpus")
+    if len(set(spec.webhook_progress)) != len(spec.webhook_progress):
+        raise InvalidField("webhook_progress names a percentage twice", field="webhook_progress")
 
 
 class PathChecks:

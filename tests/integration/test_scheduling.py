@@ -29,7 +29,7 @@ from gateway.main import SHUTDOWN_LIMIT_S
 from shared import subjects
 from shared.commands import StartJob, StopJob
 from shared.jobspec import CommandJob
-from tests.conftest import Api, pid_alive
+from tests.conftest import WORKSPACE, Api, pid_alive
 from tests.harness import publish_commands
 from trainyard.stack import Stack, free_port
 
@@ -328,7 +328,7 @@ def diffusion_pipe_job(gc: GpuCluster, epochs: int, **env: str) -> str:
     r = gc.api.client.post("/jobs", json={
         "trainer": "diffusion-pipe", "gpu_id": 1, "host": "b", "model_type": "flux",
         "description": "Flux LoRA", "env": {"PATH": f"{STANDIN_BIN}{os.pathsep}{os.environ['PATH']}", **env},
-        "dataset": {"resolutions": [512], "directories": [{"path": str(gc.data_dir), "num_repeats": 5}]},
+        "dataset": {"resolutions": [512], "directories": [{"path": str(WORKSPACE), "num_repeats": 5}]},
         "config": {"epochs": epochs, "micro_batch_size_per_gpu": 1, "optimizer": {"type": "adamw_optimi", "lr": 5e-5}},
     })
     assert r.status_code == 201, r.text
@@ -346,7 +346,7 @@ def test_diffusion_pipe_on_its_pinned_gpu_with_progress_metrics_and_checkpoints(
     port = launch["argv"][0].split("=")[1]
     assert launch["argv"][-2:] == ["--master_port", port]
     assert launch["config"]["save_every_n_epochs"] == 1 and launch["config"]["adapter"]["type"] == "lora"
-    assert launch["dataset"]["directory"] == [{"num_repeats": 5, "path": str(gc.data_dir)}]
+    assert launch["dataset"]["directory"] == [{"num_repeats": 5, "path": str(WORKSPACE)}]
     metrics = gc.api.client.get(f"/jobs/{job}/metrics", params={"name": "loss,eval/loss,lr"}).json()["series"]
     assert [p["step"] for p in metrics["loss"]] == list(range(1, 9))
     assert [(p["step"], p["value"]) for p in metrics["eval/loss"]] == [(4, 0.5), (8, 0.25)]

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from gateway.api.auth import TOKENS_FILE, TokenStore
+from tests.conftest import WORKSPACE
 from trainyard.stack import Stack, free_port
 
 TRAINERS = Path(__file__).parents[1] / "trainers"
@@ -49,10 +50,11 @@ def seeds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeds]:
         (tmp / "gw").mkdir()
         token = TokenStore(tmp / "gw" / TOKENS_FILE).create("admin")
         # Seed 000's example trains on /data/train: this deployment allows paths under /data.
-        stack.start_gateway(tmp / "gw", port, url, env={"TRAINYARD_ALLOWED_ROOTS": f"/data:{tmp}"})
+        roots = {"TRAINYARD_ALLOWED_ROOTS": f"/data{os.pathsep}{WORKSPACE}"}
+        stack.start_gateway(tmp / "gw", port, url, env=roots)
         stack.start_agent("gpu-1", tmp / "work", url, tmp / "agent.log", "--simulate-gpus", "2x80GB",
                           "--heartbeat-interval-s", "0.3", "--diffusion-pipe-dir", str(TRAINERS / "diffusion-pipe"),
-                          env={"PATH": f"{TRAINERS / 'bin'}{os.pathsep}{os.environ['PATH']}",
+                          env={**roots, "PATH": f"{TRAINERS / 'bin'}{os.pathsep}{os.environ['PATH']}",
                                "STANDIN_STEP_S": "0.05"})
         s = Seeds(f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {token}"})
         deadline = time.monotonic() + 20

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TRAINERS, Cluster
+from tests.conftest import TRAINERS, WORKSPACE, Cluster
 
 BIN = TRAINERS / "bin"
 
@@ -113,7 +113,7 @@ def test_paths_in_trainer_requests_are_confined(cluster: Cluster) -> None:
 
 def test_diffusion_pipe_configs_it_would_reject_are_a_400_naming_the_key(cluster: Cluster) -> None:
     base = {"trainer": "diffusion-pipe", "model_type": "flux", "gpus": 0,
-            "dataset": {"directories": [{"path": str(cluster.data_dir)}]}, "config": {"epochs": 1}}
+            "dataset": {"directories": [{"path": str(WORKSPACE)}]}, "config": {"epochs": 1}}
     for change, key in (
         ({"config": {"epochs": 1, "adapter": {"type": "lora", "rank": 8, "alpha": 8}}}, "config.adapter.alpha"),
         ({"model_type": "stable-cascade"}, "model_type"),
@@ -128,7 +128,7 @@ def test_diffusion_pipe_configs_it_would_reject_are_a_400_naming_the_key(cluster
 def test_diffusion_pipe_on_a_host_without_it_fails_at_once(cluster: Cluster) -> None:
     job = cluster.api.client.post("/jobs", json={
         "trainer": "diffusion-pipe", "model_type": "flux", "gpus": 0,
-        "dataset": {"directories": [{"path": str(cluster.data_dir)}]}, "config": {"epochs": 1}}).json()["job_id"]
+        "dataset": {"directories": [{"path": str(WORKSPACE)}]}, "config": {"epochs": 1}}).json()["job_id"]
     final = cluster.api.wait(job, timeout_s=20)
     assert final["status"] == "failed"
     assert final["reason"] == f"diffusion-pipe is not set up on host {cluster.host} (agent setting diffusion_pipe_dir)"
@@ -183,9 +183,9 @@ def traversal_forms(root: Path, outside: Path) -> list[str]:
 
 
 def test_path_traversal_forms_are_all_refused(cluster: Cluster, tmp_path: Path) -> None:
-    """`cwd`, `script`, dataset and output paths must lie under the allowed roots (the data dir
-    and the gateway's start directory). A symlink inside a root that points out is refused too."""
-    root = cluster.data_dir
+    """`cwd`, `script`, dataset and output paths must lie under the allowed roots (the tests'
+    workspace and stand-in trainers). A symlink inside a root that points out is refused too."""
+    root = WORKSPACE
     (root / "link-out").symlink_to("/etc")
     forms = traversal_forms(root, tmp_path)
     assert len(forms) >= 20

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.services.paths import PathNotAllowed, confine
 from shared.config import AgentSettings, GatewaySettings, load_settings
+from shared.paths import PathNotAllowed, confine
 
 
 def test_layers_defaults_toml_env_flags(tmp_path: Path) -> None:
