@@ -155,12 +155,26 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from gateway.api.auth import TOKENS_FILE, TokenStore
+    from gateway.api.auth import TOKENS_FILE, TokenNameTaken, TokenStore
 
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    token = TokenStore(data_dir / TOKENS_FILE).create(args.role, args.name)
-    print(token)
+    store = TokenStore(data_dir / TOKENS_FILE)
+    if args.token_command == "list":
+        for name, role in store.entries():
+            print(f"{name}\t{role}")
+        return 0
+    if args.token_command == "revoke":
+        if not store.revoke(args.name):
+            print(f"trainyard token revoke: no token named {args.name!r}", file=sys.stderr)
+            return 1
+        print(f"revoked {args.name}")
+        return 0
+    try:
+        print(store.create(args.role, args.name))
+    except TokenNameTaken as exc:
+        print(f"trainyard token create: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -238,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--name", default=None, help="who holds it (jobs record their submitter)")
     tc.add_argument("--data-dir", default="./trainyard-data")
     tc.set_defaults(func=cmd_token)
+    tl = tks.add_parser("list", help="every token's name and role (never the token)")
+    tl.add_argument("--data-dir", default="./trainyard-data")
+    tl.set_defaults(func=cmd_token)
+    tr = tks.add_parser("revoke", help="remove a token: the gateway refuses it on the next request")
+    tr.add_argument("name")
+    tr.add_argument("--data-dir", default="./trainyard-data")
+    tr.set_defaults(func=cmd_token)
     return p
 
 

@@ -26,9 +26,15 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-# How often a request with a known token looks whether the token file changed (a removed token
-# stops working within this).
-RECHECK_S = 0.5
+# How often a request with a known token looks whether the token file changed: every request
+# (a stat, microseconds), so a revoked token fails on the next one.
+RECHECK_S = 0.0
+# The name of the token `trainyard up` makes; no other token may take it.
+ADMIN_NAME = "admin"
+
+
+class TokenNameTaken(ValueError):
+    """Token names are who submitted a job (ownership): one token per name."""
 
 
 class TokenStore:
@@ -88,18 +94,44 @@ class TokenStore:
                 found = known
         return found
 
-    def create(self, role: str, name: str | None = None) -> str:
+    def create(self, role: str, name: str | None = None, *, _first_admin: bool = False) -> str:
+        """A new token; TokenNameTaken if `name` is held already or is the reserved `admin`."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}")
         self._reload()
+        if name == ADMIN_NAME and not _first_admin:
+            raise TokenNameTaken(f"the name {ADMIN_NAME!r} is reserved for the token `trainyard up` made")
+        if name is not None and name in self._names.values():
+            raise TokenNameTaken(f"a token named {name!r} exists; revoke it first (trainyard token revoke "
+                                 f"{name}) or choose another name")
         token = f"ty_{secrets.token_urlsafe(32)}"
         digest = _hash(token)
         self._roles[digest], self._names[digest] = role, name or f"{role}-{digest[:6]}"
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({d: {"role": r, "name": self._names[d]} for d, r in self._roles.items()}, indent=1))
-        os.chmod(tmp, 0o600)
-        tmp.replace(self.path)
+        self._write()
         return token
+
+    def entries(self) -> list[tuple[str, str]]:
+        """(name, role) of every token, by name."""
+        self._reload()
+        return sorted((self._names[d], r) for d, r in self._roles.items())
+
+    def revoke(self, name: str) -> int:
+        """Remove the tokens named `name`; how many there were. The gateway refuses them on the
+        next request."""
+        self._reload()
+        gone = [d for d, n in self._names.items() if n == name]
+        for digest in gone:
+            del self._roles[digest], self._names[digest]
+        if gone:
+            self._write()
+        return len(gone)
+
+    def _write(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({d: {"role": r, "name": self._names[d]} for d, r in self._roles.items()}, f, indent=1)
+        tmp.replace(self.path)
 
 
 def ensure_admin_token(data_dir: Path) -> str:
@@ -107,7 +139,7 @@ def ensure_admin_token(data_dir: Path) -> str:
     token_file = data_dir / ADMIN_TOKEN_FILE
     if token_file.is_file():
         return token_file.read_text().strip()
-    token = TokenStore(data_dir / TOKENS_FILE).create("admin", "admin")
+    token = TokenStore(data_dir / TOKENS_FILE).create("admin", ADMIN_NAME, _first_admin=True)
     fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
