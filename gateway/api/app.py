@@ -94,8 +94,8 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
                                      before_seq=int(cursor[1:]) if cursor else None)
 
     @get(f"{PREFIX}/jobs/{{job_id:str}}", guards=viewer)
-    async def job_detail(job_id: str) -> views.JobDetail:
-        return await svc().detail(job_id)
+    async def job_detail(job_id: str, request: Request) -> views.JobDetail:
+        return await svc().detail(job_id, role=caller_role(request), user=caller_name(request))
 
     @get(f"{PREFIX}/jobs/{{job_id:str}}/status", guards=viewer)
     async def job_status(job_id: str) -> views.JobStatusView:
@@ -138,10 +138,9 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
                              next_after_seq=lines[-1].seq if lines else after_seq)
 
     @get(f"{PREFIX}/jobs/{{job_id:str}}/events", guards=viewer)
-    async def job_events(job_id: str, limit: Limit = 1000,
+    async def job_events(job_id: str, request: Request, limit: Limit = 1000,
                          after_seq: Annotated[int | None, Parameter(ge=0)] = None) -> list[views.EventView]:
-        svc().state(job_id)
-        return await svc().reader.events(job_id, limit, after_seq)
+        return await svc().events(job_id, limit, after_seq, role=caller_role(request), user=caller_name(request))
 
     @post(f"{PREFIX}/jobs/{{job_id:str}}/stop", guards=operator, status_code=200,
           operation_class=body_operation(StopRequest, "Optional; default: graceful, the job's grace period.",

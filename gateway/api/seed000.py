@@ -123,8 +123,8 @@ def seed000_router(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard],
         return envelope({"tasks": tasks, "total": page.total, "limit": limit, "offset": offset})
 
     @get("/training/{task_id:str}", guards=viewer)
-    async def task_detail(task_id: str) -> Response[Envelope]:
-        d: views.JobDetail = await svc().detail(task_id)
+    async def task_detail(task_id: str, request: Request) -> Response[Envelope]:
+        d: views.JobDetail = await svc().detail(task_id, role=caller_role(request), user=caller_name(request))
         return envelope({
             "task_id": d.job_id, "status": seed_status(d.status), "gpu_id": d.gpu_ids[0] if d.gpu_ids else None,
             "gpu_ids": d.gpu_ids, "host": d.host, "model_type": d.spec.get("model_type"),

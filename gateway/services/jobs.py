@@ -24,6 +24,7 @@ from gateway.read.queries import Reader
 from gateway.scheduling.scheduler import LeaderUnavailable, Scheduler
 from gateway.services.cache import VersionedCache
 from gateway.services.cluster import ClusterService
+from gateway.services.redaction import may_see_secrets, redacted_spec
 from gateway.services.submission import PathChecks, check_env, check_gpus, decode_job_request
 from gateway.writer import EventWriter
 from shared import events as ev
@@ -181,10 +182,29 @@ class JobService:
         return views.ProgressView(job_id=job_id, status=s.status.value, attempt=attempt, updated_s=updated_s,
                                   latest_metrics=latest, **msgspec.structs.asdict(reading))
 
-    async def detail(self, job_id: str) -> views.JobDetail:
+    async def detail(self, job_id: str, *, role: str, user: str) -> views.JobDetail:
+        """The job's detail; its request's secrets redacted unless the caller submitted it or is
+        an admin."""
         self.state(job_id)
         version = self.projector.job_versions.get(job_id, 0)
-        return await self._details.get(job_id, version, lambda: self._detail(job_id))
+        detail = await self._details.get(job_id, version, lambda: self._detail(job_id))
+        if self._may_see_secrets(job_id, role, user):
+            return detail
+        return msgspec.structs.replace(detail, spec=redacted_spec(detail.spec))
+
+    async def events(self, job_id: str, limit: int, after_seq: int | None, *, role: str,
+                     user: str) -> list[views.EventView]:
+        """The job's events; the request inside its `submitted` event redacted as in `detail`."""
+        self.state(job_id)
+        events = await self.reader.events(job_id, limit, after_seq)
+        if self._may_see_secrets(job_id, role, user):
+            return events
+        return [msgspec.structs.replace(e, data={**e.data, "spec": redacted_spec(e.data["spec"])})
+                if isinstance(e.data, dict) and isinstance(e.data.get("spec"), dict) else e for e in events]
+
+    def _may_see_secrets(self, job_id: str, role: str, user: str) -> bool:
+        needs = self.projector.needs.get(job_id)
+        return may_see_secrets(role, user, needs.submitted_by if needs else "")
 
     async def list_jobs(self, **filters: object) -> views.JobList:
         """A list page; the same page is computed once per change of the job stream."""
