@@ -18,6 +18,7 @@ from gateway.read.sql import SqlRunner
 from gateway.scheduling.scheduler import Scheduler
 from gateway.services.cluster import ClusterService
 from gateway.services.jobs import JobService
+from gateway.webhook_policy import WebhookPolicy
 from gateway.webhooks import WebhookNotifier, load_secret
 from gateway.writer import EventWriter
 from shared import subjects
@@ -71,14 +72,15 @@ class GatewayRuntime:
         )
         await self.scheduler.start()
         self._consumers = asyncio.create_task(self._provide_command_consumers(), name="command-consumers")
+        webhook_policy = WebhookPolicy(s.webhook_allow)
         self.webhooks = WebhookNotifier(self.js, self.projector, load_secret(s.webhook_secret, data_dir),
-                                        lambda: self.scheduler.is_leader)
+                                        lambda: self.scheduler.is_leader, webhook_policy)
         self.reader = Reader(self.con)
         self.sql = SqlRunner(self.con)
         writer = EventWriter(self.js, self.projector, s.read_your_writes_timeout_s)
         self.cluster = ClusterService(writer, self.projector, self.scheduler, self.reader, replica=s.replica)
         self.service = JobService(writer, self.projector, self.scheduler, self.cluster, self.reader,
-                                  allowed_roots=self.allowed_roots,
+                                  allowed_roots=self.allowed_roots, webhook_policy=webhook_policy,
                                   ryw_timeout_s=s.read_your_writes_timeout_s)
         # What start built (the recovered projection, the app) lives as long as the process:
         # keep it out of the collector's full passes, whose pauses were the API's p99.

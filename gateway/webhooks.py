@@ -19,6 +19,7 @@ import hmac
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -26,6 +27,7 @@ import msgspec
 from nats.js import JetStreamContext
 
 from gateway.projection.projector import Projector
+from gateway.webhook_policy import Unresolvable, WebhookPolicy, WebhookRefused
 from gateway.writer import EventWriter
 from shared import events as ev
 from shared.aio import cancel_and_wait
@@ -54,7 +56,9 @@ def signature(secret: str, timestamp: str, body: bytes) -> str:
 
 class WebhookNotifier:
     def __init__(self, js: JetStreamContext, projector: Projector, secret: str,
-                 is_leader, retry_delays_s: tuple[float, ...] = RETRY_DELAYS_S) -> None:
+                 is_leader: Callable[[], bool], policy: WebhookPolicy,
+                 retry_delays_s: tuple[float, ...] = RETRY_DELAYS_S) -> None:
+        self.policy = policy
         self.js = js
         self.projector = projector
         self.writer = EventWriter(js, projector, ryw_timeout_s=0.0)
@@ -117,15 +121,17 @@ class WebhookNotifier:
             headers = {"Content-Type": "application/json", "X-Trainyard-Event": event,
                        "X-Trainyard-Delivery": delivery_id, "X-Trainyard-Timestamp": timestamp,
                        "X-Trainyard-Signature": signature(self.secret, timestamp, body)}
-            code, error = None, ""
+            code, error, refused = None, "", False
             try:
-                r = await self._http.post(url, content=body, headers=headers)
+                r = await self._post(url, body, headers)
                 code = r.status_code
                 ok = 200 <= code < 300
                 error = "" if ok else f"answered {code}"
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, Unresolvable) as exc:
                 ok, error = False, f"{exc.__class__.__name__}: {exc}"[:300]
-            final = ok or n == tries
+            except WebhookRefused as exc:  # leads inside the network now: no retry
+                ok, error, refused = False, f"refused: {exc}"[:300], True
+            final = ok or refused or n == tries
             await self.writer.publish(
                 ev.WebhookDelivery(job_id=job_id, attempt=state.attempt, ts_s=now_s(),
                                    delivery_id=delivery_id, event=event, url=url, try_number=n,
@@ -138,6 +144,15 @@ class WebhookNotifier:
                     log.warning("webhook %s of %s gave up after %d tries: %s", event, job_id, n, error)
                 return
             await asyncio.sleep(self.retry_delays_s[n - 1])
+
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        """POST to an address the policy allows, checked now: the connection goes to that
+        address; the URL's host stays the Host header and the TLS server name."""
+        host, addresses = await self.policy.addresses(url)
+        target = httpx.URL(url)
+        pinned = target.copy_with(host=str(addresses[0]))
+        return await self._http.post(pinned, content=body, headers={**headers, "Host": target.netloc.decode()},
+                                     extensions={"sni_hostname": host})
 
     async def stop(self) -> None:
         await cancel_and_wait(list(self._running.values()))

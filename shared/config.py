@@ -42,6 +42,9 @@ class GatewaySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=False)
     # Signs webhook bodies; empty: one is generated in <data_dir>/webhook-secret (give every
     # gateway replica the same one).
     webhook_secret: str = ""
+    # Hosts and networks (CIDR) webhooks may reach besides public addresses, e.g. an internal
+    # chat bridge: ["10.1.2.3/32", "hooks.internal"]. In the environment: comma-separated.
+    webhook_allow: list[str] = []
 
 
 class AgentSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
@@ -70,9 +73,14 @@ class AgentSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
 T = TypeVar("T", bound=msgspec.Struct)
 
 
-def _env_value(field_type: Any, raw: str) -> Any:
+# List settings given in the environment are split on the path separator, but these (which hold
+# IPv6 networks) on commas.
+_COMMA_LISTS = frozenset({"webhook_allow"})
+
+
+def _env_value(name: str, field_type: Any, raw: str) -> Any:
     if typing.get_origin(field_type) is list:
-        return [part for part in raw.split(os.pathsep) if part]
+        return [part.strip() for part in raw.split("," if name in _COMMA_LISTS else os.pathsep) if part.strip()]
     if field_type is bool:
         return raw.strip().lower() in ("1", "true", "yes", "on")
     return raw
@@ -99,7 +107,7 @@ def load_settings(
     for name in cls.__struct_fields__:
         raw = env.get(f"TRAINYARD_{name.upper()}")
         if raw is not None:
-            merged[name] = _env_value(hints[name], raw)
+            merged[name] = _env_value(name, hints[name], raw)
     for key, value in (overrides or {}).items():
         if value is not None:
             merged[key] = value

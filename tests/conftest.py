@@ -25,6 +25,8 @@ __all__ = ["TERMINAL", "TRAINERS", "WORKSPACE", "Api", "pid_alive", "python_job"
 # stand-in trainers and one workspace, as a deployment would to its datasets and scripts.
 WORKSPACE = Path(tempfile.mkdtemp(prefix="trainyard-workspace-"))
 os.environ["TRAINYARD_ALLOWED_ROOTS"] = f"{TRAINERS}{os.pathsep}{WORKSPACE}"
+# Their webhooks are posted to listeners on loopback, which a deployment must open explicitly.
+os.environ["TRAINYARD_WEBHOOK_ALLOW"] = "127.0.0.1/32"
 
 
 def pytest_unconfigure() -> None:

@@ -26,6 +26,7 @@ from gateway.services.cache import VersionedCache
 from gateway.services.cluster import ClusterService
 from gateway.services.redaction import may_see_secrets, redacted_spec
 from gateway.services.submission import PathChecks, check_env, check_gpus, decode_job_request
+from gateway.webhook_policy import Unresolvable, WebhookPolicy, WebhookRefused
 from gateway.writer import EventWriter
 from shared import events as ev
 from shared import subjects, wire
@@ -59,13 +60,14 @@ def _wait_words(seconds: float | None) -> str:
 class JobService:
     def __init__(self, writer: EventWriter, projector: Projector, scheduler: Scheduler,
                  cluster: ClusterService, reader: Reader, *, allowed_roots: list[str],
-                 ryw_timeout_s: float) -> None:
+                 webhook_policy: WebhookPolicy, ryw_timeout_s: float) -> None:
         self.writer = writer
         self.projector = projector
         self.scheduler = scheduler
         self.cluster = cluster
         self.reader = reader
         self.paths = PathChecks(allowed_roots)
+        self.webhook_policy = webhook_policy
         self.ryw_timeout_s = ryw_timeout_s
         self._details: VersionedCache[views.JobDetail] = VersionedCache()
         self._lists: VersionedCache[views.JobList] = VersionedCache(256)
@@ -99,6 +101,8 @@ class JobService:
             raise InvalidField("webhook_progress needs a webhook_url to post to", field="webhook_progress")
         check_env(spec, role)
         check_gpus(spec)
+        if spec.webhook_url:
+            await self._check_webhook(spec.webhook_url)
         spec = self.paths.check(spec)
         self._refuse_if_pinned_gpus_busy(spec)
         job_id = new_job_id()
@@ -145,6 +149,16 @@ class JobService:
         now = self.state(job_id)
         return views.StopResponse(job_id=job_id, status=now.status.value,
                                   message="force stop sent" if force else f"stop sent (SIGKILL after {grace:g}s)")
+
+    async def _check_webhook(self, url: str) -> None:
+        """422 for a webhook that leads inside the network; a host that does not resolve now is
+        let through (each delivery checks again, and connects only to what it checked)."""
+        try:
+            await self.webhook_policy.addresses(url)
+        except Unresolvable:
+            return
+        except WebhookRefused as exc:
+            raise InvalidField(f"webhook_url {exc}", field="webhook_url") from None
 
     def check_owner(self, job_id: str, role: str, user: str) -> None:
         """Operators act on their own jobs; admins on any (DESIGN §10)."""

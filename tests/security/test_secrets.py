@@ -28,7 +28,7 @@ def job(people: dict[str, httpx.Client]) -> str:
     r = people["sec-alice"].post("/training/jobs", json={
         "trainer": "hf", "script": str(TRAINERS / "numbered.py"), "gpus": 0, "hold": True,
         "env": {"HF_TOKEN": SECRET, "WANDB_API_KEY": SECRET},
-        "webhook_url": f"https://user:{SECRET}@hooks.example/notify?token={SECRET}#{SECRET}"})
+        "webhook_url": f"https://hooks.example/notify?token={SECRET}#{SECRET}"})
     assert r.status_code == 201, r.text
     return str(r.json()["job_id"])
 
