@@ -27,7 +27,7 @@ from shared.config import AgentSettings
 from shared.ids import check_token
 from shared.nats.connect import close_quietly, connect
 from shared.nats.pullfeed import PullFeed
-from shared.paths import RootNotAllowed
+from shared.paths import RootNotAllowed, private_dir
 
 log = logging.getLogger("trainyard.agent")
 
@@ -57,7 +57,7 @@ class Agent:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self.host = check_token(settings.host, "host")
-        self.work_dir = Path(settings.work_dir).resolve()
+        self.work_dir = private_dir(Path(settings.work_dir).resolve())
         self.gpus = GpuInventory(self.host, settings.simulate_gpus)
         self.options = RunOptions.from_settings(settings)  # RootNotAllowed before anything starts
         self.started_s = now_s()

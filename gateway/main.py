@@ -18,7 +18,7 @@ from gateway.api.app import create_app
 from gateway.api.auth import TOKENS_FILE, TokenStore
 from gateway.runtime import GatewayRuntime
 from shared.config import GatewaySettings
-from shared.paths import RootNotAllowed
+from shared.paths import RootNotAllowed, private_dir
 
 log = logging.getLogger("trainyard.gateway")
 
@@ -53,7 +53,7 @@ def token_store_for(settings: GatewaySettings) -> TokenStore | None:
 
 
 def run_gateway(settings: GatewaySettings) -> None:
-    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    private_dir(Path(settings.data_dir))
     tokens = token_store_for(settings)
     try:
         runtime = GatewayRuntime(settings)

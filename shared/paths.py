@@ -21,6 +21,16 @@ from typing import NamedTuple
 _ENCODED = re.compile(r"%[0-9a-fA-F]{2}")
 
 
+def private_dir(path: Path) -> Path:
+    """Create `path` (and its parents) if needed and make it the owner's alone (0700); from now on
+    this process creates files no other user may read (umask 077): API tokens, credentials, the
+    projection (which holds jobs' requests), state and log files (security review M5)."""
+    os.umask(0o077)
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
 class PathNotAllowed(ValueError):
     pass
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from shared.config import DEFAULT_NATS_URL, AgentSettings, GatewaySettings, load_settings
+from shared.paths import private_dir
 
 
 def _config_path(args: argparse.Namespace) -> Path | None:
@@ -73,8 +74,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from gateway.api.auth import ensure_admin_token
     from trainyard.stack import Stack, host_token
 
-    data_dir = Path(args.data_dir).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = private_dir(Path(args.data_dir).resolve())
     token = ensure_admin_token(data_dir)
     nats_url = f"nats://127.0.0.1:{args.nats_port}"
     api_url = f"http://{args.bind}:{args.port}"
@@ -157,8 +157,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 def cmd_token(args: argparse.Namespace) -> int:
     from gateway.api.auth import TOKENS_FILE, TokenNameTaken, TokenStore
 
-    data_dir = Path(args.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = private_dir(Path(args.data_dir))
     store = TokenStore(data_dir / TOKENS_FILE)
     if args.token_command == "list":
         for name, role in store.entries():
