@@ -93,6 +93,25 @@ class CommandJob(JobRequestBase, tag="command"):
 
 RelPath = Annotated[str, Meta(min_length=1, max_length=4096)]
 
+# Flags of an hf script's command line (transformers' TrainingArguments and the usual data
+# arguments) whose values are files or directories: confined like any path in a request.
+HF_PATH_FLAGS = ("--output_dir", "--logging_dir", "--resume_from_checkpoint", "--deepspeed", "--cache_dir",
+                 "--data_dir", "--train_file", "--validation_file", "--dataset_dir", "--config_file")
+
+
+def path_args(args: list[str]) -> list[tuple[int, str, str]]:
+    """(index of the value, flag, value) of each HF_PATH_FLAGS flag in `args` (`--f v`, `--f=v`)."""
+    found = []
+    for i, arg in enumerate(args):
+        flag, eq, value = arg.partition("=")
+        if flag.lower() not in HF_PATH_FLAGS:
+            continue
+        if eq:
+            found.append((i, flag, value))
+        elif i + 1 < len(args):
+            found.append((i + 1, flag, args[i + 1]))
+    return found
+
 
 class HfJob(JobRequestBase, tag="hf"):
     """A user script that trains with transformers' Trainer, run by the agent's Python."""
@@ -102,7 +121,8 @@ class HfJob(JobRequestBase, tag="hf"):
     cwd: Annotated[str, Meta(max_length=4096)] | None = None
 
     def local_paths(self) -> list[tuple[str, str]]:
-        return [("script", self.script), *([("cwd", self.cwd)] if self.cwd else [])]
+        found = [("script", self.script), *([("cwd", self.cwd)] if self.cwd else [])]
+        return found + [(f"args[{i}]", value) for i, _, value in path_args(self.args) if value.startswith("/")]
 
 
 class SwiftJob(JobRequestBase, tag="swift"):
@@ -159,10 +179,21 @@ class DiffusionPipeJob(JobRequestBase, tag="diffusion-pipe"):
     resume_from_checkpoint: Annotated[str, Meta(pattern=r"^[\w.-]{1,128}$")] | bool | None = None
 
     def local_paths(self) -> list[tuple[str, str]]:
-        found = [(f"dataset.directories[{i}].path", d["path"])
-                 for i, d in enumerate(self.dataset.get("directories") or []) if isinstance(d, dict)]
+        found: list[tuple[str, Any]] = []
+        for i, d in enumerate(self.dataset.get("directories") or []):
+            if isinstance(d, dict):
+                found += [(f"dataset.directories[{i}].{k}", d.get(k)) for k in ("path", "mask_path")]
         model = self.config.get("model") or {}
-        found += [(f"config.model.{k}", v) for k, v in model.items() if k.endswith("_path") and isinstance(v, str)]
+        found += [(f"config.model.{k}", v) for k, v in model.items() if k.endswith("_path")]
+        merge = model.get("merge_adapters")
+        found += [(f"config.model.merge_adapters[{i}]", m)
+                  for i, m in enumerate(merge if isinstance(merge, list) else [merge] if merge else [])]
+        adapter = self.config.get("adapter")
+        if isinstance(adapter, dict):
+            found.append(("config.adapter.init_from_existing", adapter.get("init_from_existing")))
+        for i, e in enumerate(self.config.get("eval_datasets") or []):
+            if isinstance(e, dict):
+                found.append((f"config.eval_datasets[{i}].config", e.get("config")))
         if self.output_dir:
             found.append(("output_dir", self.output_dir))
         return [(f, v) for f, v in found if isinstance(v, str) and v.startswith("/")]

@@ -5,6 +5,7 @@ clients send swift jobs without naming the trainer), and paths confined to the a
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import msgspec
 
@@ -18,6 +19,7 @@ from shared.jobspec import (
     HfJob,
     JobRequest,
     SwiftJob,
+    path_args,
 )
 from shared.paths import PathNotAllowed, confine
 
@@ -96,6 +98,29 @@ def check_env(spec: JobRequest, role: str) -> None:
                                f"only an admin may set it", field=f"env.{name}")
 
 
+# Words in a swift flag that names files or directories it reads or writes, or code it imports:
+# in `extra_args`, which trainyard cannot check (ms-swift imports plugins from such paths), only
+# an admin may give them (security review M3). An hf script's path flags: jobspec.HF_PATH_FLAGS.
+SWIFT_PATH_WORDS = ("path", "dir", "file", "plugin", "register", "dataset", "model", "checkpoint", "adapter",
+                    "deepspeed", "config", "hub", "ckpt", "load", "save", "output", "resume", "template")
+
+
+def _flag_name(arg: str) -> str:
+    return arg.split("=", 1)[0].lower()
+
+
+def check_arguments(spec: JobRequest, role: str) -> None:
+    """swift `extra_args` flags that name files or import code are an admin's (422 naming
+    `extra_args[i]`)."""
+    if role == "admin" or not isinstance(spec, SwiftJob):
+        return
+    for i, arg in enumerate(spec.extra_args):
+        name = _flag_name(arg)
+        if name.startswith("-") and any(word in name for word in SWIFT_PATH_WORDS):
+            raise InvalidField(f"{name} names files or code swift would open; only an admin may pass it in "
+                               "extra_args (use the request's own fields)", field=f"extra_args[{i}]")
+
+
 def check_gpus(spec: JobRequest) -> None:
     """Pinned GPUs are distinct, and `gpus`, when also given, agrees with them (422 naming the field)."""
     if spec.gpu_ids and len(set(spec.gpu_ids)) != len(spec.gpu_ids):
@@ -123,10 +148,13 @@ class PathChecks:
         """Paths in requests are normalised and must lie under the allowed roots (DESIGN §10).
         Hub ids (`Qwen/Qwen2.5-7B`) are not paths; a relative output dir stays inside the job's
         own directory."""
-        changes: dict[str, str] = {}
+        changes: dict[str, Any] = {}
         if isinstance(spec, (CommandJob, HfJob)) and spec.cwd is not None:
             changes["cwd"] = self._confined(spec.cwd, "cwd")
         if isinstance(spec, HfJob):
+            args = self._confined_args(spec.args)
+            if args != spec.args:
+                changes["args"] = args
             base = changes.get("cwd")
             if os.path.isabs(spec.script):
                 changes["script"] = self._confined(spec.script, "script")
@@ -137,7 +165,10 @@ class PathChecks:
         if isinstance(spec, SwiftJob):
             for field in ("model_path", "data_path", "resume_from_checkpoint"):
                 value = getattr(spec, field)
-                if value and (os.path.isabs(value) or value.startswith(("./", "../", "~"))):
+                # A hub id (`Qwen/Qwen2.5-7B`) never holds a `..` segment: a value that does is a path.
+                local = value and (os.path.isabs(value) or value.startswith(("./", "../", "~"))
+                                   or ".." in value.replace("\\", "/").split("/"))
+                if local:
                     changes[field] = self._confined(os.path.expanduser(value), field)
             if os.path.isabs(spec.output_dir):
                 changes["output_dir"] = self._confined(spec.output_dir, "output_dir")
@@ -146,6 +177,25 @@ class PathChecks:
         if isinstance(spec, DiffusionPipeJob):
             return self._check_diffusion_pipe(spec)
         return msgspec.structs.replace(spec, **changes) if changes else spec
+
+    def _confined_args(self, args: list[str]) -> list[str]:
+        """An hf script's args with the values of its path flags confined: absolute ones under
+        the roots, relative ones without `..` (they lie in the job's directory)."""
+        out = list(args)
+        for at, flag, value in path_args(args):
+            field = f"args[{at}]"
+            if os.path.isabs(value):
+                confined = self._confined(value, field)
+                out[at] = confined if at > 0 and args[at - 1] == flag else f"{flag}={confined}"
+            elif ".." in value.replace("\\", "/").split("/"):
+                raise InvalidField(f"a relative {flag} may not contain '..'", field=field)
+        return out
+
+    @staticmethod
+    def _text(value: object, field: str) -> str:
+        if not isinstance(value, str):
+            raise InvalidField("must be a path (a string)", field=field)
+        return value
 
     def _check_diffusion_pipe(self, spec: DiffusionPipeJob) -> DiffusionPipeJob:
         """Refuse (400, naming the key) what diffusion-pipe would refuse, before anything runs;
@@ -156,7 +206,9 @@ class PathChecks:
             raise BadRequest(str(exc), field=exc.key) from None
         dataset = dict(spec.dataset)
         dataset["directories"] = [
-            {**d, "path": self._confined(d["path"], f"dataset.directories[{i}].path")}
+            {**d, "path": self._confined(d["path"], f"dataset.directories[{i}].path"),
+             **({"mask_path": self._confined(self._text(d["mask_path"], f"dataset.directories[{i}].mask_path"),
+                                             f"dataset.directories[{i}].mask_path")} if "mask_path" in d else {})}
             for i, d in enumerate(spec.dataset["directories"])
         ]
         config = dict(spec.config)
@@ -164,6 +216,23 @@ class PathChecks:
         if paths:
             config["model"] = {**spec.config["model"],
                                **{k: self._confined(v, f"config.model.{k}") for k, v in paths.items()}}
+        # Other keys diffusion-pipe opens as files (security review M3).
+        merge = (config.get("model") or {}).get("merge_adapters")
+        if merge is not None:
+            items = merge if isinstance(merge, list) else [merge]
+            config["model"] = {**config["model"], "merge_adapters": [
+                self._confined(self._text(m, f"config.model.merge_adapters[{i}]"), f"config.model.merge_adapters[{i}]")
+                for i, m in enumerate(items)]}
+        adapter = config.get("adapter")
+        if isinstance(adapter, dict) and "init_from_existing" in adapter:
+            field = "config.adapter.init_from_existing"
+            config["adapter"] = {**adapter, "init_from_existing": self._confined(
+                self._text(adapter["init_from_existing"], field), field)}
+        if isinstance(config.get("eval_datasets"), list):
+            config["eval_datasets"] = [
+                {**e, "config": self._confined(self._text(e["config"], f"config.eval_datasets[{i}].config"),
+                                               f"config.eval_datasets[{i}].config")} if "config" in e else e
+                for i, e in enumerate(config["eval_datasets"])]
         output = spec.output_dir
         if output is not None:
             if os.path.isabs(output):
