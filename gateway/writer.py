@@ -4,6 +4,8 @@ that wrote reads its own write."""
 
 from __future__ import annotations
 
+import logging
+
 from nats.js import JetStreamContext
 
 from gateway.errors import Unavailable
@@ -11,6 +13,7 @@ from gateway.projection.view import JobView
 from shared import subjects, wire
 
 PUBLISH_TIMEOUT_S = 5.0
+log = logging.getLogger("trainyard.gateway")
 
 
 class EventWriter:
@@ -24,9 +27,23 @@ class EventWriter:
         env = wire.envelope(message, host=host, unique=unique)
         try:
             ack = await self.js.publish(env.subject, env.payload, headers=env.headers, timeout=PUBLISH_TIMEOUT_S)
+            squattable = ack.stream == subjects.JOB_STREAM  # hosts publish there; never on commands
+            if ack.duplicate and squattable and not await self._ours(ack.stream, ack.seq, env.subject):
+                # Its id was taken by a message on another subject (a host's credentials may
+                # publish any id on its own subjects): write it again under a fresh id, so that
+                # nobody can void a gateway write by squatting on the id it will use.
+                log.warning("message id %s was taken on another subject; publishing again", env.msg_id)
+                fresh = wire.envelope(message, host=host, unique=f"{unique}:{wire.nonce()}")
+                ack = await self.js.publish(fresh.subject, fresh.payload, headers=fresh.headers,
+                                            timeout=PUBLISH_TIMEOUT_S)
         except Exception as exc:
             raise Unavailable(f"could not record the request in JetStream: {exc}") from None
         return ack.seq
+
+    async def _ours(self, stream: str, seq: int, subject: str) -> bool:
+        """Whether the message a duplicate ack points at was published on our subject."""
+        stored = await self.js.get_msg(stream, seq)
+        return stored.subject == subject
 
     async def publish_and_wait(self, message: wire.Message, *, unique: object = None) -> int:
         """Publish a gateway event of the job stream, then wait until the projection has it."""

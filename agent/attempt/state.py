@@ -60,7 +60,7 @@ async def published_so_far(js: JetStreamContext, host: str, job_id: str, attempt
         delay_s = 0.1
         while True:
             try:
-                msg = await js.get_last_msg(stream, subject)
+                msg = await js.get_last_msg(stream, subject, direct=True)
             except NotFoundError:
                 return None
             except asyncio.CancelledError:

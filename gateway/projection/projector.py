@@ -195,12 +195,29 @@ class Projector(JobView):
             for seq, msg in fresh:
                 batch.jobs.append(self._evolve_item(seq, msg, batch))
         elif stream == subjects.LOG_STREAM:
-            batch.logs = log_batches(fresh)
+            batch.logs = self._new_lines(log_batches(fresh))
         elif stream == subjects.HOST_STREAM:
             for beat in decoded(fresh, ev.decode_heartbeat, "host event"):
                 batch.heartbeats[beat.host] = beat
                 batch.beats.append(beat)
         return batch
+
+    def _new_lines(self, batches: list[ev.LogBatch]) -> list[ev.LogBatch]:
+        """The batches that continue their attempt's lines. One that starts at or below a line
+        already stored is a replay or a forgery (a host's credentials may publish log batches
+        for any job id on its own subjects): dropped, with an error logged, never stored twice."""
+        kept: list[ev.LogBatch] = []
+        reached: dict[tuple[str, int], int] = {}
+        for b in batches:
+            key = (b.job_id, b.attempt)
+            last = reached.get(key, self.live_logs.stored_through(b.job_id, b.attempt))
+            if b.first_seq <= last:
+                log.error("log batch %s..%s of %s attempt %s dropped: lines up to %s are stored already",
+                          b.first_seq, b.end_seq - 1, b.job_id, b.attempt, last)
+                continue
+            reached[key] = b.end_seq - 1
+            kept.append(b)
+        return kept
 
     def _note_percent(self, item: JobItem, batch: PreparedBatch) -> None:
         """The percent of a job that asked for progress webhooks; the decoded event stays on

@@ -54,7 +54,9 @@ def permissions(user: str) -> dict[str, dict[str, list[str]]]:
         return {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}
     if user == VIEWER_USER:
         return {
-            "publish": {"allow": ["$JS.API.INFO", "$JS.API.STREAM.INFO.*", "$JS.API.STREAM.MSG.GET.*"]},
+            # Reads the event streams, never the per-host commands.
+            "publish": {"allow": ["$JS.API.INFO", "$JS.API.STREAM.INFO.*",
+                                  *(f"$JS.API.STREAM.MSG.GET.{s}" for s in subjects.EVENT_STREAMS)]},
             "subscribe": {"allow": ["ty.job.>", "ty.log.>", "ty.host.>", *inbox]},
         }
     host = user.removeprefix("agent-")
@@ -68,9 +70,10 @@ def permissions(user: str) -> dict[str, dict[str, list[str]]]:
             f"$JS.API.CONSUMER.INFO.{subjects.CMD_STREAM}.{consumer}",
             f"$JS.API.CONSUMER.MSG.NEXT.{subjects.CMD_STREAM}.{consumer}",
             f"$JS.ACK.{subjects.CMD_STREAM}.{consumer}.>",
-            # A restarted agent asks where an attempt's logs and metrics stand (re-adoption).
-            f"$JS.API.STREAM.MSG.GET.{subjects.LOG_STREAM}",
-            f"$JS.API.STREAM.MSG.GET.{subjects.JOB_STREAM}",
+            # A restarted agent asks where its own attempts' logs and metrics stand (re-adoption):
+            # the last message on its own subjects only, by direct get (no stream-wide reads).
+            f"$JS.API.DIRECT.GET.{subjects.LOG_STREAM}.{subjects.job_log('*', host)}",
+            f"$JS.API.DIRECT.GET.{subjects.JOB_STREAM}.{subjects.job_event('*', 'metrics', host)}",
             "$JS.API.INFO",
         ]},
         "subscribe": {"allow": inbox},

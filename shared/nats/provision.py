@@ -23,10 +23,11 @@ DUPLICATE_WINDOW_S = 120.0
 
 
 def _stream(name: str, filters: list[str], retention: RetentionPolicy, *, max_age_s: float | None = None,
-            max_bytes: int | None = None) -> StreamConfig:
+            max_bytes: int | None = None, allow_direct: bool = False) -> StreamConfig:
     return StreamConfig(
         name=name, subjects=filters, retention=retention, storage=StorageType.FILE, max_msg_size=MAX_MSG_BYTES,
         duplicate_window=DUPLICATE_WINDOW_S, max_age=max_age_s, max_bytes=max_bytes, discard=DiscardPolicy.OLD,
+        allow_direct=allow_direct,
     )
 
 
@@ -34,9 +35,10 @@ def stream_configs(*, log_max_age_s: float, log_max_bytes: int) -> list[StreamCo
     """The limits of the log stream are settings (GatewaySettings.log_max_*: their one home)."""
     return [
         _stream(subjects.CMD_STREAM, ["ty.cmd.>"], RetentionPolicy.WORK_QUEUE),
-        _stream(subjects.JOB_STREAM, ["ty.job.>", "ty.ctl.>"], RetentionPolicy.LIMITS),
+        # Direct get: an agent reads the last message on its own subjects, and only those.
+        _stream(subjects.JOB_STREAM, ["ty.job.>", "ty.ctl.>"], RetentionPolicy.LIMITS, allow_direct=True),
         _stream(subjects.LOG_STREAM, ["ty.log.>"], RetentionPolicy.LIMITS, max_age_s=log_max_age_s,
-                max_bytes=log_max_bytes),
+                max_bytes=log_max_bytes, allow_direct=True),
         _stream(subjects.HOST_STREAM, ["ty.host.>"], RetentionPolicy.LIMITS, max_age_s=86400.0),
     ]
 
