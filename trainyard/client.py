@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import tomllib
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 import httpx
 from rich.console import Console
+from rich.markup import escape as rich_escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -86,12 +88,21 @@ def _console() -> Console:
     return Console() if sys.stdout.isatty() else Console(width=400)
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _shown(text: str) -> str:
+    """A value as plain text in a terminal: Rich markup escaped, control characters (escape
+    sequences a terminal would act on) shown as `?` (security review L4)."""
+    return rich_escape(_CONTROL.sub("?", text))
+
+
 def _table(rows: list[dict], columns: list[tuple[str, str]], title: str | None = None) -> None:
     table = Table(title=title, header_style="bold")
     for _, header in columns:
         table.add_column(header, overflow="fold")
     for row in rows:
-        table.add_row(*("" if row.get(k) is None else str(row.get(k)) for k, _ in columns))
+        table.add_row(*("" if row.get(k) is None else _shown(str(row.get(k))) for k, _ in columns))
     _console().print(table)
 
 

@@ -8,6 +8,8 @@ import msgspec
 from litestar import Litestar, Request, Response, delete, get, post
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import Parameter
 from litestar.types import Guard
 
@@ -35,6 +37,10 @@ from shared.jobstate import JobStatus
 PREFIX = "/api/v1/training"
 
 Limit = Annotated[int, Parameter(ge=1, le=10_000)]
+# Sequence numbers, steps and attempts fit DuckDB's BIGINT; beyond is not a number anyone means.
+Seq = Annotated[int | None, Parameter(ge=-1, le=2**62)]
+Step = Annotated[int | None, Parameter(ge=-(2**62), le=2**62)]
+Attempt = Annotated[int | None, Parameter(ge=0, le=1_000_000)]
 
 
 class StopRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -110,9 +116,9 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
         job_id: str, name: str | None = None, metric: str | None = None,
         type: Annotated[str, Parameter(pattern="^(step|epoch)$")] = "step",
         limit: Limit = 1000,
-        step_min: int | None = None, step_max: int | None = None,
+        step_min: Step = None, step_max: Step = None,
         downsample: Annotated[int | None, Parameter(ge=1, le=100_000)] = None,
-        attempt: int | None = None,
+        attempt: Attempt = None,
     ) -> views.MetricSeries:
         svc().state(job_id)
         names = _csv(name, "name") + _csv(metric, "metric")
@@ -126,8 +132,8 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
         job_id: str, type: str = "all", level: str | None = None,
         tail: Annotated[int | None, Parameter(ge=1, le=10_000)] = None,
         limit: Limit = 1000, since: str | None = None,
-        after_seq: Annotated[int | None, Parameter(ge=-1)] = None,
-        q: Annotated[str | None, Parameter(max_length=200)] = None, attempt: int | None = None,
+        after_seq: Seq = None,
+        q: Annotated[str | None, Parameter(max_length=200)] = None, attempt: Attempt = None,
     ) -> views.LogPage:
         svc().state(job_id)
         kind, min_level = log_filters(type, level)
@@ -139,7 +145,8 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
 
     @get(f"{PREFIX}/jobs/{{job_id:str}}/events", guards=viewer)
     async def job_events(job_id: str, request: Request, limit: Limit = 1000,
-                         after_seq: Annotated[int | None, Parameter(ge=0)] = None) -> list[views.EventView]:
+                         after_seq: Annotated[int | None, Parameter(ge=0, le=2**62)] = None,
+                         ) -> list[views.EventView]:
         return await svc().events(job_id, limit, after_seq, role=caller_role(request), user=caller_name(request))
 
     @post(f"{PREFIX}/jobs/{{job_id:str}}/stop", guards=operator, status_code=200,
@@ -221,7 +228,17 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
             Exception: unexpected_error_handler,
         },
         request_max_body_size=1024 * 1024,
-        openapi_config=OpenAPIConfig(title="trainyard", version="0.1.0", path="/docs"),
+        openapi_config=OpenAPIConfig(
+            title="trainyard", version="0.1.0", path="/docs",
+            # The document and nothing that loads scripts from a CDN (an offline cluster cannot
+            # reach one): /docs and /docs/openapi.json give JSON, /docs/openapi.yaml YAML.
+            render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"]), YamlRenderPlugin(path="/openapi.yaml")],
+            components=Components(security_schemes={
+                "BearerToken": SecurityScheme(type="http", scheme="bearer",
+                                              description="an API token: trainyard token create"),
+            }),
+            security=[{"BearerToken": []}],
+        ),
         on_startup=[runtime.start],
         on_shutdown=[runtime.stop],
         debug=False,

@@ -7,7 +7,7 @@ import logging
 
 import msgspec
 from litestar import Request, Response
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, ValidationException
 
 from gateway.errors import ServiceError
 
@@ -24,15 +24,26 @@ def service_error_handler(_: Request, exc: ServiceError) -> Response[ErrorBody]:
     return Response(ErrorBody(exc.code, exc.detail, exc.field), status_code=exc.status_code)
 
 
+def parameter_error(exc: HTTPException) -> tuple[str, str] | None:
+    """(field, message) of Litestar's validation of a query or path parameter, or None."""
+    extra = getattr(exc, "extra", None)
+    if not isinstance(exc, ValidationException) or not isinstance(extra, list) or not extra:
+        return None
+    first = extra[0] if isinstance(extra[0], dict) else {}
+    key, message = first.get("key"), first.get("message")
+    if not isinstance(key, str) or not isinstance(message, str):
+        return None
+    return key, f"{key}: {message}"
+
+
 def http_error_handler(_: Request, exc: HTTPException) -> Response[ErrorBody]:
-    # Litestar's own 4xx (unknown route, wrong method, body too large, bad query type).
+    # Litestar's own 4xx (unknown route, wrong method, body too large, a bad parameter).
+    parameter = parameter_error(exc)
+    if parameter is not None:  # a parameter's value: 422 naming it, as for body fields
+        return Response(ErrorBody("invalid_field", parameter[1], parameter[0]), status_code=422)
     code = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 401: "unauthorized",
             403: "forbidden"}.get(exc.status_code, "bad_request")
-    detail = exc.detail
-    extra = getattr(exc, "extra", None)
-    if extra:
-        detail = f"{detail}: {extra}"
-    return Response(ErrorBody(code, str(detail)), status_code=exc.status_code,
+    return Response(ErrorBody(code, str(exc.detail)), status_code=exc.status_code,
                     headers=getattr(exc, "headers", None))
 
 

@@ -67,7 +67,8 @@ def stream_routes(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard]) 
     @get(f"{prefix}/jobs/{{job_id:str}}/logs/stream", guards=viewer)
     async def follow_logs(
         job_id: str, request: Request, type: str = "all", level: str | None = None,
-        attempt: int | None = None, after_seq: Annotated[int | None, Parameter(ge=-1)] = None,
+        attempt: Annotated[int | None, Parameter(ge=0, le=1_000_000)] = None,
+        after_seq: Annotated[int | None, Parameter(ge=-1, le=2**62)] = None,
     ) -> ServerSentEvent:
         """Follow the job's log lines (SSE `log` events, id = the line's seq), from the start or
         after `Last-Event-ID` / `after_seq`; filters `type` and `level`; ends with `end`."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 
 from gateway.errors import InvalidField
 from gateway.read.queries import LEVELS, LOG_KINDS
@@ -21,9 +22,13 @@ def since_seconds(value: str | None) -> float | None:
     if value is None:
         return None
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds) or abs(seconds) > 1e11:
+            raise InvalidField("since must be a finite time (epoch seconds or ISO 8601)", field="since")
+        return seconds
     try:
         parsed = dt.datetime.fromisoformat(value)
     except ValueError:

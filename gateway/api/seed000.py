@@ -19,6 +19,7 @@ from litestar.types import Guard
 
 from gateway import schemas as views
 from gateway.api.auth import caller_name, caller_role
+from gateway.api.errors import parameter_error
 from gateway.api.openapi import body_operation
 from gateway.api.params import log_filters, since_seconds
 from gateway.errors import InvalidField, ServiceError, decode_body
@@ -51,8 +52,8 @@ def service_error(_: Request, exc: ServiceError) -> Response[Envelope]:
 
 
 def http_error(_: Request, exc: HTTPException) -> Response[Envelope]:
-    extra = getattr(exc, "extra", None)
-    return _error(exc.status_code, f"{exc.detail}: {extra}" if extra else str(exc.detail))
+    parameter = parameter_error(exc)  # seed 000 answered 400 for every bad parameter
+    return _error(exc.status_code, parameter[1] if parameter else str(exc.detail))
 
 
 def seed_status(status: str) -> str:

@@ -25,7 +25,14 @@ from gateway.scheduling.scheduler import LeaderUnavailable, Scheduler
 from gateway.services.cache import VersionedCache
 from gateway.services.cluster import ClusterService
 from gateway.services.redaction import may_see_secrets, redacted_spec
-from gateway.services.submission import PathChecks, check_arguments, check_env, check_gpus, decode_job_request
+from gateway.services.submission import (
+    PathChecks,
+    check_arguments,
+    check_env,
+    check_gpus,
+    check_text,
+    decode_job_request,
+)
 from gateway.webhook_policy import Unresolvable, WebhookPolicy, WebhookRefused
 from gateway.writer import EventWriter
 from shared import events as ev
@@ -101,6 +108,7 @@ class JobService:
             raise InvalidField("webhook_progress needs a webhook_url to post to", field="webhook_progress")
         check_env(spec, role)
         check_gpus(spec)
+        check_text(spec)
         check_arguments(spec, role)
         if spec.webhook_url:
             await self._check_webhook(spec.webhook_url)

@@ -5,6 +5,7 @@ clients send swift jobs without naming the trainer), and paths confined to the a
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import msgspec
@@ -119,6 +120,20 @@ def check_arguments(spec: JobRequest, role: str) -> None:
         if name.startswith("-") and any(word in name for word in SWIFT_PATH_WORDS):
             raise InvalidField(f"{name} names files or code swift would open; only an admin may pass it in "
                                "extra_args (use the request's own fields)", field=f"extra_args[{i}]")
+
+
+# Names and descriptions are shown in lists and terminals, where control characters are escape
+# sequences (security review L4): refused at submit (the stored events keep their old shape).
+_CONTROL_IN_NAME = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def check_text(spec: JobRequest) -> None:
+    if _CONTROL_IN_NAME.search(spec.name):
+        raise InvalidField("name may not hold control characters", field="name")
+    if _CONTROL_IN_TEXT.search(spec.description):
+        raise InvalidField("description may not hold control characters (but tabs and newlines)",
+                           field="description")
 
 
 def check_gpus(spec: JobRequest) -> None:
