@@ -3,6 +3,8 @@ and the projection is as it was; an answer is capped in bytes as well as rows.""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from tests.conftest import Cluster, python_job
@@ -70,3 +72,18 @@ def test_queries_still_work_and_an_answer_is_capped_in_bytes(with_a_job: Cluster
     assert _snapshot(with_a_job) == before
     big = _sql(with_a_job, "SELECT repeat('x', 1000000) AS blob FROM range(100)", limit=100)
     assert big["status"] == 200 and big["truncated"] is True and big["row_count"] < 10
+
+
+def test_the_projector_keeps_working_through_a_query_bomb(with_a_job: Cluster) -> None:
+    answers: list[dict] = []
+    bomb = threading.Thread(target=lambda: answers.append(_sql(
+        with_a_job, "SELECT count(*) FROM (SELECT range % 1000003 AS k, count(*) FROM range(50000000000) GROUP BY k)",
+        timeout_s=3)))
+    bomb.start()
+    job = with_a_job.api.submit(python_job("numbered.py", "50"))
+    assert with_a_job.api.wait(job, timeout_s=60)["status"] == "succeeded"
+    bomb.join(timeout=30)
+    assert answers and 400 <= answers[0]["status"] < 500, answers
+    assert [ln["text"] for ln in with_a_job.api.logs(job) if ln["stream"] == "stdout"] == [
+        f"line {i}" for i in range(50)]
+    assert with_a_job.api.client.get(f"{with_a_job.url}/health").json()["status"] == "ok"
