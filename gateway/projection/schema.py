@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import duckdb
@@ -118,16 +119,43 @@ def _version_of(path: str) -> int | None:
         con.close()
 
 
+def _set_aside(path: str, tag: str, why: str) -> None:
+    """Move the projection (and its WAL) out of the way; the projector replays the streams into
+    a fresh file (the projection is disposable: JetStream holds every fact)."""
+    aside = f"{path}.{tag}.old"
+    log.warning("projection %s %s: moved to %s; replaying the streams into a fresh file", path, why, aside)
+    os.replace(path, aside)
+    if Path(path + ".wal").exists():
+        os.replace(path + ".wal", aside + ".wal")
+
+
+def _offsets_disagree(path: str) -> str | None:
+    """Why the job stream's stored offset does not match the events stored (rows removed behind
+    the projector's back), or None."""
+    con = duckdb.connect(path)
+    try:
+        offset = con.execute("SELECT max(last_seq) FROM projector_offsets WHERE stream = 'TY_JOB'").fetchall()[0][0]
+        stored = con.execute("SELECT greatest((SELECT coalesce(max(stream_seq), 0) FROM job_events), "
+                             "(SELECT coalesce(max(stream_seq), 0) FROM scheduler_events))").fetchall()[0][0]
+    finally:
+        con.close()
+    if offset and offset != stored:
+        return f"says the job stream is applied up to {offset}, but its last stored event is {stored}"
+    return None
+
+
 def open_db(path: str) -> duckdb.DuckDBPyConnection:
     if path != ":memory:" and Path(path).exists():
-        found = _version_of(path)
-        if found != SCHEMA_VERSION:
-            aside = f"{path}.v{found or 1}.old"
-            log.warning("projection %s has schema version %s, not %s: moved to %s; replaying the "
-                        "streams into a fresh file", path, found, SCHEMA_VERSION, aside)
-            os.replace(path, aside)
-            if Path(path + ".wal").exists():
-                os.replace(path + ".wal", aside + ".wal")
+        try:
+            found = _version_of(path)
+            disagreement = _offsets_disagree(path) if found == SCHEMA_VERSION else None
+        except duckdb.Error as exc:  # a damaged header or WAL, a truncated or empty file
+            _set_aside(path, f"damaged-{int(time.time())}", f"cannot be opened ({str(exc).splitlines()[0]})")
+        else:
+            if found != SCHEMA_VERSION:
+                _set_aside(path, f"v{found or 1}", f"has schema version {found}, not {SCHEMA_VERSION}")
+            elif disagreement:
+                _set_aside(path, f"inconsistent-{int(time.time())}", disagreement)
     con = duckdb.connect(path)
     con.execute(DDL)
     if not con.execute("SELECT count(*) FROM schema_version").fetchall()[0][0]:

@@ -1,6 +1,9 @@
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from gateway.projection.schema import SCHEMA_VERSION, open_db
 from shared.ids import job_key, new_job_id
@@ -28,3 +31,42 @@ def test_a_projection_of_another_schema_version_is_moved_aside(tmp_path: Path) -
     assert aside.execute("SELECT text FROM logs").fetchall() == [("kept in the old file",)]
     aside.close()
     assert open_db(str(path)).execute("SELECT count(*) FROM schema_version").fetchall() == [(1,)]
+
+
+WRITE_AND_DIE = """
+import os, sys
+from gateway.projection.schema import open_db
+con = open_db(sys.argv[1])
+con.execute("INSERT INTO job_events SELECT range + 100, 'j', 1, 0, 'x', 1.0, repeat('d', 100), true, NULL "
+            "FROM range(1000)")
+os._exit(0)
+"""
+
+
+@pytest.mark.parametrize("damage", ["empty", "header", "wal", "offsets"])
+def test_a_damaged_projection_is_moved_aside_and_started_afresh(tmp_path: Path, damage: str) -> None:
+    """The projection is disposable in fact (security review H4): a file DuckDB cannot open, or
+    one whose offsets disagree with its rows, is set aside; the streams fill a fresh one."""
+    path = tmp_path / "projection.duckdb"
+    con = open_db(str(path))
+    con.execute("INSERT INTO job_events (stream_seq, job_id, job_key, attempt, type, ts_s, data, applied) "
+                "VALUES (7, 'j', 1, 0, 'submitted', 1.0, '{}', true)")
+    # "offsets": the offset says 99 events were applied, but the last stored one is 7.
+    con.execute("INSERT INTO projector_offsets VALUES ('TY_JOB', ?)", [99 if damage == "offsets" else 7])
+    con.close()
+    if damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "header":
+        with path.open("r+b") as f:
+            f.write(b"\xde\xad\xbe\xef" * 64)
+    elif damage == "wal":  # a process killed before its checkpoint left a WAL, then bytes went bad
+        subprocess.run([sys.executable, "-c", WRITE_AND_DIE, str(path)], check=True)
+        wal = tmp_path / "projection.duckdb.wal"
+        data = bytearray(wal.read_bytes())
+        data[len(data) // 2:len(data) // 2 + 64] = b"\xff" * 64
+        wal.write_bytes(bytes(data))
+    fresh = open_db(str(path))
+    assert fresh.execute("SELECT count(*) FROM job_events").fetchall() == [(0,)]
+    assert fresh.execute("SELECT count(*) FROM projector_offsets").fetchall() == [(0,)]
+    fresh.close()
+    assert [p.name for p in tmp_path.iterdir() if ".old" in p.name and not p.name.endswith(".wal")]
