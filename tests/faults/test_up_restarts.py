@@ -47,3 +47,27 @@ def test_up_starts_a_killed_agent_again_and_the_job_finishes_intact(tmp_path: Pa
         up.send_signal(signal.SIGINT)
         out, _ = up.communicate(timeout=60)
     assert "agent-supervised exited with code -9; starting it again" in out, out
+
+
+def test_a_second_up_on_the_same_data_dir_refuses_and_leaves_the_first_alone(tmp_path: Path) -> None:
+    """One data dir, one `trainyard up` (user audit, rough edge 7): the second names the first
+    and exits non-zero before it starts anything; the first keeps serving."""
+    data_dir = tmp_path / "data"
+    port = free_port()
+    first = subprocess.Popen([sys.executable, "-m", "trainyard", "up", "--data-dir", str(data_dir), "--port", str(port),
+                              "--nats-port", str(free_port()), "--host", "first"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_health(f"http://127.0.0.1:{port}", first, timeout_s=60)
+        second = subprocess.run([sys.executable, "-m", "trainyard", "up", "--data-dir", str(data_dir),
+                                 "--port", str(free_port()), "--nats-port", str(free_port()), "--host", "second"],
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2, (second.returncode, second.stdout, second.stderr)
+        assert f"in use by another trainyard up (pid {first.pid})" in second.stderr
+        assert "trainyard is up" not in second.stdout
+        api = Api(f"http://127.0.0.1:{port}", (data_dir / "api-token").read_text().strip())
+        job = api.submit([sys.executable, "-c", "print('still here')"])
+        assert api.wait(job, timeout_s=30)["status"] == "succeeded"
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=60)
