@@ -33,9 +33,11 @@ def job_log(job_id: str, host: str) -> str:
     return f"ty.log.{job_id}.{host}"
 
 
-# What an agent reports about the jobs it runs (tags of shared.events).
+# What an agent reports about the jobs it runs (tags of shared.events). `lost`: a re-adopting
+# agent found the attempt's keeper gone with no exit status recorded (the scheduler says it too,
+# of a host that went silent).
 AGENT_EVENT_KINDS = frozenset({
-    "started", "exited", "refused", "progress", "metrics", "checkpoint", "export_finished", "agent_note",
+    "started", "exited", "refused", "lost", "progress", "metrics", "checkpoint", "export_finished", "agent_note",
 })
 
 

@@ -4,6 +4,7 @@ job ends with its real exit status, nothing is left alive and no GPU stays held.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -104,3 +105,26 @@ def test_a_trainer_stopped_just_before_its_agent_died_is_reported_stopped(rig: R
     final = rig.api.wait(job, timeout_s=30)
     assert (final["status"], final["signal"]) == ("stopped", signal.SIGTERM), final
     assert rig.busy_gpus() == []
+
+
+def test_a_trainer_whose_keeper_died_with_no_agent_ends_lost_and_frees_its_gpu(rig: Rig) -> None:
+    """A job is never left running with nobody running it (reliability H2): its keeper and
+    trainer die while no agent watches, so no exit status is recorded; the next agent reports
+    the attempt lost, which the projector takes from the host the job is on."""
+    job = rig.api.submit(paced(3000, 30.0), gpus=1)
+    rig.api.wait(job, {"running"})
+    wait_lines(rig, job, 5)
+    keeper = rig.api.client.get(f"/jobs/{job}").json()["pid"]  # it leads the trainer's process group
+    rig.kill("agent-f")
+    os.killpg(keeper, signal.SIGKILL)  # the keeper too: it can record no exit status
+    deadline = time.monotonic() + 20
+    while job_processes(job):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    rig.start_agent("f")
+    final = rig.api.wait(job, timeout_s=30)
+    assert final["status"] == "lost" and "exit status is unknown" in final["reason"], (keeper, final)
+    deadline = time.monotonic() + 20
+    while rig.busy_gpus():
+        assert time.monotonic() < deadline, rig.busy_gpus()
+        time.sleep(0.1)
