@@ -41,6 +41,9 @@ class JobRequestBase(
     host: HostName | None = None
     min_gpu_memory_gb: Annotated[float, Meta(ge=0, le=4096)] | None = None
     max_retries: Annotated[int, Meta(ge=0, le=100)] = 0
+    # A failed or lost attempt is retried after this many seconds, doubling with each failure
+    # (capped at jobstate.RETRY_BACKOFF_CAP_S): a crash loop does not burn every retry at once.
+    retry_backoff_s: Annotated[float, Meta(ge=0, le=86400)] = 10.0
     env: Annotated[dict[EnvName, EnvValue], Meta(max_length=MAX_ENV)] = {}
     hold: bool = False
     stop_grace_s: GraceSeconds = 30.0

@@ -138,6 +138,9 @@ class JobState(msgspec.Struct, frozen=True, kw_only=True):
     changed_s: float = 0.0  # time of the last lifecycle event applied
     max_retries: int = 0
     failures: int = 0  # attempts that failed or were lost; each one retried uses one of max_retries
+    retry_backoff_s: float = 10.0  # the job's; the wait before an automatic retry doubles each time
+    # Set when a failed or lost attempt put the job back in the queue: not placed before then.
+    retry_after_s: float | None = None
     # The last agent refusal: the scheduler avoids that host for a moment (not projected).
     refused_host: str | None = None
     refused_s: float | None = None
@@ -155,7 +158,18 @@ def initial(event: ev.JobSubmitted) -> JobState:
         submitted_s=event.ts_s,
         changed_s=event.ts_s,
         max_retries=event.spec.max_retries,
+        retry_backoff_s=event.spec.retry_backoff_s,
     )
+
+
+RETRY_BACKOFF_CAP_S = 3600.0
+# How an automatic retry's reason begins (evolve writes it; a restarted projector reads it).
+AUTO_RETRY_REASON = "attempt "
+
+
+def retry_wait_s(backoff_s: float, failures: int) -> float:
+    """The wait before the retry that follows the `failures`-th failed or lost attempt."""
+    return min(RETRY_BACKOFF_CAP_S, backoff_s * 2.0 ** max(0, failures - 1))
 
 
 def _retries(state: JobState, target: JobStatus) -> bool:
@@ -216,7 +230,7 @@ def evolve(state: JobState | None, event: ev.JobEvent) -> JobState:
             return replace(
                 state, status=status, host=host, gpu_ids=tuple(gpu_ids), attempt=attempt,
                 reason="", stop_requested=False, pid=None, run_dir=None, exit_code=None,
-                signal=None, started_s=None, finished_s=None, last_lines=(),
+                signal=None, started_s=None, finished_s=None, last_lines=(), retry_after_s=None,
             )
         case ev.JobRefused(reason=reason, host=host, ts_s=ts):
             return replace(state, status=status, host=None, gpu_ids=(), reason=reason,
@@ -232,7 +246,8 @@ def evolve(state: JobState | None, event: ev.JobEvent) -> JobState:
             failures = state.failures + 1
             return replace(
                 state, status=status, host=None, gpu_ids=(), failures=failures,
-                reason=f"attempt {state.attempt}: {reason}; retry {failures} of {state.max_retries}",
+                retry_after_s=event.ts_s + retry_wait_s(state.retry_backoff_s, failures),
+                reason=f"{AUTO_RETRY_REASON}{state.attempt}: {reason}; retry {failures} of {state.max_retries}",
                 last_lines=tuple(event.last_lines) if isinstance(event, ev.JobExited) else state.last_lines,
                 exit_code=event.exit_code if isinstance(event, ev.JobExited) else None,
                 signal=event.signal if isinstance(event, ev.JobExited) else None,
@@ -244,7 +259,7 @@ def evolve(state: JobState | None, event: ev.JobEvent) -> JobState:
             )
         case ev.JobRetried(resume_from=resume_from):
             return replace(state, status=status, host=None, gpu_ids=(), stop_requested=False,
-                           resume_from=resume_from,
+                           resume_from=resume_from, retry_after_s=None,
                            reason=f"retried by request{f', resuming from {resume_from}' if resume_from else ''}")
         case ev.JobCancelled(reason=reason, ts_s=ts) | ev.JobLost(reason=reason, ts_s=ts):
             return replace(state, status=status, reason=reason, finished_s=ts)

@@ -19,7 +19,7 @@ from gateway.scheduling.placement import JobNeeds
 from shared import events as ev
 from shared import subjects
 from shared.jobspec import JobRequest
-from shared.jobstate import JobState, JobStatus
+from shared.jobstate import AUTO_RETRY_REASON, JobState, JobStatus, retry_wait_s
 
 
 class JobView:
@@ -82,6 +82,7 @@ class JobView:
                 priority=r[17], submit_seq=r[18], gpus=r[19], gpu_ids=tuple(r[20] or ()),
                 host=r[21], min_gpu_memory_gb=r[22], spec=decode_spec(r[23]), submitted_by=r[27] or "",
             )
+            self.states[r[0]] = _with_retry_wait(self.states[r[0]], self.needs[r[0]].spec.retry_backoff_s)
         self.live_states = dict(self.states)
         self.attempt_hosts = {}
         for job_id, attempt, host in self.con.execute(
@@ -144,3 +145,11 @@ class JobView:
         async with asyncio.timeout(timeout_s):
             while not predicate():
                 await self._changed.wait()
+
+
+def _with_retry_wait(state: JobState, backoff_s: float) -> JobState:
+    """A loaded job's retry back-off (not a column): an automatic retry still waiting waits on."""
+    state = msgspec.structs.replace(state, retry_backoff_s=backoff_s)
+    if state.status is JobStatus.QUEUED and state.failures and state.reason.startswith(AUTO_RETRY_REASON):
+        return msgspec.structs.replace(state, retry_after_s=state.changed_s + retry_wait_s(backoff_s, state.failures))
+    return state

@@ -100,8 +100,9 @@ class Scheduler:
         """Every assignment published but not yet visible in the projection."""
         return list(self._inflight.values())
 
-    def queued(self) -> list[QueuedJob]:
-        """Queued jobs in the order the scheduler considers them."""
+    def queued(self, *, backing_off: bool = False) -> list[QueuedJob]:
+        """Queued jobs in the order the scheduler considers them: those it may place now, or
+        (`backing_off`) those an automatic retry holds back for a while yet."""
         states, needs = self.projector.live_states, self.projector.needs
         now = now_s()
         jobs = [
@@ -109,6 +110,7 @@ class Scheduler:
                       s.refused_host if s.refused_s and now - s.refused_s < REFUSAL_BACKOFF_S else None)
             for j, s in states.items()
             if s.status is JobStatus.QUEUED and j not in self._inflight
+            and ((s.retry_after_s or 0.0) > now) == backing_off
         ]
         jobs.sort(key=lambda q: (-q.needs.priority, q.needs.submit_seq))
         return jobs
@@ -189,6 +191,13 @@ class Scheduler:
             return self._preview[1]
         queue, hosts = self.snapshot()
         _, waiting = plan(queue, hosts)
+        now, states = now_s(), self.projector.live_states
+        for q in self.queued(backing_off=True):
+            state = states[q.job_id]
+            left = (state.retry_after_s or now) - now
+            waiting[q.job_id] = (f"retry {state.failures} of {state.max_retries} after a failed attempt: "
+                                 f"held back {left:.0f}s more (retry back-off)")
+            queue.append(q)
         if self.paused:
             waiting = {q.job_id: "the queue processor is stopped" for q in queue}
         self._preview = (key, (queue, waiting, hosts))

@@ -207,7 +207,7 @@ def test_the_agent_refuses_a_gpu_it_is_already_using(gc: GpuCluster) -> None:
 def test_host_loss_retries_elsewhere_and_the_returning_host_is_fenced(gc: GpuCluster) -> None:
     agent_d = gc.start_agent("d", "1x96GB")
     gc.wait_online(4)
-    job = gc.submit(6.0, min_gpu_memory_gb=90, max_retries=1)
+    job = gc.submit(6.0, min_gpu_memory_gb=90, max_retries=1, retry_backoff_s=0)
     first = gc.api.wait(job, {"running"})
     assert first["host"] == "d" and first["attempt"] == 1
     old_pid = gc.api.client.get(f"/jobs/{job}").json()["pid"]
@@ -238,7 +238,7 @@ def test_host_loss_retries_elsewhere_and_the_returning_host_is_fenced(gc: GpuClu
 
 def test_a_failing_job_is_retried_as_new_attempts_each_with_its_own_logs(gc: GpuCluster) -> None:
     script = "import os, sys; print('attempt', os.environ['TRAINYARD_ATTEMPT']); sys.exit(3)"
-    job = gc.api.submit([sys.executable, "-c", script], gpus=1, max_retries=2)
+    job = gc.api.submit([sys.executable, "-c", script], gpus=1, max_retries=2, retry_backoff_s=0.2)
     final = gc.api.wait(job)
     assert (final["status"], final["exit_code"]) == ("failed", 3)
     events = gc.api.client.get(f"/jobs/{job}/events").json()
@@ -247,6 +247,23 @@ def test_a_failing_job_is_retried_as_new_attempts_each_with_its_own_logs(gc: Gpu
     for attempt in ran:
         lines = [ln["text"] for ln in gc.api.logs(job, attempt=attempt, type="train")]
         assert lines == [f"attempt {attempt}"]
+
+
+def test_automatic_retries_back_off_and_say_so(gc: GpuCluster) -> None:
+    """A crash loop does not burn every retry in a second (reliability): each retry waits
+    retry_backoff_s, doubled per failure, and the queue says why the job waits."""
+    job = gc.api.submit([sys.executable, "-c", "import sys; sys.exit(1)"], gpus=1, max_retries=2, retry_backoff_s=1.5)
+    deadline = time.monotonic() + 20
+    while (st := gc.api.status(job))["attempt"] < 1 or st["status"] != "queued":  # the first attempt failed
+        assert time.monotonic() < deadline and st["status"] not in ("failed", "succeeded"), st
+        time.sleep(0.02)
+    assert "retry back-off" in (st["waiting_reason"] or ""), st
+    final = gc.api.wait(job, timeout_s=40)
+    assert final["status"] == "failed" and final["attempt"] == 3
+    events = gc.api.client.get(f"/jobs/{job}/events").json()
+    exited = {e["attempt"]: e["ts_s"] for e in events if e["type"] == "exited"}
+    scheduled = {e["attempt"]: e["ts_s"] for e in events if e["type"] == "scheduled"}
+    assert scheduled[2] - exited[1] >= 1.5 and scheduled[3] - exited[2] >= 3.0, (exited, scheduled)
 
 
 def test_concurrent_submits_over_several_agents_never_share_a_gpu(gc: GpuCluster) -> None:
