@@ -8,7 +8,7 @@ import logging
 
 from nats.js import JetStreamContext
 
-from gateway.errors import Unavailable
+from gateway.errors import Conflict, Unavailable
 from gateway.projection.view import JobView
 from shared import subjects, wire
 
@@ -44,6 +44,14 @@ class EventWriter:
         """Whether the message a duplicate ack points at was published on our subject."""
         stored = await self.js.get_msg(stream, seq)
         return stored.subject == subject
+
+    async def publish_checked(self, message: wire.Message, *, unique: object = None) -> int:
+        """publish_and_wait, then a 409 in the state machine's words if the projector refused
+        the event (the job moved on between the caller's look and the write)."""
+        seq = await self.publish_and_wait(message, unique=unique)
+        if (why := self.view.refusals.get(seq)) is not None:
+            raise Conflict(why)
+        return seq
 
     async def publish_and_wait(self, message: wire.Message, *, unique: object = None) -> int:
         """Publish a gateway event of the job stream, then wait until the projection has it."""

@@ -38,14 +38,18 @@ REMOVED = "removed"
 
 # status -> {event type -> next status}. Anything not listed is illegal.
 TRANSITIONS: dict[JobStatus, dict[type, JobStatus | str]] = {
+    # A stop holds in whatever state it meets when it is applied (the stream orders it against
+    # the scheduler's placement): before a start it ends the job, after one it stops the trainer.
     S.PENDING: {
         ev.JobReleased: S.QUEUED,
         ev.JobCancelled: S.STOPPED,
+        ev.JobStopRequested: S.STOPPED,
     },
     S.QUEUED: {
         ev.JobHeld: S.PENDING,
         ev.JobScheduled: S.SCHEDULED,
         ev.JobCancelled: S.STOPPED,
+        ev.JobStopRequested: S.STOPPED,
     },
     S.SCHEDULED: {
         ev.JobStarted: S.RUNNING,
@@ -76,6 +80,7 @@ TRANSITIONS: dict[JobStatus, dict[type, JobStatus | str]] = {
 # How a refusal reads, by event and by whether the job has ended; the default says the rule.
 _REFUSALS: dict[tuple[type, bool], str] = {
     (ev.JobStopRequested, True): "already ended ({status}); nothing to stop",
+    (ev.JobStopRequested, False): "is {status}; nothing to stop",
     (ev.JobCancelled, True): "already ended ({status}); it is not waiting in the queue",
     (ev.JobCancelled, False): "is {status}, not waiting in the queue; use POST /jobs/{job_id}/stop to stop it",
     (ev.JobReleased, True): "already ended ({status}); submit it again to rerun it",
@@ -141,6 +146,9 @@ class JobState(msgspec.Struct, frozen=True, kw_only=True):
     retry_backoff_s: float = 10.0  # the job's; the wait before an automatic retry doubles each time
     # Set when a failed or lost attempt put the job back in the queue: not placed before then.
     retry_after_s: float | None = None
+    # The latest stop asked for (the scheduler repeats it to the host of a stopping job).
+    stop_force: bool = False
+    stop_grace_s: float = 30.0
     # The last agent refusal: the scheduler avoids that host for a moment (not projected).
     refused_host: str | None = None
     refused_s: float | None = None
@@ -240,8 +248,11 @@ def evolve(state: JobState | None, event: ev.JobEvent) -> JobState:
                 state, status=status, started_s=ts, pid=pid, run_dir=run_dir,
                 stdout_path=event.stdout_path, stderr_path=event.stderr_path,
             )
-        case ev.JobStopRequested():
-            return replace(state, status=status, stop_requested=True)
+        case ev.JobStopRequested(force=force, grace_s=grace_s, ts_s=ts) if status is JobStatus.STOPPED:
+            return replace(state, status=status, stop_requested=True, stop_force=force, stop_grace_s=grace_s,
+                           reason=f"stopped by {event.requested_by or 'request'} before it started", finished_s=ts)
+        case ev.JobStopRequested(force=force, grace_s=grace_s):
+            return replace(state, status=status, stop_requested=True, stop_force=force, stop_grace_s=grace_s)
         case ev.JobExited(reason=reason) | ev.JobLost(reason=reason) if status is JobStatus.QUEUED:
             failures = state.failures + 1
             return replace(

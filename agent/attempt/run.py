@@ -111,6 +111,7 @@ class TrainerRun(ProcessTreeControl):
         self._saved: RunState | None = adopt
         self._kill_deadline_task: asyncio.Task[None] | None = None
         self._term_task: asyncio.Task[None] | None = None
+        self.stop_asked: tuple[bool, float] | None = None  # (force, grace_s) of the latest stop
 
     def pids(self) -> set[int]:
         """Processes of this run known so far (the keeper, the trainer, recorded descendants)."""
@@ -234,6 +235,8 @@ class TrainerRun(ProcessTreeControl):
             ),
         )
         self.reporter.system(f"started pid {self.root.pid} on host {self.host}: {' '.join(launch.argv)}")
+        if self.stop_asked is not None:  # a stop arrived while it was being spawned: carry it out now
+            self.stop(*self.stop_asked)
         return True
 
     def _confine_paths(self) -> None:

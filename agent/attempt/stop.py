@@ -45,6 +45,7 @@ class ProcessTreeControl:
     # that they are neither garbage-collected nor missed at shutdown (Supervisor.shutdown).
     lingering: set[asyncio.Task[None]]
     _kill_deadline_task: asyncio.Task[None] | None
+    stop_asked: tuple[bool, float] | None
     _term_task: asyncio.Task[None] | None
 
     def _save_state(self, **changes: object) -> None:
@@ -58,7 +59,10 @@ class ProcessTreeControl:
         with SIGTERM to the group after half the grace period; else SIGTERM now. SIGKILL to
         everything recorded after `grace_s`. Force: SIGKILL now. Safe to call again (a force
         after a graceful stop escalates)."""
+        if self.stop_requested and not force and self._kill_deadline_task is not None:
+            return  # the same graceful stop again (the gateway's and the leader's): it is under way
         self.stop_requested = True
+        self.stop_asked = (force, grace_s)
         if not self.alive():
             return
         assert self.root is not None

@@ -30,7 +30,7 @@ from nats.js.errors import NotFoundError
 
 from gateway.projection.admission import LIFECYCLE_KINDS, refusal, report_accepted
 from gateway.projection.batch import JobItem, PreparedBatch, decoded, log_batches
-from gateway.projection.view import JobView
+from gateway.projection.view import REFUSALS_KEPT, JobView
 from gateway.projection.writers import BatchWriter
 from gateway.scheduling.placement import JobNeeds
 from shared import events as ev
@@ -176,6 +176,10 @@ class Projector(JobView):
         for item in batch.jobs:
             if item.subject is not None:  # (control events have none)
                 self.job_versions[item.subject.job_id] = item.seq
+                if not item.applied and item.note:
+                    self.refusals[item.seq] = item.note
+        while len(self.refusals) > REFUSALS_KEPT:
+            self.refusals.popitem(last=False)
         for job_id in batch.deleted:
             self.states.pop(job_id, None)
             self.needs.pop(job_id, None)

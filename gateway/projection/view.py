@@ -8,6 +8,7 @@ latest heartbeat, the attempts' hosts, and a version that moves whenever the pro
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Callable
 
 import duckdb
@@ -20,6 +21,8 @@ from shared import events as ev
 from shared import subjects
 from shared.jobspec import JobRequest
 from shared.jobstate import AUTO_RETRY_REASON, JobState, JobStatus, retry_wait_s
+
+REFUSALS_KEPT = 10_000
 
 
 class JobView:
@@ -39,6 +42,9 @@ class JobView:
         self.needs: dict[str, JobNeeds] = {}
         self.heartbeats: dict[str, ev.HostHeartbeat] = {}
         self.on_jobs_changed: list[Callable[[], None]] = []
+        # Job-stream sequence -> why the event there was not applied (the latest REFUSALS_KEPT):
+        # a write the state machine refused is a 409, never a 200 (EventWriter.publish_checked).
+        self.refusals: OrderedDict[int, str] = OrderedDict()
         # Log lines for followers, ahead of the commit (live_logs.py says why).
         self.live_logs = LiveLogs()  # loaded from DuckDB in _load
         # Counts the moves of the projection: a batch committed, a log batch decoded.

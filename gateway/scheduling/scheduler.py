@@ -74,6 +74,7 @@ class Scheduler:
         self.waiting: dict[str, str] = {}
         self._inflight: dict[str, Assignment] = {}
         self._lost_sent: set[tuple[str, int]] = set()
+        self._stops_sent: set[tuple[str, int]] = set()
         self._fenced: dict[tuple[str, str, int], float] = {}
         self._resume_needed = False
         self._leader_since = 0.0
@@ -285,6 +286,7 @@ class Scheduler:
                 if state.status is JobStatus.SCHEDULED and state.host is not None:
                     a = Assignment(job_id, state.attempt, state.host, state.gpu_ids)
                     await self.writer.publish(self._start_command(a, now), host=a.host)
+        await self._repeat_stops(states, now)
         deadline = self.host_timeout_s + self.host_lost_grace_s
         # A new leader (a restarted gateway, a take-over) first watches the hosts for one
         # timeout: its projection of the heartbeats may still be catching up.
@@ -326,6 +328,21 @@ class Scheduler:
                             beat.host, hj.job_id, hj.attempt)
                 stop = StopJob(job_id=hj.job_id, attempt=hj.attempt, ts_s=now, force=True, grace_s=0.0)
                 await self.writer.publish(stop, host=beat.host, unique=f"fence:{int(now)}")
+
+    async def _repeat_stops(self, states: dict[str, JobState], now: float) -> None:
+        """Each stopping attempt's host hears the stop once from the leader too: the request
+        may have been written while its job was still queued in the writer's view (the stream
+        placed it first), so nobody else would tell the host. A repeated stop is a no-op there."""
+        stopping = {(j, s.attempt) for j, s in states.items() if s.status is JobStatus.STOPPING}
+        self._stops_sent &= stopping  # forget attempts that ended
+        for job_id, state in list(states.items()):
+            key = (job_id, state.attempt)
+            if key not in stopping or state.host is None or key in self._stops_sent:
+                continue
+            self._stops_sent.add(key)
+            stop = StopJob(job_id=job_id, attempt=state.attempt, ts_s=now, force=state.stop_force,
+                           grace_s=state.stop_grace_s)
+            await self.writer.publish(stop, host=state.host, unique="leader")
 
     # ---- "process the queue now" from any replica ----------------------------------------------------
     async def process_now(self) -> PassResult:

@@ -132,23 +132,21 @@ class JobService:
         placed = self.scheduler.placement(job_id)
         grace = grace_s if grace_s is not None else self.projector.needs[job_id].spec.stop_grace_s
         ts = now_s()
-        if state.status in (JobStatus.PENDING, JobStatus.QUEUED) and placed is None:
-            event = ev.JobCancelled(job_id=job_id, attempt=state.attempt, ts_s=ts,
-                                    reason=f"stopped by {user or 'request'} before it started")
-            refuse_unless_allowed(state, event)
-            await self.writer.publish_and_wait(event)
-        else:
-            attempt = placed.attempt if placed else state.attempt
-            request = ev.JobStopRequested(job_id=job_id, attempt=attempt, ts_s=ts, force=force,
-                                          grace_s=grace, requested_by=user)
-            # Placed but not yet projected: its `scheduled` event is on the way.
-            refuse_unless_allowed(state if placed is None else placed.applied_to(state), request)
-            host = placed.host if placed else state.host
-            assert host is not None
-            nonce = wire.nonce()
-            await self.writer.publish(request, unique=nonce)
-            command = StopJob(job_id=job_id, attempt=attempt, ts_s=ts, force=force, grace_s=grace)
-            await self.writer.publish(command, host=host, unique=nonce)
+        attempt = placed.attempt if placed else state.attempt
+        request = ev.JobStopRequested(job_id=job_id, attempt=attempt, ts_s=ts, force=force,
+                                      grace_s=grace, requested_by=user)
+        # Placed but not yet projected: its `scheduled` event is on the way.
+        refuse_unless_allowed(state if placed is None else placed.applied_to(state), request)
+        # One stop, resolved where the order is known: the projector applies it to whatever state
+        # it meets in the stream (before a start it ends the job, after one the job is stopping,
+        # and the leading scheduler makes sure the host hears it). A view that was stale when
+        # this request looked cannot lose it; a job that ended first makes it a 409.
+        nonce = wire.nonce()
+        await self.writer.publish_checked(request, unique=nonce)
+        now = self.projector.live_states.get(job_id)
+        if now is not None and now.status is JobStatus.STOPPING and now.host is not None:
+            command = StopJob(job_id=job_id, attempt=now.attempt, ts_s=ts, force=force, grace_s=grace)
+            await self.writer.publish(command, host=now.host, unique=nonce)  # at once, not at the next pass
             moving = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING)
             try:
                 await self.projector.wait_until(lambda: self.state(job_id).status not in moving,

@@ -70,7 +70,7 @@ def test_a_squatted_message_id_does_not_void_a_gateway_write(cluster: Cluster) -
                          headers={"Nats-Msg-Id": f"{job}:0:cancelled"})
 
     assert asyncio.run(_as(cluster, AGENT, squat))
-    r = cluster.api.client.post(f"/jobs/{job}/stop")
+    r = cluster.api.client.delete(f"/queue/{job}")  # taken out of the queue: a `cancelled` event
     assert r.status_code == 200, r.text
     assert cluster.api.wait(job, timeout_s=10)["status"] == "stopped"
 
