@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
+import fcntl
 import logging
+import os
 import signal
 import sys
 import time
@@ -13,6 +15,7 @@ from pathlib import Path
 import msgspec
 import psutil
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from agent.gpus import GpuInventory
 from agent.options import RunOptions
@@ -53,11 +56,31 @@ async def wait_for_command_consumer(js: JetStreamContext, host: str, stopping: a
     return False
 
 
+class HostInUse(Exception):
+    """Another agent runs with this host name (or on this work dir)."""
+
+
+def hold_work_dir(work_dir: Path) -> int:
+    """One agent per work dir: an exclusive lock on WORK/agent.lock, held as long as the process
+    lives (the returned descriptor); HostInUse naming the process that holds it."""
+    fd = os.open(work_dir / "agent.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise HostInUse(f"work dir {work_dir} is in use by another agent (pid {holder})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 class Agent:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self.host = check_token(settings.host, "host")
         self.work_dir = private_dir(Path(settings.work_dir).resolve())
+        self._work_dir_lock = hold_work_dir(self.work_dir)  # HostInUse: another agent runs on it
         self.gpus = GpuInventory(self.host, settings.simulate_gpus)
         self.options = RunOptions.from_settings(settings)  # RootNotAllowed before anything starts
         self.started_s = now_s()
@@ -66,6 +89,7 @@ class Agent:
     async def run(self) -> None:
         nc = await connect(self.settings.nats_url, f"agent-{self.host}", credentials=self.settings.nats_credentials)
         js = nc.jetstream()
+        await self._refuse_if_host_alive(js)
         self.supervisor = Supervisor(js, self.host, self.work_dir, self.gpus, self.options)
         feed = PullFeed(nc, subjects.CMD_STREAM, subjects.agent_consumer(self.host), batch=64)
         # Heartbeats first: the gateway creates this host's command consumer when it sees one.
@@ -87,6 +111,31 @@ class Agent:
         for task in done:
             if task is not stop_wait and not task.cancelled() and task.exception():
                 raise task.exception()  # type: ignore[misc]
+
+    async def _refuse_if_host_alive(self, js: JetStreamContext) -> None:
+        """One host name, one agent: HostInUse when another agent of this host name is alive
+        elsewhere (its heartbeats go on). An agent that died just now (a restart) is told apart
+        by waiting for the beat it would send next."""
+        last = await self._last_beat(js)
+        if last is None or last.leaving or now_s() - last.ts_s > 2 * last.interval_s:
+            return
+        await asyncio.sleep(min(1.5 * last.interval_s, 10.0))
+        again = await self._last_beat(js)
+        if again is not None and not again.leaving and again.ts_s > last.ts_s:
+            raise HostInUse(f"host name {self.host} is in use by another agent (started "
+                            f"{time.strftime('%H:%M:%S', time.localtime(again.agent_started_s))}, "
+                            f"beating every {again.interval_s:g}s); give this one another --host")
+
+    async def _last_beat(self, js: JetStreamContext) -> ev.HostHeartbeat | None:
+        try:
+            msg = await js.get_last_msg(subjects.HOST_STREAM, subjects.host_event(self.host, "heartbeat"),
+                                        direct=True)
+            return ev.decode_heartbeat(msg.data or b"")
+        except NotFoundError:
+            return None
+        except Exception as exc:  # cannot tell: start (the scheduler fences a duplicate's jobs)
+            log.warning("could not read this host's last heartbeat (%s); starting anyway", exc)
+            return None
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -163,7 +212,7 @@ SHUTDOWN_LIMIT_S = 20.0
 def run_agent(settings: AgentSettings) -> None:
     try:
         agent = Agent(settings)
-    except RootNotAllowed as exc:
+    except (RootNotAllowed, HostInUse) as exc:
         sys.exit(f"trainyard agent: {exc}")
 
     async def main() -> None:
@@ -178,4 +227,7 @@ def run_agent(settings: AgentSettings) -> None:
             loop.add_signal_handler(sig, stop)
         await agent.run()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except HostInUse as exc:
+        sys.exit(f"trainyard agent: {exc}")

@@ -74,6 +74,8 @@ def permissions(user: str) -> dict[str, dict[str, list[str]]]:
             # the last message on its own subjects only, by direct get (no stream-wide reads).
             f"$JS.API.DIRECT.GET.{subjects.LOG_STREAM}.{subjects.job_log('*', host)}",
             f"$JS.API.DIRECT.GET.{subjects.JOB_STREAM}.{subjects.job_event('*', 'metrics', host)}",
+            # At start: is another agent of this host name alive (its last heartbeat)?
+            f"$JS.API.DIRECT.GET.{subjects.HOST_STREAM}.{subjects.host_event(host, 'heartbeat')}",
             "$JS.API.INFO",
         ]},
         "subscribe": {"allow": inbox},

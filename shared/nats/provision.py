@@ -39,7 +39,7 @@ def stream_configs(*, log_max_age_s: float, log_max_bytes: int) -> list[StreamCo
         _stream(subjects.JOB_STREAM, ["ty.job.>", "ty.ctl.>"], RetentionPolicy.LIMITS, allow_direct=True),
         _stream(subjects.LOG_STREAM, ["ty.log.>"], RetentionPolicy.LIMITS, max_age_s=log_max_age_s,
                 max_bytes=log_max_bytes, allow_direct=True),
-        _stream(subjects.HOST_STREAM, ["ty.host.>"], RetentionPolicy.LIMITS, max_age_s=86400.0),
+        _stream(subjects.HOST_STREAM, ["ty.host.>"], RetentionPolicy.LIMITS, max_age_s=86400.0, allow_direct=True),
     ]
 
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from shared.nats import auth as natsauth
 from tests.harness import TRAINERS, Rig, check_lines, job_processes, paced
 
 
@@ -128,3 +130,23 @@ def test_a_trainer_whose_keeper_died_with_no_agent_ends_lost_and_frees_its_gpu(r
     while rig.busy_gpus():
         assert time.monotonic() < deadline, rig.busy_gpus()
         time.sleep(0.1)
+
+
+def test_a_second_agent_with_a_host_name_in_use_refuses(rig: Rig, tmp_path: Path) -> None:
+    """One host name, one agent (user audit, rough edge 7): a second agent of host f, on another
+    work dir (another machine, as far as it can tell) or on the same one, exits naming the
+    first, and leaves its trainers alone."""
+    job = rig.api.submit(paced(2000, 20.0), gpus=1)
+    rig.api.wait(job, {"running"})
+    for work_dir in (tmp_path / "elsewhere", rig.tmp / "work-f"):
+        second = subprocess.run(
+            [sys.executable, "-m", "trainyard", "agent", "--host", "f", "--work-dir", str(work_dir),
+             "--nats-url", rig.nats_url, "--nats-credentials", str(rig.stack.credentials(natsauth.agent_user("f"))),
+             "--simulate-gpus", "2x80GB",
+             "--heartbeat-interval-s", "0.5"],
+            capture_output=True, text=True, timeout=60)
+        assert second.returncode != 0 and "in use by another agent" in second.stderr, (work_dir, second.stderr[-800:])
+    assert rig.api.status(job)["status"] == "running"
+    wait_lines(rig, job, 20)
+    rig.api.client.post(f"/jobs/{job}/stop", json={"force": True})
+    assert rig.api.wait(job, timeout_s=20)["status"] == "stopped"
