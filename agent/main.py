@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
-import fcntl
 import logging
-import os
 import signal
 import sys
 import time
@@ -30,7 +28,7 @@ from shared.config import AgentSettings
 from shared.ids import check_token
 from shared.nats.connect import close_quietly, connect
 from shared.nats.pullfeed import PullFeed
-from shared.paths import RootNotAllowed, private_dir
+from shared.paths import RootNotAllowed, hold_lock, private_dir
 
 log = logging.getLogger("trainyard.agent")
 
@@ -60,27 +58,14 @@ class HostInUse(Exception):
     """Another agent runs with this host name (or on this work dir)."""
 
 
-def hold_work_dir(work_dir: Path) -> int:
-    """One agent per work dir: an exclusive lock on WORK/agent.lock, held as long as the process
-    lives (the returned descriptor); HostInUse naming the process that holds it."""
-    fd = os.open(work_dir / "agent.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise HostInUse(f"work dir {work_dir} is in use by another agent (pid {holder})") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
 class Agent:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self.host = check_token(settings.host, "host")
         self.work_dir = private_dir(Path(settings.work_dir).resolve())
-        self._work_dir_lock = hold_work_dir(self.work_dir)  # HostInUse: another agent runs on it
+        self._work_dir_lock = hold_lock(self.work_dir / "agent.lock")  # held as long as this process lives
+        if isinstance(self._work_dir_lock, str):
+            raise HostInUse(f"work dir {self.work_dir} is in use by another agent (pid {self._work_dir_lock})")
         self.gpus = GpuInventory(self.host, settings.simulate_gpus)
         self.options = RunOptions.from_settings(settings)  # RootNotAllowed before anything starts
         self.started_s = now_s()

@@ -65,19 +65,19 @@ class GatewayRuntime:
         self.con = open_db(str(data_dir / DB_FILE))
         self.projector = Projector(self.con, s.replica, batch=s.projector_batch)
         await self.projector.start(self.nc, self.js)
+        writer = EventWriter(self.js, self.projector, s.read_your_writes_timeout_s)
         self.scheduler = Scheduler(
-            self.nc, self.js, self.projector, replica=s.replica, host_timeout_s=s.host_timeout_s,
+            self.nc, self.js, self.projector, writer, replica=s.replica, host_timeout_s=s.host_timeout_s,
             host_lost_grace_s=s.host_lost_grace_s, interval_s=s.scheduler_interval_s,
             lease_ttl_s=s.scheduler_lease_ttl_s,
         )
         await self.scheduler.start()
         self._consumers = asyncio.create_task(self._provide_command_consumers(), name="command-consumers")
         webhook_policy = WebhookPolicy(s.webhook_allow)
-        self.webhooks = WebhookNotifier(self.js, self.projector, load_secret(s.webhook_secret, data_dir),
+        self.webhooks = WebhookNotifier(writer, self.projector, load_secret(s.webhook_secret, data_dir),
                                         lambda: self.scheduler.is_leader, webhook_policy)
         self.reader = Reader(self.con)
         self.sql = SqlRunner(self.con)
-        writer = EventWriter(self.js, self.projector, s.read_your_writes_timeout_s)
         self.cluster = ClusterService(writer, self.projector, self.scheduler, self.reader, replica=s.replica)
         self.service = JobService(writer, self.projector, self.scheduler, self.cluster, self.reader,
                                   allowed_roots=self.allowed_roots, webhook_policy=webhook_policy,

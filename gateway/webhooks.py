@@ -25,7 +25,6 @@ from pathlib import Path
 
 import httpx
 import msgspec
-from nats.js import JetStreamContext
 
 from gateway.projection.projector import Projector
 from gateway.webhook_policy import Unresolvable, WebhookPolicy, WebhookRefused
@@ -57,13 +56,12 @@ def signature(secret: str, timestamp: str, body: bytes) -> str:
 
 
 class WebhookNotifier:
-    def __init__(self, js: JetStreamContext, projector: Projector, secret: str,
+    def __init__(self, writer: EventWriter, projector: Projector, secret: str,
                  is_leader: Callable[[], bool], policy: WebhookPolicy,
                  retry_delays_s: tuple[float, ...] = RETRY_DELAYS_S) -> None:
         self.policy = policy
-        self.js = js
         self.projector = projector
-        self.writer = EventWriter(js, projector, ryw_timeout_s=0.0)
+        self.writer = writer
         self.secret = secret
         self.is_leader = is_leader
         self.retry_delays_s = retry_delays_s

@@ -10,6 +10,7 @@ a JSON path, and some tool on the way might decode them.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import sys
@@ -29,6 +30,21 @@ def private_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     path.chmod(0o700)
     return path
+
+
+def hold_lock(path: Path) -> int | str:
+    """An exclusive lock on `path`, held as long as this process lives (by the returned
+    descriptor, which records our pid), or the pid of the process that holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        return holder
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 class PathNotAllowed(ValueError):

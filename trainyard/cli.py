@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import fcntl
 import logging
 import os
 import signal
@@ -13,7 +12,7 @@ import time
 from pathlib import Path
 
 from shared.config import DEFAULT_NATS_URL, AgentSettings, GatewaySettings, load_settings
-from shared.paths import private_dir
+from shared.paths import hold_lock, private_dir
 
 
 def _config_path(args: argparse.Namespace) -> Path | None:
@@ -74,30 +73,15 @@ RESTART_WINDOW_S = 60.0
 UP_LOCK = "up.lock"
 
 
-def hold_data_dir(data_dir: Path) -> int | str:
-    """One `trainyard up` per data dir: an exclusive lock on DATA/up.lock, held (by the returned
-    descriptor) as long as this process lives; or why not, naming the process that holds it."""
-    fd = os.open(data_dir / UP_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        return (f"data dir {data_dir} is in use by another trainyard up (pid {holder}); stop it first, "
-                "or give this one another --data-dir")
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
 def cmd_up(args: argparse.Namespace) -> int:
     from gateway.api.auth import ensure_admin_token
     from trainyard.stack import Stack, host_token
 
     data_dir = private_dir(Path(args.data_dir).resolve())
-    lock = hold_data_dir(data_dir)
+    lock = hold_lock(data_dir / UP_LOCK)  # one `up` per data dir, as long as this process lives
     if isinstance(lock, str):
-        print(f"trainyard up: {lock}", file=sys.stderr)
+        print(f"trainyard up: data dir {data_dir} is in use by another trainyard up (pid {lock}); "
+              "stop it first, or give this one another --data-dir", file=sys.stderr)
         return 2
     token = ensure_admin_token(data_dir)
     nats_url = f"nats://127.0.0.1:{args.nats_port}"

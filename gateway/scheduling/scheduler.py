@@ -57,14 +57,13 @@ class PassResult(msgspec.Struct):
 
 
 class Scheduler:
-    def __init__(self, nc: Client, js: JetStreamContext, projector: Projector, *, replica: str,
-                 host_timeout_s: float, host_lost_grace_s: float, interval_s: float,
+    def __init__(self, nc: Client, js: JetStreamContext, projector: Projector, writer: EventWriter, *,
+                 replica: str, host_timeout_s: float, host_lost_grace_s: float, interval_s: float,
                  lease_ttl_s: float) -> None:
         self.nc = nc
         self.js = js
         self.projector = projector
-        # Its publishes fail with Unavailable, like the API's (one error policy).
-        self.writer = EventWriter(js, projector, ryw_timeout_s=0.0)
+        self.writer = writer  # the gateway's one way to publish (and one error policy)
         self.replica = replica
         self.host_timeout_s = host_timeout_s
         self.host_lost_grace_s = host_lost_grace_s
@@ -96,6 +95,12 @@ class Scheduler:
     def placement(self, job_id: str) -> Assignment | None:
         """An assignment published but not yet visible in the projection."""
         return self._inflight.get(job_id)
+
+    def as_placed(self, state: JobState) -> JobState:
+        """The job as it is once an assignment published but not yet projected lands (its
+        `scheduled` event is on the way); else as it is."""
+        placed = self._inflight.get(state.job_id)
+        return state if placed is None else placed.applied_to(state)
 
     def placements(self) -> list[Assignment]:
         """Every assignment published but not yet visible in the projection."""

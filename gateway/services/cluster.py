@@ -143,9 +143,7 @@ class ClusterService:
         state = self._state(job_id)
         event = ev.JobCancelled(job_id=job_id, attempt=state.attempt, ts_s=now_s(),
                                 reason=f"removed from the queue by {user or 'request'}")
-        placed = self.scheduler.placement(job_id)
-        # Placed but not yet projected: its `scheduled` event is on the way.
-        refuse_unless_allowed(state if placed is None else placed.applied_to(state), event)
+        refuse_unless_allowed(self.scheduler.as_placed(state), event)
         await self.writer.publish_and_wait(event)
         return views.StopResponse(job_id=job_id, status=self._state(job_id).status.value,
                                   message="removed from the queue")

@@ -25,14 +25,7 @@ from gateway.scheduling.scheduler import LeaderUnavailable, Scheduler
 from gateway.services.cache import VersionedCache
 from gateway.services.cluster import ClusterService
 from gateway.services.redaction import may_see_secrets, redacted_spec
-from gateway.services.submission import (
-    PathChecks,
-    check_arguments,
-    check_env,
-    check_gpus,
-    check_text,
-    decode_job_request,
-)
+from gateway.services.submission import PathChecks, check_request, decode_job_request
 from gateway.webhook_policy import Unresolvable, WebhookPolicy, WebhookRefused
 from gateway.writer import EventWriter
 from shared import events as ev
@@ -100,16 +93,7 @@ class JobService:
         if len(body) > MAX_BODY_BYTES:
             raise BadRequest("body too large")
         spec = decode_job_request(body)
-        if spec.trainer == "command" and role != "admin":
-            raise Forbidden("'command' jobs run arbitrary programs and need the admin role")
-        if spec.host is not None and not is_valid_token(spec.host):
-            raise InvalidField("host is not a valid host name", field="host")
-        if spec.webhook_progress and not spec.webhook_url:
-            raise InvalidField("webhook_progress needs a webhook_url to post to", field="webhook_progress")
-        check_env(spec, role)
-        check_gpus(spec)
-        check_text(spec)
-        check_arguments(spec, role)
+        check_request(spec, role)
         if spec.webhook_url:
             await self._check_webhook(spec.webhook_url)
         spec = self.paths.check(spec)
@@ -135,8 +119,7 @@ class JobService:
         attempt = placed.attempt if placed else state.attempt
         request = ev.JobStopRequested(job_id=job_id, attempt=attempt, ts_s=ts, force=force,
                                       grace_s=grace, requested_by=user)
-        # Placed but not yet projected: its `scheduled` event is on the way.
-        refuse_unless_allowed(state if placed is None else placed.applied_to(state), request)
+        refuse_unless_allowed(self.scheduler.as_placed(state), request)
         # One stop, resolved where the order is known: the projector applies it to whatever state
         # it meets in the stream (before a start it ends the job, after one the job is stopping,
         # and the leading scheduler makes sure the host hears it). A view that was stale when
@@ -170,7 +153,7 @@ class JobService:
     def check_owner(self, job_id: str, role: str, user: str) -> None:
         """Operators act on their own jobs; admins on any (DESIGN §10)."""
         self.state(job_id)
-        owner = self.projector.needs[job_id].submitted_by
+        owner = self._owner(job_id)
         if role != "admin" and owner != user:
             raise Forbidden(f"job {job_id} was submitted by {owner or 'someone else'}; "
                             f"an operator acts on their own jobs only")
@@ -224,8 +207,12 @@ class JobService:
                 if isinstance(e.data, dict) and isinstance(e.data.get("spec"), dict) else e for e in events]
 
     def _may_see_secrets(self, job_id: str, role: str, user: str) -> bool:
+        return may_see_secrets(role, user, self._owner(job_id))
+
+    def _owner(self, job_id: str) -> str:
+        """Who submitted the job (its token's name); "" if unknown."""
         needs = self.projector.needs.get(job_id)
-        return may_see_secrets(role, user, needs.submitted_by if needs else "")
+        return needs.submitted_by if needs else ""
 
     async def list_jobs(self, **filters: object) -> views.JobList:
         """A list page; the same page is computed once per change of the job stream."""

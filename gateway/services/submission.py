@@ -10,8 +10,9 @@ from typing import Any
 
 import msgspec
 
-from gateway.errors import BadRequest, InvalidField, decode_body
+from gateway.errors import BadRequest, Forbidden, InvalidField, decode_body
 from shared.diffusion_pipe_config import ConfigError, build_configs, model_paths
+from shared.ids import is_valid_token
 from shared.jobspec import (
     SPECS,
     TRAINERS,
@@ -89,7 +90,24 @@ def admin_only_env(name: str) -> bool:
     return upper in ADMIN_ONLY_ENV_NAMES or upper.startswith(ADMIN_ONLY_ENV_PREFIXES)
 
 
-def check_env(spec: JobRequest, role: str) -> None:
+def check_request(spec: JobRequest, role: str) -> None:
+    """Everything a request must pass that is not about paths: 403 for a `command` job of a
+    non-admin, else 422 naming the field."""
+    if spec.trainer == "command" and role != "admin":
+        raise Forbidden("'command' jobs run arbitrary programs and need the admin role")
+    if spec.host is not None and not is_valid_token(spec.host):
+        raise InvalidField("host is not a valid host name", field="host")
+    if spec.webhook_progress and not spec.webhook_url:
+        raise InvalidField("webhook_progress needs a webhook_url to post to", field="webhook_progress")
+    if len(set(spec.webhook_progress)) != len(spec.webhook_progress):
+        raise InvalidField("webhook_progress names a percentage twice", field="webhook_progress")
+    _check_env(spec, role)
+    _check_gpus(spec)
+    _check_text(spec)
+    _check_arguments(spec, role)
+
+
+def _check_env(spec: JobRequest, role: str) -> None:
     """422 naming `env.NAME` for a variable the caller's role may not set."""
     if role == "admin":
         return
@@ -110,7 +128,7 @@ def _flag_name(arg: str) -> str:
     return arg.split("=", 1)[0].lower()
 
 
-def check_arguments(spec: JobRequest, role: str) -> None:
+def _check_arguments(spec: JobRequest, role: str) -> None:
     """swift `extra_args` flags that name files or import code are an admin's (422 naming
     `extra_args[i]`)."""
     if role == "admin" or not isinstance(spec, SwiftJob):
@@ -128,7 +146,7 @@ _CONTROL_IN_NAME = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
-def check_text(spec: JobRequest) -> None:
+def _check_text(spec: JobRequest) -> None:
     if _CONTROL_IN_NAME.search(spec.name):
         raise InvalidField("name may not hold control characters", field="name")
     if _CONTROL_IN_TEXT.search(spec.description):
@@ -136,15 +154,13 @@ def check_text(spec: JobRequest) -> None:
                            field="description")
 
 
-def check_gpus(spec: JobRequest) -> None:
-    """Pinned GPUs are distinct, and `gpus`, when also given, agrees with them (422 naming the field)."""
+def _check_gpus(spec: JobRequest) -> None:
+    """Pinned GPUs are distinct, and `gpus`, when also given, agrees with them."""
     if spec.gpu_ids and len(set(spec.gpu_ids)) != len(spec.gpu_ids):
         raise InvalidField("gpu_ids names a GPU twice", field="gpu_ids")
     if spec.gpu_ids and spec.gpus is not None and spec.gpus != len(spec.gpu_ids):
         raise InvalidField(f"gpus is {spec.gpus} but gpu_ids pins {len(spec.gpu_ids)}; give one or make them agree",
                            field="gpus")
-    if len(set(spec.webhook_progress)) != len(spec.webhook_progress):
-        raise InvalidField("webhook_progress names a percentage twice", field="webhook_progress")
 
 
 class PathChecks:
@@ -153,16 +169,29 @@ class PathChecks:
     def __init__(self, allowed_roots: list[str]) -> None:
         self.allowed_roots = allowed_roots
 
-    def _confined(self, value: str, field: str) -> str:
+    def _confined(self, value: object, field: str) -> str:
+        if not isinstance(value, str):
+            raise InvalidField("must be a path (a string)", field=field)
         try:
             return confine(value, self.allowed_roots, field)
         except PathNotAllowed as exc:
             raise InvalidField(str(exc), field=field) from None
 
+    def _in_job_dir(self, value: str, field: str, what: str | None = None) -> str:
+        """An output path: absolute ones confined; relative ones lie in the job's own directory,
+        so they may not climb out of it."""
+        if os.path.isabs(value):
+            return self._confined(value, field)
+        if _climbs(value):
+            raise InvalidField(f"a relative {what or field} may not contain '..'", field=field)
+        return value
+
     def check(self, spec: JobRequest) -> JobRequest:
         """Paths in requests are normalised and must lie under the allowed roots (DESIGN §10).
         Hub ids (`Qwen/Qwen2.5-7B`) are not paths; a relative output dir stays inside the job's
         own directory."""
+        if isinstance(spec, DiffusionPipeJob):
+            return self._check_diffusion_pipe(spec)
         changes: dict[str, Any] = {}
         if isinstance(spec, (CommandJob, HfJob)) and spec.cwd is not None:
             changes["cwd"] = self._confined(spec.cwd, "cwd")
@@ -181,77 +210,53 @@ class PathChecks:
             for field in ("model_path", "data_path", "resume_from_checkpoint"):
                 value = getattr(spec, field)
                 # A hub id (`Qwen/Qwen2.5-7B`) never holds a `..` segment: a value that does is a path.
-                local = value and (os.path.isabs(value) or value.startswith(("./", "../", "~"))
-                                   or ".." in value.replace("\\", "/").split("/"))
-                if local:
+                if value and (os.path.isabs(value) or value.startswith(("./", "../", "~")) or _climbs(value)):
                     changes[field] = self._confined(os.path.expanduser(value), field)
-            if os.path.isabs(spec.output_dir):
-                changes["output_dir"] = self._confined(spec.output_dir, "output_dir")
-            elif ".." in spec.output_dir.replace("\\", "/").split("/"):
-                raise InvalidField("a relative output_dir may not contain '..'", field="output_dir")
-        if isinstance(spec, DiffusionPipeJob):
-            return self._check_diffusion_pipe(spec)
+            changes["output_dir"] = self._in_job_dir(spec.output_dir, "output_dir")
         return msgspec.structs.replace(spec, **changes) if changes else spec
 
     def _confined_args(self, args: list[str]) -> list[str]:
-        """An hf script's args with the values of its path flags confined: absolute ones under
-        the roots, relative ones without `..` (they lie in the job's directory)."""
+        """An hf script's args with the values of its path flags confined like an output path."""
         out = list(args)
         for at, flag, value in path_args(args):
-            field = f"args[{at}]"
-            if os.path.isabs(value):
-                confined = self._confined(value, field)
-                out[at] = confined if at > 0 and args[at - 1] == flag else f"{flag}={confined}"
-            elif ".." in value.replace("\\", "/").split("/"):
-                raise InvalidField(f"a relative {flag} may not contain '..'", field=field)
+            confined = self._in_job_dir(value, f"args[{at}]", flag)
+            out[at] = confined if at > 0 and args[at - 1] == flag else f"{flag}={confined}"
         return out
-
-    @staticmethod
-    def _text(value: object, field: str) -> str:
-        if not isinstance(value, str):
-            raise InvalidField("must be a path (a string)", field=field)
-        return value
 
     def _check_diffusion_pipe(self, spec: DiffusionPipeJob) -> DiffusionPipeJob:
         """Refuse (400, naming the key) what diffusion-pipe would refuse, before anything runs;
-        confine the dataset directories and the model's files."""
+        confine every file or directory it opens: dataset directories and masks, the model's
+        files, adapters to merge or start from, eval dataset configs (security review M3)."""
         try:
             build_configs(spec.model_type, spec.dataset, spec.config, "/output", "/dataset.toml")
         except ConfigError as exc:
             raise BadRequest(str(exc), field=exc.key) from None
-        dataset = dict(spec.dataset)
-        dataset["directories"] = [
-            {**d, "path": self._confined(d["path"], f"dataset.directories[{i}].path"),
-             **({"mask_path": self._confined(self._text(d["mask_path"], f"dataset.directories[{i}].mask_path"),
-                                             f"dataset.directories[{i}].mask_path")} if "mask_path" in d else {})}
-            for i, d in enumerate(spec.dataset["directories"])
-        ]
+        directories = []
+        for i, d in enumerate(spec.dataset["directories"]):
+            directories.append({**d, **{k: self._confined(d[k], f"dataset.directories[{i}].{k}")
+                                        for k in ("path", "mask_path") if k in d}})
         config = dict(spec.config)
-        paths = model_paths(spec.config)
-        if paths:
-            config["model"] = {**spec.config["model"],
-                               **{k: self._confined(v, f"config.model.{k}") for k, v in paths.items()}}
-        # Other keys diffusion-pipe opens as files (security review M3).
-        merge = (config.get("model") or {}).get("merge_adapters")
-        if merge is not None:
-            items = merge if isinstance(merge, list) else [merge]
-            config["model"] = {**config["model"], "merge_adapters": [
-                self._confined(self._text(m, f"config.model.merge_adapters[{i}]"), f"config.model.merge_adapters[{i}]")
-                for i, m in enumerate(items)]}
+        if isinstance(config.get("model"), dict):
+            model = {**config["model"], **{k: self._confined(v, f"config.model.{k}")
+                                           for k, v in model_paths(config).items()}}
+            merge = model.get("merge_adapters")
+            if merge is not None:
+                model["merge_adapters"] = [self._confined(m, f"config.model.merge_adapters[{i}]")
+                                           for i, m in enumerate(merge if isinstance(merge, list) else [merge])]
+            config["model"] = model
         adapter = config.get("adapter")
         if isinstance(adapter, dict) and "init_from_existing" in adapter:
-            field = "config.adapter.init_from_existing"
             config["adapter"] = {**adapter, "init_from_existing": self._confined(
-                self._text(adapter["init_from_existing"], field), field)}
+                adapter["init_from_existing"], "config.adapter.init_from_existing")}
         if isinstance(config.get("eval_datasets"), list):
             config["eval_datasets"] = [
-                {**e, "config": self._confined(self._text(e["config"], f"config.eval_datasets[{i}].config"),
-                                               f"config.eval_datasets[{i}].config")} if "config" in e else e
-                for i, e in enumerate(config["eval_datasets"])]
-        output = spec.output_dir
-        if output is not None:
-            if os.path.isabs(output):
-                output = self._confined(output, "output_dir")
-            elif ".." in output.split("/"):
-                raise InvalidField("a relative output_dir may not contain '..'", field="output_dir")
-        return msgspec.structs.replace(spec, dataset=dataset, config=config, output_dir=output)
+                {**e, "config": self._confined(e["config"], f"config.eval_datasets[{i}].config")}
+                if "config" in e else e for i, e in enumerate(config["eval_datasets"])]
+        output = None if spec.output_dir is None else self._in_job_dir(spec.output_dir, "output_dir")
+        return msgspec.structs.replace(spec, dataset={**spec.dataset, "directories": directories},
+                                       config=config, output_dir=output)
+
+
+def _climbs(path: str) -> bool:
+    """A relative path with a `..` segment: it could lead out of where it is resolved."""
+    return ".." in path.replace("\\", "/").split("/")
