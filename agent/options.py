@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.config import AgentSettings
 from shared.paths import Forbidden, check_roots, trainyard_own_paths
+
+# The steps of a start where a killed agent must leave a state the next one can finish from
+# without starting the trainer twice (agent/attempt/run.py: TrainerRun._launch).
+CRASH_POINTS = (
+    "intent_saved",  # the state file says "spawning"; no keeper asked for yet
+    "spawn_sent",  # the spawner has the request; its keeper is being forked
+    "spawned",  # the keeper claimed the run dir and runs the trainer; not in the state file yet
+    "recorded",  # the state file names the keeper; `started` not published yet
+    "started",  # `started` published; the start command not acknowledged yet
+)
 
 
 @dataclass(frozen=True)
@@ -18,6 +30,13 @@ class RunOptions:
     log_cap_bytes: int = 0  # log bytes kept per attempt; 0: no cap
     # Where a job's paths may lead on this host, checked again right before launch.
     allowed_roots: tuple[str, ...] = ()
+    crash_at: str = ""  # a point of CRASH_POINTS: the fault suite's deterministic kill -9
+
+    def crash_point(self, point: str) -> None:
+        """Die here, as kill -9 would kill the agent, if the fault suite asked for this point."""
+        assert point in CRASH_POINTS, point
+        if self.crash_at == point:
+            os.kill(os.getpid(), signal.SIGKILL)
 
     @classmethod
     def from_settings(cls, settings: AgentSettings) -> RunOptions:
@@ -25,7 +44,7 @@ class RunOptions:
             allowed_roots=tuple(agent_roots(settings)),
             max_line_bytes=settings.max_line_bytes, batch_max_bytes=settings.batch_max_bytes,
             python=settings.python, trainer_options={"diffusion_pipe_dir": settings.diffusion_pipe_dir},
-            log_cap_bytes=settings.max_log_bytes_per_attempt,
+            log_cap_bytes=settings.max_log_bytes_per_attempt, crash_at=settings.test_crash_at,
         )
 
 

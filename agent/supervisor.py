@@ -19,6 +19,7 @@ from agent.attempt.state import RunState, published_so_far
 from agent.export import export_context, run_export
 from agent.gpus import GpuInventory
 from agent.options import RunOptions
+from agent.process import tree as process
 from agent.process.spawner import Spawner
 from agent.publisher import publish
 from shared import events as ev
@@ -49,7 +50,7 @@ class Supervisor:
         self._exports: set[asyncio.Task[None]] = set()
         self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._lingering: set[asyncio.Task[None]] = set()  # of runs already forgotten (stop.py)
-        self.spawner = Spawner()
+        self.spawner = Spawner(after_send=functools.partial(options.crash_point, "spawn_sent"))
 
     def run_dir(self, job_id: str, attempt: int) -> Path:
         return self.work_dir / "runs" / job_id / str(attempt)
@@ -113,12 +114,25 @@ class Supervisor:
             except (OSError, msgspec.DecodeError) as exc:
                 log.error("state file %s unreadable (%s); not re-adopted", path, exc)
                 continue
-            if state.reported or state.command is None:
+            command = state.command
+            if state.reported or command is None:
                 continue
+            key = (state.job_id, state.attempt)
+            if state.pid == 0:  # the previous agent died mid-spawn (its intent record)
+                keeper = process.recorded_keeper(Path(state.run_dir))
+                if keeper is None:
+                    # No keeper claimed the run dir: start it now, as its start command (never
+                    # acknowledged, so it comes again, then ignored) would. Should a late keeper
+                    # of the old agent's spawner claim the run dir first, ours defers to it.
+                    log.info("%s/%s was being started when the agent stopped; starting it", *key)
+                    path.unlink()
+                    await self._start(command)
+                    continue
+                state = msgspec.structs.replace(state, pid=keeper.pid, create_time=keeper.create_time)
             published = await published_so_far(self.js, self.host, state.job_id, state.attempt)
             log.info("re-adopting %s/%s (pid %s); the streams hold %s log rows", state.job_id,
                      state.attempt, state.pid, published.rows)
-            await self._begin(TrainerRun(self.js, self.host, state.command, Path(state.run_dir), path,
+            await self._begin(TrainerRun(self.js, self.host, command, Path(state.run_dir), path,
                                          self.options, adopt=state, published=published, spawner=self.spawner))
 
     def _why_refuse(self, command: StartJob) -> str:

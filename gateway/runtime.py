@@ -9,8 +9,10 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import httpx
 from nats.aio.client import Client
 
+from gateway import schemas as views
 from gateway.projection.projector import Projector
 from gateway.projection.schema import open_db
 from gateway.read.queries import Reader
@@ -20,7 +22,7 @@ from gateway.services.cluster import ClusterService
 from gateway.services.jobs import JobService
 from gateway.webhook_policy import WebhookPolicy
 from gateway.webhooks import WebhookNotifier, load_secret
-from gateway.writer import EventWriter
+from gateway.writer import EventWriter, JetStreamWrites
 from shared import subjects
 from shared.config import GatewaySettings
 from shared.nats import provision
@@ -53,6 +55,7 @@ class GatewayRuntime:
         self.settings = settings
         self.allowed_roots = allowed_roots(settings)  # checked before anything starts
         self.nc: Client | None = None
+        self.writes = JetStreamWrites()  # whether the gateway's writes go through, for /health
 
     async def start(self) -> None:
         s = self.settings
@@ -65,7 +68,7 @@ class GatewayRuntime:
         self.con = open_db(str(data_dir / DB_FILE))
         self.projector = Projector(self.con, s.replica, batch=s.projector_batch)
         await self.projector.start(self.nc, self.js)
-        writer = EventWriter(self.js, self.projector, s.read_your_writes_timeout_s)
+        writer = EventWriter(self.js, self.projector, s.read_your_writes_timeout_s, self.writes)
         self.scheduler = Scheduler(
             self.nc, self.js, self.projector, writer, replica=s.replica, host_timeout_s=s.host_timeout_s,
             host_lost_grace_s=s.host_lost_grace_s, interval_s=s.scheduler_interval_s,
@@ -134,6 +137,29 @@ class GatewayRuntime:
             except Exception:
                 lag[stream] = -1
         return lag
+
+    async def health(self) -> views.Health:
+        """What /health says: NATS connected, JetStream taking writes, the projection keeping up."""
+        nats = self.nats_state()
+        problems = [text for text in (self.writes.health(), await self._nats_server_health()) if text != "ok"]
+        jetstream = "; ".join(problems) or "ok"
+        ok = nats == "connected" and jetstream == "ok" and self.projector.ok
+        return views.Health(status="ok" if ok else "degraded", nats=nats, jetstream=jetstream,
+                            projector=self.projector.health(), projector_lag=await self.projector_lag())
+
+    async def _nats_server_health(self) -> str:
+        """"ok", or what nats-server's /healthz says is wrong (with `nats_monitor_url` set)."""
+        url = self.settings.nats_monitor_url.rstrip("/")
+        if not url:
+            return "ok"
+        try:
+            async with httpx.AsyncClient(timeout=1.0) as client:
+                body = (await client.get(f"{url}/healthz")).json()
+        except (httpx.HTTPError, ValueError) as exc:
+            return f"nats-server's monitoring at {url} did not answer ({exc or type(exc).__name__})"
+        if isinstance(body, dict) and body.get("status") == "ok":
+            return "ok"
+        return f"nats-server: {body.get('error') if isinstance(body, dict) else body}"
 
     def nats_state(self) -> str:
         if self.nc is None:

@@ -140,9 +140,10 @@ class StopResponse(msgspec.Struct, kw_only=True):
 
 
 class Health(msgspec.Struct, kw_only=True):
-    status: str
-    nats: str
-    projector: str
+    status: str  # ok | degraded
+    nats: str  # connected | reconnecting | disconnected | not connected
+    jetstream: str  # ok, or since when and why the gateway's writes fail
+    projector: str  # ok, or why the projection is behind
     projector_lag: dict[str, int]
 
 
@@ -256,5 +257,6 @@ class SystemStatus(msgspec.Struct, kw_only=True):
     processor_running: bool
     scheduler_leader: str | None
     nats: str
+    jetstream: str
     projector: str
     projector_lag: dict[str, int]

@@ -5,22 +5,54 @@ that wrote reads its own write."""
 from __future__ import annotations
 
 import logging
+import time
 
 from nats.js import JetStreamContext
 
 from gateway.errors import Conflict, Unavailable
 from gateway.projection.view import JobView
 from shared import subjects, wire
+from shared.clock import now_s
 
 PUBLISH_TIMEOUT_S = 5.0
 log = logging.getLogger("trainyard.gateway")
 
 
+class JetStreamWrites:
+    """Whether the gateway's writes to JetStream go through (its events and commands, the
+    scheduler lease's renewals every couple of seconds): the first failure since the last
+    success, for /health. nats-server keeps a stream that hit a write error (a full disk)
+    unwritable until it restarts; publishes to it time out, and this is where that shows."""
+
+    def __init__(self) -> None:
+        self.failing_since_s: float | None = None
+        self.error = ""
+
+    def failed(self, exc: BaseException) -> None:
+        if self.failing_since_s is None:
+            self.failing_since_s = now_s()
+            log.warning("a JetStream write failed: %s", exc or type(exc).__name__)
+        self.error = str(exc) or type(exc).__name__
+
+    def succeeded(self) -> None:
+        if self.failing_since_s is not None:
+            log.info("JetStream writes go through again")
+        self.failing_since_s = None
+
+    def health(self) -> str:
+        if self.failing_since_s is None:
+            return "ok"
+        since = time.strftime("%H:%M:%S", time.localtime(self.failing_since_s))
+        return (f"writes failing since {since}: {self.error} (nats-server's log says why; after a full "
+                "disk its streams take writes again only once it restarts)")
+
+
 class EventWriter:
-    def __init__(self, js: JetStreamContext, view: JobView, ryw_timeout_s: float) -> None:
+    def __init__(self, js: JetStreamContext, view: JobView, ryw_timeout_s: float, writes: JetStreamWrites) -> None:
         self.js = js
         self.view = view
         self.ryw_timeout_s = ryw_timeout_s
+        self.writes = writes
 
     async def publish(self, message: wire.Message, *, host: str | None = None, unique: object = None) -> int:
         """Publish once; the stream sequence, or Unavailable (the caller's one error policy)."""
@@ -37,7 +69,9 @@ class EventWriter:
                 ack = await self.js.publish(fresh.subject, fresh.payload, headers=fresh.headers,
                                             timeout=PUBLISH_TIMEOUT_S)
         except Exception as exc:
+            self.writes.failed(exc)
             raise Unavailable(f"could not record the request in JetStream: {exc}") from None
+        self.writes.succeeded()
         return ack.seq
 
     async def _ours(self, stream: str, seq: int, subject: str) -> bool:

@@ -24,6 +24,9 @@ class GatewaySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=False)
     nats_url: str = DEFAULT_NATS_URL
     # A credentials file (natsauth: user and password) when nats-server has per-role users.
     nats_credentials: str = ""
+    # nats-server's HTTP monitoring (e.g. http://127.0.0.1:8222): /health then also shows what
+    # its /healthz says, such as a stream that a full disk left unwritable. `up` sets it.
+    nats_monitor_url: str = ""
     replica: str = "g1"
     insecure: bool = False
     allowed_roots: list[str] = []
@@ -68,6 +71,9 @@ class AgentSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     python: str = ""
     # Where diffusion-pipe is checked out (with its submodules) on this host: train.py's dir.
     diffusion_pipe_dir: str = ""
+    # Fault injection, for the fault suite only (TRAINYARD_TEST_CRASH_AT): the agent kills itself
+    # with SIGKILL on reaching this point of the spawn path (agent/options.py names them).
+    test_crash_at: str = ""
 
 
 T = TypeVar("T", bound=msgspec.Struct)

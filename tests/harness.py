@@ -217,10 +217,10 @@ class Rig:
     def start_gateway(self) -> None:
         self.procs["gateway"] = self.stack.start_gateway(self.data_dir, self.port, self.nats_url, *self.gateway_flags)
 
-    def start_agent(self, host: str, gpus: str = "2x80GB") -> None:
+    def start_agent(self, host: str, gpus: str = "2x80GB", env: dict[str, str] | None = None) -> None:
         self.procs[f"agent-{host}"] = self.stack.start_agent(
             host, self.tmp / f"work-{host}", self.nats_url, self.tmp / f"agent-{host}.log",
-            "--simulate-gpus", gpus, *self.agent_flags)
+            "--simulate-gpus", gpus, *self.agent_flags, env=env)
         self.agent_gpus[host] = gpus
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:

@@ -36,7 +36,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         GatewaySettings, toml_path=_config_path(args), section="gateway",
         overrides={"data_dir": args.data_dir, "port": args.port, "bind": args.bind,
                    "nats_url": _nats_url(args), "insecure": args.insecure or None,
-                   "nats_credentials": args.nats_credentials,
+                   "nats_credentials": args.nats_credentials, "nats_monitor_url": args.nats_monitor_url,
                    "replica": args.replica, "host_timeout_s": args.host_timeout_s,
                    "host_lost_grace_s": args.host_lost_grace_s,
                    "scheduler_lease_ttl_s": args.scheduler_lease_ttl_s},
@@ -75,6 +75,7 @@ UP_LOCK = "up.lock"
 
 def cmd_up(args: argparse.Namespace) -> int:
     from gateway.api.auth import ensure_admin_token
+    from trainyard.jetstream_watch import JetStreamWatch
     from trainyard.stack import Stack, host_token
 
     data_dir = private_dir(Path(args.data_dir).resolve())
@@ -119,7 +120,11 @@ def cmd_up(args: argparse.Namespace) -> int:
               "Ctrl-C stops trainyard" + (" and its trainers." if args.stop_trainers_on_exit
                                           else "; running trainers keep running."), flush=True)
         restarts: dict[str, list[float]] = {name: [] for name in starters}
+        jetstream_watch = JetStreamWatch(stack.nats_monitor_url, data_dir / "nats")
         while not stopping:
+            if (why := jetstream_watch.restart_reason()) is not None:
+                print(f"trainyard: {why}: restarting nats-server", file=sys.stderr, flush=True)
+                stack.terminate("nats")  # started again below, as a part that exited
             for name, proc in list(stack.procs):
                 if proc.poll() is None or stopping:
                     continue
@@ -207,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     gw.add_argument("--nats-url", default=None)
     gw.add_argument("--nats-credentials", default=None, metavar="FILE",
                     help="NATS user and password (JSON {user, password}); trainyard up writes them")
+    gw.add_argument("--nats-monitor-url", default=None, metavar="URL",
+                    help="nats-server's HTTP monitoring, for /health (e.g. http://127.0.0.1:8222)")
     gw.add_argument("--replica", default=None)
     gw.add_argument("--insecure", action="store_true", help="allow no tokens (loopback only)")
     gw.add_argument("--host-timeout-s", type=float, default=None,
@@ -273,4 +280,5 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request (health checks, webhooks)
     return args.func(args)

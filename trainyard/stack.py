@@ -68,7 +68,7 @@ def wait_for_health(url: str, proc: subprocess.Popen, timeout_s: float = 30.0) -
     raise TimeoutError(f"gateway at {url} not healthy within {timeout_s}s")
 
 
-def write_nats_config(nats_dir: Path, port: int) -> Path:
+def write_nats_config(nats_dir: Path, port: int, monitor_port: int = 0) -> Path:
     """The embedded server's config: loopback only, JetStream on file storage, and a NATS user
     per role (natsauth) from the credential files in `nats_dir/credentials` (rewritten, and the
     server reloaded, when an agent for a new host joins)."""
@@ -76,13 +76,19 @@ def write_nats_config(nats_dir: Path, port: int) -> Path:
     for user in (natsauth.GATEWAY_USER, natsauth.VIEWER_USER):
         natsauth.ensure_credentials(nats_dir, user)
     conf = nats_dir / "nats-embedded.conf"
+    # A Stack that did not start the server (it adds an agent user) keeps the monitoring port:
+    # nats-server cannot change it on a reload.
+    monitor_port = monitor_port or _configured_monitor_port(conf)
     tmp = conf.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds passwords
     with os.fdopen(fd, "w") as f:
         f.write(
             "# Written by trainyard up; the deployment template is nats.conf in the repository.\n"
             f"listen: 127.0.0.1:{port}\n"
-            f'pid_file: "{nats_dir / "nats-server.pid"}"\n'
+            # Monitoring on loopback: /healthz names a stream that hit a write error (a full
+            # disk), which the gateway's /health and up's restart of nats-server read.
+            + (f"http: 127.0.0.1:{monitor_port}\n" if monitor_port else "")
+            + f'pid_file: "{nats_dir / "nats-server.pid"}"\n'
             "max_payload: 8MB\n"
             "jetstream {\n"
             f'  store_dir: "{nats_dir / "jetstream"}"\n'
@@ -92,6 +98,14 @@ def write_nats_config(nats_dir: Path, port: int) -> Path:
         )
     os.replace(tmp, conf)
     return conf
+
+
+def _configured_monitor_port(conf: Path) -> int:
+    try:
+        found = re.search(r"^http: 127\.0\.0\.1:(\d+)$", conf.read_text(), re.MULTILINE)
+    except OSError:
+        return 0
+    return int(found.group(1)) if found else 0
 
 
 def reload_nats(nats_dir: Path, timeout_s: float = 5.0) -> None:
@@ -118,6 +132,11 @@ class Stack:
     # starts gateways and agents against a server another Stack started).
     nats_dir: Path | None = None
     nats_port: int = 0
+    nats_monitor_port: int = 0  # its HTTP monitoring port (loopback), chosen at the first start
+
+    @property
+    def nats_monitor_url(self) -> str:
+        return f"http://127.0.0.1:{self.nats_monitor_port}" if self.nats_monitor_port else ""
 
     def credentials(self, user: str) -> Path | None:
         return natsauth.ensure_credentials(self.nats_dir, user) if self.nats_dir else None
@@ -143,7 +162,7 @@ class Stack:
         known = {c.user for c in natsauth.all_credentials(self.nats_dir)}
         path = natsauth.ensure_credentials(self.nats_dir, user)
         if user not in known:
-            write_nats_config(self.nats_dir, self.nats_port)
+            write_nats_config(self.nats_dir, self.nats_port, self.nats_monitor_port)
             reload_nats(self.nats_dir)
         return ["--nats-credentials", str(path)]
 
@@ -158,7 +177,8 @@ class Stack:
 
     def start_nats(self, data_dir: Path, port: int) -> subprocess.Popen:
         self.nats_dir, self.nats_port = data_dir / "nats", port
-        conf = write_nats_config(self.nats_dir, port)
+        self.nats_monitor_port = self.nats_monitor_port or free_port()
+        conf = write_nats_config(self.nats_dir, port, self.nats_monitor_port)
         proc = self.spawn("nats", [nats_server_binary(), "-c", str(conf)], data_dir / "logs" / "nats.log")
         wait_for_port(port, proc, "nats-server")
         return proc
@@ -168,7 +188,8 @@ class Stack:
         proc = self.spawn(
             "gateway",
             [sys.executable, "-m", "trainyard", "gateway", "--data-dir", str(data_dir), "--port",
-             str(port), "--nats-url", nats_url, *self._credential_flags(natsauth.GATEWAY_USER), *extra],
+             str(port), "--nats-url", nats_url, *self._credential_flags(natsauth.GATEWAY_USER),
+             *(["--nats-monitor-url", self.nats_monitor_url] if self.nats_monitor_url else []), *extra],
             data_dir / "logs" / "gateway.log", env,
         )
         wait_for_health(f"http://127.0.0.1:{port}", proc)
@@ -183,19 +204,30 @@ class Stack:
             log_path, env,
         )
 
+    def terminate(self, name: str, timeout_s: float = 10.0) -> None:
+        """SIGTERM the part `name` and wait for it to exit (SIGKILL past `timeout_s`)."""
+        for part, proc in self.procs:
+            if part == name:
+                _end(proc, timeout_s)
+
     def stop(self, timeout_s: float = 10.0) -> None:
         # Reverse start order, but nats-server always last (a restarted one was started after
         # the gateway and agents, which still want to say goodbye through it).
         ordered = sorted(reversed(self.procs), key=lambda item: item[0] == "nats")
         for _name, proc in ordered:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout_s)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            _end(proc, timeout_s)
         self.procs.clear()
         for f in self.logs:
             f.close()
         self.logs.clear()
+
+
+def _end(proc: subprocess.Popen, timeout_s: float) -> None:
+    """SIGTERM `proc` if it runs and wait for it to exit (SIGKILL past `timeout_s`)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

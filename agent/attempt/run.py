@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import sys
 import time
@@ -25,7 +24,7 @@ from nats.js import JetStreamContext
 
 from agent.attempt.filewatch import FileWatch
 from agent.attempt.reporter import Reporter
-from agent.attempt.state import Published, ResumePoints, RunState
+from agent.attempt.state import Published, ResumePoints, RunState, StateFile
 from agent.attempt.stop import ProcessTreeControl
 from agent.attempt.tail import FileTail
 from agent.options import RunOptions
@@ -82,7 +81,9 @@ class TrainerRun(ProcessTreeControl):
         self.command = command
         self.run_dir = run_dir
         self.state_path = state_path
+        self.state_file = StateFile(state_path, f"{command.job_id}/{command.attempt}")
         self.max_line_bytes = options.max_line_bytes
+        self.crash_point = options.crash_point
         self.allowed_roots = options.allowed_roots
         self.adapter = adapter_for(command.spec.trainer)
         self.ctx = LaunchContext(
@@ -106,6 +107,7 @@ class TrainerRun(ProcessTreeControl):
         self.root: process.ProcRef | None = None  # the keeper, leader of the trainer's group
         self.recorded: set[process.ProcRef] = set()
         self.stop_requested = adopt.stop_requested if adopt else False
+        self.announced = adopt.announced if adopt else False
         self.killed = False  # this agent sent SIGKILL (the keeper may have died before writing)
         self.returncode: int | None = adopt.returncode if adopt else None
         self._saved: RunState | None = adopt
@@ -124,13 +126,15 @@ class TrainerRun(ProcessTreeControl):
         return await publish(self.js, event, host=self.host)
 
     # ---- the state file --------------------------------------------------------------------
-    def _save_state(self, **changes: object) -> None:
-        """Write the state file (atomically) if anything in it changed."""
-        assert self.root is not None
+    def _save_state(self, *, must: bool = False, **changes: object) -> None:
+        """Write the state file (atomically) if anything in it changed. Before the keeper is
+        forked it is the intent record (pid 0): a restarted agent then looks for the keeper in
+        the run dir instead of starting a second one blindly."""
+        root = self.root or process.ProcRef(0, 0.0)
         safe = self.resume_points.safe(self.reporter.acked_rows)
         state = RunState(
-            job_id=self.job_id, attempt=self.attempt, pid=self.root.pid,
-            create_time=self.root.create_time, run_dir=str(self.run_dir),
+            job_id=self.job_id, attempt=self.attempt, pid=root.pid,
+            create_time=root.create_time, run_dir=str(self.run_dir),
             stdout_path=str(self.run_dir / "stdout.log"), stderr_path=str(self.run_dir / "stderr.log"),
             command=self.command,
             offsets={stream: offset for stream, (_, offset) in safe.items()},
@@ -140,15 +144,17 @@ class TrainerRun(ProcessTreeControl):
             returncode=self.returncode,
             reported=self._saved.reported if self._saved else False,
             stop_requested=self.stop_requested,
+            announced=self.announced,
         )
         if changes:
             state = msgspec.structs.replace(state, **changes)
         if state == self._saved:
             return
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_bytes(msgspec.json.encode(state))
-        os.replace(tmp, self.state_path)
-        self._saved = state
+        if self.state_file.write(state, must=must, on_first_failure=self._say_unsaved):
+            self._saved = state
+
+    def _say_unsaved(self, exc: OSError) -> None:
+        self.reporter.system(f"the agent could not save this attempt's state file ({exc}); watching on", "WARNING")
 
     # ---- the life of the attempt -------------------------------------------------------------
     async def run(self) -> None:
@@ -169,6 +175,8 @@ class TrainerRun(ProcessTreeControl):
     async def _run(self) -> None:
         if self.adopted is not None:
             self._adopt(self.adopted)
+            if not self.announced:  # the previous agent died between forking and saying so
+                await self._announce("(its keeper, found in the run dir by the restarted agent)")
             await self._watch()
             return
         try:
@@ -184,6 +192,8 @@ class TrainerRun(ProcessTreeControl):
                     log_stream_seq=self.reporter.log_batcher.last_stream_seq,
                 ),
             )
+            if self.state_path.exists():
+                self._save_state(reported=True)  # the intent record: nothing left to adopt
             return
         if not spawned:
             return
@@ -215,6 +225,8 @@ class TrainerRun(ProcessTreeControl):
         stdout_path, stderr_path = self.run_dir / "stdout.log", self.run_dir / "stderr.log"
         for path in (stdout_path, stderr_path):
             path.touch()  # here before the trainer starts, for the watch on them
+        self._save_state(must=True)  # the intent record: no keeper is forked without it
+        self.crash_point("intent_saved")
         spawning = asyncio.ensure_future(
             self._spawn_and_record(launch, process.child_env(launch.env, ctx), stdout_path, stderr_path))
         try:
@@ -226,18 +238,25 @@ class TrainerRun(ProcessTreeControl):
             await spawning
             raise
         self.launched.set()
-        assert self.root is not None  # set by _spawn_and_record
-        await self._publish(
-            ev.JobStarted(
-                job_id=self.job_id, attempt=self.attempt, ts_s=now_s(), host=self.host,
-                pid=self.root.pid, run_dir=str(self.run_dir), stdout_path=str(stdout_path),
-                stderr_path=str(stderr_path),
-            ),
-        )
-        self.reporter.system(f"started pid {self.root.pid} on host {self.host}: {' '.join(launch.argv)}")
+        await self._announce(" ".join(launch.argv))
+        self.crash_point("started")
         if self.stop_asked is not None:  # a stop arrived while it was being spawned: carry it out now
             self.stop(*self.stop_asked)
         return True
+
+    async def _announce(self, what: str) -> None:
+        """Publish `started` (the job is running) and remember it was; `what` ran."""
+        assert self.root is not None
+        await self._publish(
+            ev.JobStarted(
+                job_id=self.job_id, attempt=self.attempt, ts_s=now_s(), host=self.host,
+                pid=self.root.pid, run_dir=str(self.run_dir), stdout_path=str(self.run_dir / "stdout.log"),
+                stderr_path=str(self.run_dir / "stderr.log"),
+            ),
+        )
+        self.reporter.system(f"started pid {self.root.pid} on host {self.host}: {what}")
+        self.announced = True
+        self._save_state()
 
     def _confine_paths(self) -> None:
         """The request's paths again, on this host, with its roots, right before launch: a
@@ -251,9 +270,15 @@ class TrainerRun(ProcessTreeControl):
     async def _spawn_and_record(
         self, launch: Launch, env: dict[str, str], stdout_path: Path, stderr_path: Path
     ) -> None:
-        self.root = await self.spawner.spawn(launch.argv, launch.cwd, env, stdout_path, stderr_path)
+        spawned = await self.spawner.spawn(launch.argv, launch.cwd, env, self.run_dir, stdout_path, stderr_path)
+        self.crash_point("spawned")
+        self.root = spawned.keeper
         self.recorded = {self.root}
+        if not spawned.started_here:
+            self.reporter.system(f"an earlier start of this attempt holds the run dir (keeper pid {self.root.pid}): "
+                                 "watching that one, not starting a second trainer", "WARNING")
         self._save_state()
+        self.crash_point("recorded")
 
     async def _watch(self) -> None:
         assert self.root is not None

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import msgspec
 from nats.js import JetStreamContext
@@ -43,6 +45,37 @@ class RunState(msgspec.Struct, kw_only=True):
     # A stop was asked for (its command is acknowledged, so never redelivered): a trainer that
     # dies of the signals while no agent watches was stopped, not failed.
     stop_requested: bool = False
+    announced: bool = False  # its `started` event is published (an adopting agent publishes it if not)
+
+
+class StateFile:
+    """Where an attempt's RunState is kept, written atomically (a rename)."""
+
+    def __init__(self, path: Path, name: str) -> None:
+        self.path, self.name = path, name
+        self.failing = False  # the last write failed (said once, until one succeeds)
+
+    def write(self, state: RunState, *, must: bool, on_first_failure: Callable[[OSError], None]) -> bool:
+        """True once written. A failed write (a full disk) raises if `must`, else is said once
+        and returns False: the trainer is watched on all the same and the file is written at the
+        next chance. Until then a restarted agent resumes from an older point, which costs
+        re-reading output, never a line (the streams say what they hold)."""
+        tmp = self.path.with_suffix(".tmp")
+        try:
+            tmp.write_bytes(msgspec.json.encode(state))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            if must:
+                raise
+            if not self.failing:
+                log.warning("%s: could not save the state file (%s); watching on", self.name, exc)
+                on_first_failure(exc)
+            self.failing = True
+            return False
+        if self.failing:
+            log.info("%s: the state file is saved again", self.name)
+        self.failing = False
+        return True
 
 
 class Published(msgspec.Struct, kw_only=True):

@@ -48,7 +48,7 @@ class ProcessTreeControl:
     stop_asked: tuple[bool, float] | None
     _term_task: asyncio.Task[None] | None
 
-    def _save_state(self, **changes: object) -> None:
+    def _save_state(self, *, must: bool = False, **changes: object) -> None:
         raise NotImplementedError
 
     def alive(self) -> bool:

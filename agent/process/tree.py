@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import psutil
 
-from agent.process.keeper import EXIT_STATUS_FILE
+from agent.process.keeper import EXIT_STATUS_FILE, read_keeper_pid
 
 if TYPE_CHECKING:
     from agent.trainers.base import LaunchContext
@@ -69,11 +69,33 @@ async def spawn(
 
 
 def read_exit_status(run_dir: Path) -> int | None:
-    """The trainer's return code as its keeper wrote it; None if the keeper did not get to."""
+    """The trainer's return code as its keeper wrote it; None if the keeper did not get to. The
+    file is written in place before it is renamed: where the rename failed (a full disk), the
+    code is in the reserved `.tmp` file."""
+    for name in (EXIT_STATUS_FILE, EXIT_STATUS_FILE + ".tmp"):
+        try:
+            return int((run_dir / name).read_text().strip())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def recorded_keeper(run_dir: Path) -> ProcRef | None:
+    """The keeper that claimed `run_dir` by its record; None when it has no keeper record."""
+    pid = read_keeper_pid(str(run_dir))
+    return keeper_of(run_dir, pid) if pid is not None else None
+
+
+def keeper_of(run_dir: Path, pid: int) -> ProcRef:
+    """Keeper `pid` of `run_dir`: alive only while that pid still is a process whose working dir
+    is the run dir (a keeper's is), so a recycled pid is never taken for it."""
     try:
-        return int((run_dir / EXIT_STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        return None
+        proc = psutil.Process(pid)
+        if Path(proc.cwd()).resolve() == run_dir.resolve():
+            return ProcRef(pid, proc.create_time())
+    except (psutil.Error, OSError):
+        pass
+    return ProcRef(pid, 0.0)  # gone: its exit status file says how the trainer ended
 
 
 async def wait_gone(ref: ProcRef, poll_s: float = 0.05) -> None:

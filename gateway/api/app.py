@@ -205,15 +205,7 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
 
     @get([f"{PREFIX}/health", "/health"], exclude_from_auth=True)
     async def health() -> views.Health:
-        projector = runtime.projector
-        lag = await runtime.projector_lag()
-        nats_state = runtime.nats_state()
-        ok = nats_state == "connected" and projector.healthy
-        return views.Health(
-            status="ok" if ok else "degraded", nats=nats_state,
-            projector="ok" if projector.healthy else f"stopped: {projector.last_error}",
-            projector_lag=lag,
-        )
+        return await runtime.health()
 
     return Litestar(
         route_handlers=[*document_errors([create_job, list_jobs, job_detail, job_status, job_progress, job_metrics,

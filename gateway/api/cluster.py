@@ -27,7 +27,7 @@ def cluster_routes(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard],
 
     @get(f"{prefix}/system/status", guards=viewer)
     async def system_status() -> views.SystemStatus:
-        return await cluster().system_status(runtime.nats_state(), await runtime.projector_lag())
+        return cluster().system_status(await runtime.health())
 
     @get(f"{prefix}/queue", guards=viewer)
     async def queue() -> views.QueueView:

@@ -41,6 +41,10 @@ from shared.nats.pullfeed import PullFeed
 
 log = logging.getLogger("trainyard.projector")
 
+# A failed batch write is tried again after this long, doubling up to the cap.
+WRITE_RETRY_FIRST_S = 0.2
+WRITE_RETRY_MAX_S = 5.0
+
 
 class Projector(JobView):
     def __init__(self, con: duckdb.DuckDBPyConnection, replica: str, *, batch: int = 2048) -> None:
@@ -57,6 +61,9 @@ class Projector(JobView):
         self._feeds: list[PullFeed] = []
         self.healthy = False
         self.last_error = ""
+        # Streams whose last write failed (a full disk, a DuckDB fault), with the error: they are
+        # retried with back-off until the write goes through (see _write_until_done).
+        self.write_errors: dict[str, str] = {}
         self._stopping = False
 
     def write(self, batch: PreparedBatch) -> None:
@@ -74,6 +81,18 @@ class Projector(JobView):
             task.add_done_callback(self._follow_ended)
             self._tasks.append(task)
         self.healthy = True
+
+    def health(self) -> str:
+        """"ok", or what is wrong, as /health shows it."""
+        if not self.healthy:
+            return f"stopped: {self.last_error}"
+        if self.write_errors:
+            return "writes failing, retrying: " + "; ".join(f"{s}: {e}" for s, e in self.write_errors.items())
+        return "ok"
+
+    @property
+    def ok(self) -> bool:
+        return self.healthy and not self.write_errors
 
     def _follow_ended(self, task: asyncio.Task[None]) -> None:
         """A stream's follower ends only at stop. One that ends otherwise (a bug) must not go
@@ -114,23 +133,36 @@ class Projector(JobView):
 
     # ---- the loop ----------------------------------------------------------------------------
     async def _follow(self, stream: str, feed: PullFeed) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             msgs = await feed.next_batch(max_msgs=self.batch)
             if stream == subjects.JOB_STREAM:
                 await self._wait_for_logs_of_exits(msgs)
             batch = self.prepare(stream, msgs)
             self._announce(batch)
+            await self._write_until_done(stream, batch)
+            self._merge(batch)
+
+    async def _write_until_done(self, stream: str, batch: PreparedBatch) -> None:
+        """Write `batch`, retrying with back-off while it fails: nothing of a failed batch was
+        committed, and skipping it would lose events, so the stream waits here (the API serves
+        what is committed, /health says why it is behind) and goes on by itself once the write
+        succeeds, e.g. when a full disk has room again."""
+        loop = asyncio.get_running_loop()
+        delay_s = WRITE_RETRY_FIRST_S
+        while True:
             try:
                 await loop.run_in_executor(self._writers[stream], self.write, batch)
             except Exception as exc:
-                # A bug or a DuckDB fault: nothing of the batch was committed. Say so and stop
-                # this stream here rather than skip events; /health reports it.
-                self.healthy = False
-                self.last_error = f"{stream}: {exc}"
-                log.exception("projector stopped on %s", stream)
-                raise
-            self._merge(batch)
+                first = stream not in self.write_errors
+                self.write_errors[stream] = str(exc)
+                if first:
+                    log.exception("projector: writing %s failed; retrying with back-off", stream)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, WRITE_RETRY_MAX_S)
+                continue
+            if self.write_errors.pop(stream, None) is not None:
+                log.warning("projector: writing %s works again", stream)
+            return
 
     async def _wait_for_logs_of_exits(self, msgs: list[Msg]) -> None:
         needed = 0

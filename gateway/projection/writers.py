@@ -3,6 +3,8 @@ batch, together with the stream sequence it reaches (a restart re-applies nothin
 
 from __future__ import annotations
 
+import contextlib
+
 import duckdb
 import msgspec
 import pyarrow as pa
@@ -65,7 +67,10 @@ class BatchWriter:
             )
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            # A failed COMMIT has already rolled back (DuckDB ends the transaction): a second
+            # rollback would fail and hide the error that matters, e.g. "No space left on device".
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
             raise
 
     def _apply_logs(self, con: duckdb.DuckDBPyConnection, batches: list[ev.LogBatch]) -> None:

@@ -21,6 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
+from gateway.writer import JetStreamWrites
 from shared import subjects
 from shared.clock import now_s
 
@@ -36,8 +37,9 @@ class LeaseRecord(msgspec.Struct):
 
 
 class SchedulerLease:
-    def __init__(self, js: JetStreamContext, replica: str, ttl_s: float) -> None:
+    def __init__(self, js: JetStreamContext, replica: str, ttl_s: float, writes: JetStreamWrites) -> None:
         self.js = js
+        self.writes = writes  # a renewal is a JetStream write: its failures show in /health
         # Per process, not per replica name: a restarted replica (or a second one started by
         # mistake under the same name) never believes it holds its predecessor's lease.
         self.replica = f"{replica}-{secrets.token_hex(3)}"
@@ -92,6 +94,10 @@ class SchedulerLease:
         except KeyWrongLastSequenceError:  # someone else renewed or took it first
             self._set(False, None)
             return
+        except Exception as exc:
+            self.writes.failed(exc)
+            raise
+        self.writes.succeeded()
         if not mine:
             log.info("replica %s now holds the scheduler lease%s", self.replica,
                      f" (took it over from {record.holder}, expired)" if record else "")

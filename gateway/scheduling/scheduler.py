@@ -68,7 +68,7 @@ class Scheduler:
         self.host_timeout_s = host_timeout_s
         self.host_lost_grace_s = host_lost_grace_s
         self.interval_s = interval_s
-        self.lease = SchedulerLease(js, replica, lease_ttl_s)
+        self.lease = SchedulerLease(js, replica, lease_ttl_s, writer.writes)
         self.lease.on_change.append(self._leadership_changed)
         self.waiting: dict[str, str] = {}
         self._inflight: dict[str, Assignment] = {}

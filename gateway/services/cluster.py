@@ -172,22 +172,20 @@ class ClusterService:
         return views.ProcessResult(leader=result.leader, processor_running=not result.paused,
                                    placed=result.placed, still_waiting=result.waiting)
 
-    async def system_status(self, nats: str, lag: dict[str, int]) -> views.SystemStatus:
+    def system_status(self, health: views.Health) -> views.SystemStatus:
         now = now_s()
         beats = list(self.projector.heartbeats.values())
         online = sum(1 for b in beats if self.scheduler.host_online(b, now))
         gpus = self.gpus()
         states = self.projector.live_states.values()
-        healthy = nats == "connected" and self.projector.healthy
         return views.SystemStatus(
-            status="ok" if healthy else "degraded", hosts_online=online,
+            status=health.status, hosts_online=online,
             hosts_offline=len(beats) - online, gpus_total=gpus.total, gpus_free=gpus.free,
             gpus_busy=gpus.busy, gpus_simulated=gpus.simulated,
             jobs_running=sum(1 for s in states if s.status in ON_HOST),
             queue_length=len(self.scheduler.queued()), processor_running=not self.scheduler.paused,
-            scheduler_leader=self.scheduler.lease.holder, nats=nats,
-            projector="ok" if self.projector.healthy else f"stopped: {self.projector.last_error}",
-            projector_lag=lag,
+            scheduler_leader=self.scheduler.lease.holder, nats=health.nats, jetstream=health.jetstream,
+            projector=health.projector, projector_lag=health.projector_lag,
         )
 
     # ---- helpers --------------------------------------------------------------------------------------

@@ -3,10 +3,17 @@ metric every 10th line, then exits with the given code. For fault tests: a run l
 kill things under it, whose every line can be checked afterwards.
 
 usage: paced.py LINES SECONDS [EXIT_CODE]
+With PACED_STARTS_FILE set, it first appends its attempt number (TRAINYARD_ATTEMPT) to that
+file: a line per start.
 """
 import json
+import os
 import sys
 import time
+
+if os.environ.get("PACED_STARTS_FILE"):
+    with open(os.environ["PACED_STARTS_FILE"], "a") as starts:
+        starts.write(f"{os.environ.get('TRAINYARD_ATTEMPT', '?')}\n")
 
 lines, seconds = int(sys.argv[1]), float(sys.argv[2])
 code = int(sys.argv[3]) if len(sys.argv) > 3 else 0
