@@ -84,12 +84,12 @@ def plan(n: int, rng: random.Random) -> list[PlannedJob]:
 
 
 def retrying(fn, timeout_s: float = 120.0):
-    """An API call that outlives a gateway restart."""
+    """An API call that outlives a gateway restart (and the 503 of a projection replaying)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             return fn()
-        except (httpx.HTTPError, KeyError, ValueError):
+        except (httpx.HTTPError, KeyError, ValueError, AssertionError):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
@@ -134,7 +134,7 @@ def kill_a_keeper(rig: Rig, rng: random.Random, jobs: list[PlannedJob]) -> str |
     for job in jobs:
         try:
             detail = rig.api.status(job.job_id)
-        except (httpx.HTTPError, KeyError, ValueError):
+        except (httpx.HTTPError, KeyError, ValueError, AssertionError):
             return None  # the gateway is restarting: another time
         if detail["status"] == "running" and detail.get("pid"):
             running.append((job, detail["pid"]))

@@ -92,3 +92,11 @@ def refuse_unless_allowed(state: JobState, event: Any) -> None:
         check(state, event)
     except IllegalTransition as exc:
         raise Conflict(str(exc)) from None
+
+
+def job_not_found(job_id: str, catching_up: str | None) -> ServiceError:
+    """404 for a job that does not exist; 503 while the projection is still replaying the
+    streams after a restart, when it may exist and simply not be shown yet."""
+    if catching_up:
+        return Unavailable(f"job {job_id!r} is not shown yet: the projection is {catching_up}; try again shortly")
+    return NotFound(f"no job {job_id!r}")

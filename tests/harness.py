@@ -253,13 +253,15 @@ class Rig:
 
     def wait_healthy(self, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
+        last: object = None
         while True:
             try:
-                if httpx.get(f"{self.api.base}/health", timeout=2).json()["status"] == "ok":
+                last = httpx.get(f"{self.api.base}/health", timeout=2).json()
+                if last["status"] == "ok":
                     return
-            except (httpx.HTTPError, ValueError):
-                pass
-            assert time.monotonic() < deadline, "gateway not healthy"
+            except (httpx.HTTPError, ValueError) as exc:
+                last = exc
+            assert time.monotonic() < deadline, f"gateway not healthy: {last}"
             time.sleep(0.1)
 
     def busy_gpus(self) -> list[dict]:

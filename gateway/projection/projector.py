@@ -64,6 +64,9 @@ class Projector(JobView):
         # Streams whose last write failed (a full disk, a DuckDB fault), with the error: they are
         # retried with back-off until the write goes through (see _write_until_done).
         self.write_errors: dict[str, str] = {}
+        # Per stream, its last sequence when this process started: until the projection has it,
+        # a job it does not show yet may exist (a fresh or set-aside file is being replayed).
+        self.catch_up_to: dict[str, int] = {}
         self._stopping = False
 
     def write(self, batch: PreparedBatch) -> None:
@@ -72,6 +75,7 @@ class Projector(JobView):
 
     async def start(self, nc: Client, js: JetStreamContext) -> None:
         for stream in subjects.EVENT_STREAMS:
+            self.catch_up_to[stream] = (await js.stream_info(stream)).state.last_seq
             consumer = subjects.projector_consumer(self.replica, stream)
             await self._reset_consumer(js, stream, consumer)
             feed = PullFeed(nc, stream, consumer, batch=self.batch)
@@ -88,11 +92,20 @@ class Projector(JobView):
             return f"stopped: {self.last_error}"
         if self.write_errors:
             return "writes failing, retrying: " + "; ".join(f"{s}: {e}" for s, e in self.write_errors.items())
-        return "ok"
+        return self.catching_up() or "ok"
 
     @property
     def ok(self) -> bool:
-        return self.healthy and not self.write_errors
+        return self.healthy and not self.write_errors and self.catching_up() is None
+
+    def catching_up(self) -> str | None:
+        """What the projection has yet to replay of what the streams held when it started."""
+        behind = [f"{stream} {self.applied[stream]:,} of {target:,}" for stream, target in self.catch_up_to.items()
+                  if self.applied[stream] < target]
+        if not behind:
+            self.catch_up_to.clear()  # caught up once is caught up: later lag is ordinary lag
+            return None
+        return "catching up with the event streams after a restart (" + ", ".join(behind) + ")"
 
     def _follow_ended(self, task: asyncio.Task[None]) -> None:
         """A stream's follower ends only at stop. One that ends otherwise (a bug) must not go

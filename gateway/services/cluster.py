@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 
 from gateway import schemas as views
-from gateway.errors import NotFound, Unavailable, refuse_unless_allowed
+from gateway.errors import Unavailable, job_not_found, refuse_unless_allowed
 from gateway.projection.projector import Projector
 from gateway.read.queries import Reader
 from gateway.scheduling.placement import estimate_starts
@@ -193,5 +193,5 @@ class ClusterService:
         """The job as the scheduler sees it now; 404 for a job the API has not shown yet."""
         state = self.projector.states.get(job_id) if is_valid_token(job_id) else None
         if state is None:
-            raise NotFound(f"no job {job_id!r}")
+            raise job_not_found(job_id, self.projector.catching_up())
         return self.projector.live_states.get(job_id, state)

@@ -17,6 +17,7 @@ from gateway.errors import (
     Forbidden,
     InvalidField,
     NotFound,
+    job_not_found,
     refuse_unless_allowed,
 )
 from gateway.projection.projector import Projector
@@ -162,7 +163,7 @@ class JobService:
     def state(self, job_id: str) -> JobState:
         state = self.projector.states.get(job_id) if is_valid_token(job_id) else None
         if state is None:
-            raise NotFound(f"no job {job_id!r}")
+            raise job_not_found(job_id, self.projector.catching_up())
         return state
 
     def status_view(self, job_id: str) -> views.JobStatusView:
@@ -223,7 +224,7 @@ class JobService:
     async def _detail(self, job_id: str) -> views.JobDetail:
         job = await self.reader.job_detail_rows(job_id)
         if job is None:
-            raise NotFound(f"no job {job_id!r}")
+            raise job_not_found(job_id, self.projector.catching_up())
         progress = await self.progress(job_id)
         return views.JobDetail(
             job_id=job_id, name=job["name"] or "", description=job["description"] or "",

@@ -70,3 +70,24 @@ def test_a_damaged_projection_is_moved_aside_and_started_afresh(tmp_path: Path, 
     assert fresh.execute("SELECT count(*) FROM projector_offsets").fetchall() == [(0,)]
     fresh.close()
     assert [p.name for p in tmp_path.iterdir() if ".old" in p.name and not p.name.endswith(".wal")]
+
+
+def test_a_job_the_replaying_projection_does_not_show_yet_is_503_not_404() -> None:
+    """After a restart on a fresh (or set-aside) projection the streams are replayed; a job not
+    replayed yet may exist, so the API says "try again", and says "no job" once caught up."""
+    from gateway.errors import NotFound, Unavailable, job_not_found
+    from gateway.projection.projector import Projector
+    from shared import subjects
+
+    projector = Projector(open_db(":memory:"), "r")
+    projector.healthy = True  # as after start()
+    projector.catch_up_to = {subjects.JOB_STREAM: 120}
+    projector.applied[subjects.JOB_STREAM] = 80
+    assert projector.health().startswith("catching up") and not projector.ok
+    missing = job_not_found("job_x", projector.catching_up())
+    assert isinstance(missing, Unavailable) and "TY_JOB 80 of 120" in str(missing.detail)
+    projector.applied[subjects.JOB_STREAM] = 120
+    assert isinstance(job_not_found("job_x", projector.catching_up()), NotFound)
+    assert projector.health() == "ok" and projector.ok
+    projector.applied[subjects.JOB_STREAM] = 80  # later lag is ordinary lag, not a restart's replay
+    assert projector.catching_up() is None
