@@ -44,7 +44,7 @@ AGENTS = {"a": "2x80GB", "b": "2x80GB", "c": "2x40GB"}
 FAULTS = (  # (what, weight)
     ("agent kill -9", 30), ("agent SIGTERM", 12), ("gateway kill -9", 18),
     ("nats-server SIGTERM", 8), ("nats-server kill -9", 12),
-    ("keeper kill -9", 8), ("second agent", 6), ("projection corrupted", 6),
+    ("keeper kill -9", 10), ("second agent", 6), ("projection corrupted", 8),
 )
 
 
@@ -130,16 +130,14 @@ def inject_faults(rig: Rig, rng: random.Random, want: int, done: threading.Event
 def kill_a_keeper(rig: Rig, rng: random.Random, jobs: list[PlannedJob]) -> str | None:
     """SIGKILL the keeper of a running job (its trainer runs on, orphaned): the job must end
     `lost` (no exit status) with none of its processes left, not run on unseen."""
-    running = []
-    for job in jobs:
-        try:
-            detail = rig.api.status(job.job_id)
-        except (httpx.HTTPError, KeyError, ValueError, AssertionError):
-            return None  # the gateway is restarting: another time
-        if detail["status"] == "running" and detail.get("pid"):
-            running.append((job, detail["pid"]))
-        if len(running) >= 5:
-            break
+    by_id = {job.job_id: job for job in jobs}
+    try:
+        listed = rig.api.client.get("/jobs", params={"status": "running", "limit": 20}).json()["jobs"]
+        running = [(by_id[j["job_id"]], rig.api.client.get(f"/jobs/{j['job_id']}").json().get("pid"))
+                   for j in listed if j["job_id"] in by_id]
+    except (httpx.HTTPError, KeyError, ValueError):
+        return None  # the gateway is restarting: another time
+    running = [(job, pid) for job, pid in running if pid]
     if not running:
         return None
     job, pid = rng.choice(running)

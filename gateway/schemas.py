@@ -58,6 +58,7 @@ class ProgressView(ev.Progress, kw_only=True):
 
 
 class MetricPoint(msgspec.Struct, array_like=False, kw_only=True):
+    attempt: int  # a resumed or retried job's series are per attempt, never interleaved
     step: int | None
     epoch: float | None
     value: float

@@ -76,7 +76,7 @@ UP_LOCK = "up.lock"
 def cmd_up(args: argparse.Namespace) -> int:
     from gateway.api.auth import ensure_admin_token
     from trainyard.jetstream_watch import JetStreamWatch
-    from trainyard.stack import Stack, host_token
+    from trainyard.stack import Stack, host_token, wait_for_host_online
 
     data_dir = private_dir(Path(args.data_dir).resolve())
     lock = hold_lock(data_dir / UP_LOCK)  # one `up` per data dir, as long as this process lives
@@ -98,7 +98,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         extra_gw = ["--bind", args.bind]
-        agent_extra = []
+        # The agent has no data dir of its own: it reads `[agent]` of DATA/trainyard.toml (read
+        # at each start, so a change applies when the agent is next started).
+        agent_extra = ["--config", str(data_dir / "trainyard.toml")]
         if args.simulate_gpus:
             agent_extra += ["--simulate-gpus", args.simulate_gpus]
         if args.stop_trainers_on_exit:
@@ -113,6 +115,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         }
         for start in starters.values():
             start()
+        # "Up" means a job submitted now can be placed: the local agent is online.
+        wait_for_host_online(f"http://127.0.0.1:{args.port}", token, host)
         print(f"trainyard is up\n  API:    {api_url}/api/v1/training  (docs: {api_url}/docs)\n"
               f"  token:  {token}   (saved in {data_dir / 'api-token'})\n"
               f"  NATS:   {nats_url}  (agents on other hosts: trainyard agent --host NAME --nats-url ...)\n"

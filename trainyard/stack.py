@@ -3,6 +3,7 @@ gateway and an agent. `trainyard up`, the tests and the benchmarks all use this.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -66,6 +67,22 @@ def wait_for_health(url: str, proc: subprocess.Popen, timeout_s: float = 30.0) -
         except OSError:
             time.sleep(0.1)
     raise TimeoutError(f"gateway at {url} not healthy within {timeout_s}s")
+
+
+def wait_for_host_online(api_url: str, token: str, host: str, timeout_s: float = 60.0) -> None:
+    """Until the gateway lists `host` online: from then on a job may be placed on it (its
+    start command waits in the host's durable consumer if the agent is not reading yet)."""
+    request = urllib.request.Request(f"{api_url}/api/v1/training/hosts", headers={"Authorization": f"Bearer {token}"})
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(request, timeout=1.0) as resp:
+                if any(h.get("host") == host and h.get("status") == "online" for h in json.load(resp)):
+                    return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"agent {host} did not come online within {timeout_s:.0f}s")
 
 
 def write_nats_config(nats_dir: Path, port: int, monitor_port: int = 0) -> Path:

@@ -21,6 +21,8 @@ from shared import events as ev
 from shared.clock import now_s
 
 LAST_LINES = 30
+# What a progress report without them keeps from the earlier ones.
+KEPT_PROGRESS = ("step", "total_steps", "epoch", "total_epochs")
 
 
 class ProgressReading(NamedTuple):
@@ -81,6 +83,7 @@ class Reporter:
         self._checkpoint_wake = asyncio.Event()
         self.last_lines: collections.deque[str] = collections.deque(maxlen=LAST_LINES)
         self._rate_anchor: tuple[float, int] | None = None
+        self._known = ev.Progress()  # everything reported so far, merged (progress())
 
     def _log_batch(self, first: int, c: dict[str, list]) -> ev.LogBatch:
         batch = ev.LogBatch.of_lines(
@@ -150,18 +153,35 @@ class Reporter:
             )
 
     def progress(self, **reading: Any) -> None:
-        """Sink.progress: its keywords are ev.Progress's fields (percent is derived here)."""
-        self.progress_slot.set(ProgressReading(time.monotonic(), now_s(), ev.Progress(**reading)))
+        """Sink.progress: its keywords are ev.Progress's fields (percent is derived here). A
+        report with fewer fields (a checkpoint line's step, an epoch-only or a metrics-only
+        line) keeps what earlier ones said: totals, step and epoch are never wiped."""
+        fresh = ev.Progress(**reading)
+        kept = {name: getattr(fresh, name) if getattr(fresh, name) is not None else getattr(self._known, name)
+                for name in KEPT_PROGRESS}
+        self._known = msgspec.structs.replace(fresh, **kept)
+        self.progress_slot.set(ProgressReading(time.monotonic(), now_s(), self._known))
+
+    def progress_complete(self) -> None:
+        """The run succeeded: 100 %, at the total where one is known, no time left."""
+        known = self._known
+        if known.step is None and known.epoch is None:
+            return  # it never reported progress
+        done = msgspec.structs.replace(known, step=known.total_steps or known.step, percent=100.0,
+                                       epoch=float(known.total_epochs) if known.total_epochs else known.epoch,
+                                       eta_s=0.0, rate_steps_s=None, estimated=False)
+        self.progress_slot.set(ProgressReading(time.monotonic(), now_s(), done))
 
     def _progress_event(self, r: ProgressReading) -> ev.JobProgress:
         """Rate and ETA as the trainer printed them, else from the first step seen (reset if the
         step goes back, e.g. a resume) and marked estimated."""
         p = r.progress
-        rate = eta = percent = None
+        rate = eta = None
+        percent = p.percent  # set only for a completed run
         estimated = p.estimated
-        if p.step is not None and p.total_steps:
+        if percent is None and p.step is not None and p.total_steps:
             percent = min(100.0, 100.0 * p.step / p.total_steps)
-        if p.rate_steps_s is not None or p.eta_s is not None:
+        if p.rate_steps_s is not None or p.eta_s is not None or p.percent is not None:
             rate, eta = p.rate_steps_s, p.eta_s
         elif p.step is not None:
             if self._rate_anchor is None or p.step < self._rate_anchor[1]:

@@ -383,6 +383,8 @@ class TrainerRun(ProcessTreeControl):
             outcome, reason = ("succeeded", "") if ok else ("failed", why or words)
             if sig is not None and not ok:
                 reason = words
+            if ok:
+                self.reporter.progress_complete()
         self.reporter.system(f"{words}; {outcome}", "INFO" if outcome != "failed" else "ERROR")
         if self.root is None:
             self.released = True  # never started

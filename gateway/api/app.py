@@ -118,13 +118,15 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
         limit: Limit = 1000,
         step_min: Step = None, step_max: Step = None,
         downsample: Annotated[int | None, Parameter(ge=1, le=100_000)] = None,
-        attempt: Attempt = None,
+        attempt: Annotated[str | None, Parameter(pattern="^(all|[0-9]{1,7})$",
+                                                 description="an attempt, or all (default: the latest)")] = None,
     ) -> views.MetricSeries:
-        svc().state(job_id)
+        state = svc().state(job_id)
         names = _csv(name, "name") + _csv(metric, "metric")
+        which = None if attempt == "all" else int(attempt) if attempt is not None else state.attempt
         series = await svc().reader.metrics(job_id, names=names, by=type, limit=limit,
                                             step_min=step_min, step_max=step_max,
-                                            downsample=downsample, attempt=attempt)
+                                            downsample=downsample, attempt=which)
         return views.MetricSeries(job_id=job_id, type=type, series=series)
 
     @get(f"{PREFIX}/jobs/{{job_id:str}}/logs", guards=viewer)

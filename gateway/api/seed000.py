@@ -146,9 +146,9 @@ def seed000_router(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard],
         type: Annotated[str, Parameter(pattern="^(step|epoch)$")] = "step",
         limit: Annotated[int, Parameter(ge=1, le=10_000)] = 1000,
     ) -> Response[Envelope]:
-        svc().state(task_id)
+        latest = svc().state(task_id).attempt
         series = await svc().reader.metrics(task_id, names=[metric], by=type, limit=limit, step_min=None,
-                                            step_max=None, downsample=None, attempt=None)
+                                            step_max=None, downsample=None, attempt=latest)
         points = [{"step": p.step, "epoch": p.epoch, "value": p.value, "timestamp": p.ts_s}
                   for p in series.get(metric, [])]
         return envelope({"task_id": task_id, "metric": metric, "type": type, "data": points})

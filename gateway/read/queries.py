@@ -191,25 +191,32 @@ class Reader:
             params.append(step_max)
         cond = " AND ".join(where)
         if by == "epoch":
-            sql = (f"SELECT name, NULL::BIGINT AS step, floor(epoch) AS epoch, avg(value) AS value, "
-                   f"max(ts_s) AS ts_s, floor(epoch) AS k FROM metrics WHERE {cond} AND epoch IS NOT NULL "
-                   f"GROUP BY name, floor(epoch)")
+            # One point per epoch: the mean of its points. A series that never passes epoch 1
+            # (fractional epochs, e.g. a Trainer's 0.01, 0.02, ...) keeps its own epochs instead
+            # of collapsing into one point at 0.
+            sql = (f"SELECT name, attempt, NULL::BIGINT AS step, e AS epoch, avg(value) AS value, "
+                   f"max(ts_s) AS ts_s, e AS k FROM ("
+                   f"SELECT *, CASE WHEN max(epoch) OVER (PARTITION BY name, attempt) >= 1 THEN floor(epoch) "
+                   f"ELSE round(epoch, 4) END AS e FROM metrics WHERE {cond} AND epoch IS NOT NULL) "
+                   f"GROUP BY name, attempt, e")
         else:
-            sql = f"SELECT name, step, epoch, value, ts_s, seq AS k FROM metrics WHERE {cond}"
+            sql = f"SELECT name, attempt, step, epoch, value, ts_s, seq AS k FROM metrics WHERE {cond}"
         if downsample:
             # Equal-width buckets over each series' order; each bucket keeps its mean value.
-            sql = (f"SELECT name, max(step), max(epoch), avg(value), max(ts_s), min(k) AS k FROM ("
-                   f"SELECT *, ntile(?) OVER (PARTITION BY name ORDER BY k) AS bucket FROM ({sql})) "
-                   f"GROUP BY name, bucket")
+            sql = (f"SELECT name, attempt, max(step) AS step, max(epoch) AS epoch, avg(value) AS value, "
+                   f"max(ts_s) AS ts_s, min(k) AS k FROM ("
+                   f"SELECT *, ntile(?) OVER (PARTITION BY name, attempt ORDER BY k) AS bucket FROM ({sql})) "
+                   f"GROUP BY name, attempt, bucket")
             params = [downsample, *params]
-        sql = (f"SELECT name, step, epoch, value, ts_s FROM ("
-               f"SELECT *, row_number() OVER (PARTITION BY name ORDER BY k DESC) AS rn FROM ({sql})) "
-               f"WHERE rn <= ? ORDER BY name, k")
+        sql = (f"SELECT name, attempt, step, epoch, value, ts_s FROM ("
+               f"SELECT *, row_number() OVER (PARTITION BY name ORDER BY attempt DESC, k DESC) AS rn FROM ({sql})) "
+               f"WHERE rn <= ? ORDER BY name, attempt, k")
         params.append(limit)
         rows = await self.run(lambda c: c.execute(sql, params).fetchall())
         series: dict[str, list[views.MetricPoint]] = {}
-        for name, step, epoch, value, ts in rows:
-            series.setdefault(name, []).append(views.MetricPoint(step=step, epoch=epoch, value=value, ts_s=ts))
+        for name, at, step, epoch, value, ts in rows:
+            series.setdefault(name, []).append(
+                views.MetricPoint(attempt=at, step=step, epoch=epoch, value=value, ts_s=ts))
         return series
 
     # ---- logs ------------------------------------------------------------------------------

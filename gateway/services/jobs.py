@@ -284,9 +284,9 @@ class JobService:
         saved = detail["checkpoints"] if detail else []
         if not saved:
             raise Conflict(f"job {job_id} saved no checkpoint to resume from")
-        if checkpoint is None:
-            return await self.retry(job_id, resume_from="latest", user=user)
-        chosen = _checkpoint_named(job_id, checkpoint, saved)
+        # The latest is named by its path, as any other: the trainer (a command or hf script
+        # reading TRAINYARD_RESUME_FROM) is given a checkpoint it can open, never "latest".
+        chosen = saved[-1] if checkpoint is None else _checkpoint_named(job_id, checkpoint, saved)
         return await self.retry(job_id, resume_from=chosen["path"], user=user)
 
     async def checkpoints(self, job_id: str) -> list[dict]:
