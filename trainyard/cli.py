@@ -200,25 +200,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="start nats-server, a gateway and a local agent")
-    up.add_argument("--data-dir", default="./trainyard-data")
-    up.add_argument("--port", type=int, default=8000)
-    up.add_argument("--bind", default="127.0.0.1")
-    up.add_argument("--nats-port", type=int, default=4222)
+    up.add_argument("--data-dir", default="./trainyard-data",
+                    help="where NATS, the projection, tokens, logs and run dirs live")
+    up.add_argument("--port", type=int, default=8000, help="the API's port (default 8000)")
+    up.add_argument("--bind", default="127.0.0.1", help="the API's address (default 127.0.0.1: this machine only)")
+    up.add_argument("--nats-port", type=int, default=4222, help="the embedded nats-server's port (default 4222)")
     up.add_argument("--host", default=None, help="this machine's agent name (default: hostname)")
-    up.add_argument("--simulate-gpus", default=None, metavar="Nx80GB")
-    up.add_argument("--stop-trainers-on-exit", action="store_true")
+    up.add_argument("--simulate-gpus", default=None, metavar="Nx80GB",
+                    help="pretend this machine has N GPUs of that memory (no NVIDIA driver needed)")
+    up.add_argument("--stop-trainers-on-exit", action="store_true",
+                    help="Ctrl-C stops running trainers too (default: they run on)")
     up.set_defaults(func=cmd_up)
 
     gw = sub.add_parser("gateway", help="run a gateway (API, projector, scheduler)")
-    gw.add_argument("--data-dir", default=None)
-    gw.add_argument("--port", type=int, default=None)
-    gw.add_argument("--bind", default=None)
-    gw.add_argument("--nats-url", default=None)
+    gw.add_argument("--data-dir", default=None, help="where the projection, tokens and secrets live")
+    gw.add_argument("--port", type=int, default=None, help="the API's port (default 8000)")
+    gw.add_argument("--bind", default=None, help="the API's address (default 127.0.0.1)")
+    gw.add_argument("--nats-url", default=None, help="nats-server (default nats://127.0.0.1:4222)")
     gw.add_argument("--nats-credentials", default=None, metavar="FILE",
                     help="NATS user and password (JSON {user, password}); trainyard up writes them")
     gw.add_argument("--nats-monitor-url", default=None, metavar="URL",
                     help="nats-server's HTTP monitoring, for /health (e.g. http://127.0.0.1:8222)")
-    gw.add_argument("--replica", default=None)
+    gw.add_argument("--replica", default=None, help="this gateway's name among replicas (default g1)")
     gw.add_argument("--insecure", action="store_true", help="allow no tokens (loopback only)")
     gw.add_argument("--host-timeout-s", type=float, default=None,
                     help="a host silent this long is offline (default 15)")
@@ -226,23 +229,25 @@ def build_parser() -> argparse.ArgumentParser:
                     help="then its jobs are lost (or retried) after this much more (default 30)")
     gw.add_argument("--scheduler-lease-ttl-s", type=float, default=None,
                     help="another gateway takes over scheduling this long after the leader dies (default 6)")
-    gw.add_argument("--config", default=None)
+    gw.add_argument("--config", default=None, help="a trainyard.toml (default: DATA-DIR's, else the current dir's)")
     gw.set_defaults(func=cmd_gateway)
 
     ag = sub.add_parser("agent", help="run a host agent")
-    ag.add_argument("--host", default=None)
-    ag.add_argument("--work-dir", default=None)
-    ag.add_argument("--nats-url", default=None)
+    ag.add_argument("--host", default=None, help="this host's name (required; TRAINYARD_HOST)")
+    ag.add_argument("--work-dir", default=None, help="run dirs and state files (default ./trainyard-work)")
+    ag.add_argument("--nats-url", default=None, help="nats-server (default nats://127.0.0.1:4222)")
     ag.add_argument("--nats-credentials", default=None, metavar="FILE",
                     help="this host's agent credentials (user agent-HOST)")
-    ag.add_argument("--simulate-gpus", default=None, metavar="Nx80GB")
-    ag.add_argument("--heartbeat-interval-s", type=float, default=None)
+    ag.add_argument("--simulate-gpus", default=None, metavar="Nx80GB",
+                    help="pretend this host has N GPUs of that memory")
+    ag.add_argument("--heartbeat-interval-s", type=float, default=None, help="seconds between heartbeats (default 3)")
     ag.add_argument("--diffusion-pipe-dir", default=None, help="diffusion-pipe checkout (train.py's dir)")
     ag.add_argument("--python", default=None, help="interpreter for `hf` scripts (default: the agent's)")
     ag.add_argument("--max-log-bytes-per-attempt", type=int, default=None,
                     help="log text shipped per attempt; 0: no cap (default 4 GiB)")
-    ag.add_argument("--stop-trainers-on-exit", action="store_true")
-    ag.add_argument("--config", default=None)
+    ag.add_argument("--stop-trainers-on-exit", action="store_true", help="stopping the agent stops its trainers too")
+    ag.add_argument("--config", default=None,
+                    help="a trainyard.toml whose [agent] applies (default: the current dir's)")
     ag.set_defaults(func=cmd_agent)
 
     pr = sub.add_parser("projector", help="projector maintenance")
@@ -259,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--out", default=None)
     rb.set_defaults(func=cmd_rebuild)
 
-    from trainyard.client import add_client_commands
+    from trainyard.client_args import add_client_commands
 
     add_client_commands(sub)
 

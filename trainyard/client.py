@@ -14,7 +14,9 @@ import logging
 import os
 import re
 import sys
+import time
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +32,28 @@ API = "/api/v1/training"
 class ClientError(Exception):
     """A failed call, already phrased for the user."""
 
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field  # the request field the gateway named, if any
+
 
 class Gateway:
-    def __init__(self, url: str, token: str | None) -> None:
+    def __init__(self, url: str, token: str | None, token_from: str = "") -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=60)
+        self.token_from = token_from  # where the token was found, for the hint on a 401
+
+    def _failed(self, r: httpx.Response) -> ClientError:
+        try:
+            body = r.json()
+            detail = body.get("detail") or body.get("message") or r.text
+            field = body.get("field")
+        except ValueError:
+            detail, field = r.text, None
+        message = f"{r.status_code}: {detail}" + (f" (field {field})" if field and field not in detail else "")
+        if r.status_code == 401:
+            message += f"; {self.token_from}"
+        return ClientError(message, field)
 
     def call(self, method: str, path: str, **kw: Any) -> Any:
         try:
@@ -42,16 +61,19 @@ class Gateway:
         except httpx.HTTPError as exc:
             raise ClientError(f"cannot reach the gateway at {self.http.base_url}: {exc}") from None
         if r.status_code >= 400:
-            try:
-                body = r.json()
-                detail = body.get("detail") or body.get("message") or r.text
-                field = body.get("field")
-            except ValueError:
-                detail, field = r.text, None
-            raise ClientError(
-                f"{r.status_code}: {detail}" + (f" (field {field})" if field and field not in detail else "")
-            )
+            raise self._failed(r)
         return r.json() if r.content else None
+
+    def text(self, path: str, **params: Any) -> Iterator[bytes]:
+        """A streamed text body, chunk by chunk (a whole log: constant memory)."""
+        try:
+            with self.http.stream("GET", path, params=params, timeout=None) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    raise self._failed(r)
+                yield from r.iter_bytes()
+        except httpx.HTTPError as exc:
+            raise ClientError(f"stream broken: {exc}") from None
 
     def stream(self, path: str, **params: Any):
         """(event, data) of an SSE stream."""
@@ -60,7 +82,7 @@ class Gateway:
             with self.http.stream("GET", path, params=params, timeout=None) as r:
                 if r.status_code >= 400:
                     r.read()
-                    raise ClientError(f"{r.status_code}: {r.json().get('detail', r.text)}")
+                    raise self._failed(r)
                 for line in r.iter_lines():
                     if line == "":
                         if data:
@@ -74,13 +96,17 @@ class Gateway:
             raise ClientError(f"stream broken: {exc}") from None
 
 
-def _token(args: argparse.Namespace) -> str | None:
+def _token(args: argparse.Namespace) -> tuple[str | None, str]:
+    """The token, and where it came from (said on a 401)."""
     if args.token:
-        return args.token
+        return args.token, "the token given with --token was refused"
     if os.environ.get("TRAINYARD_TOKEN"):
-        return os.environ["TRAINYARD_TOKEN"]
+        return os.environ["TRAINYARD_TOKEN"], "the token in TRAINYARD_TOKEN was refused"
     path = Path(args.data_dir) / "api-token"
-    return path.read_text().strip() if path.is_file() else None
+    if path.is_file():
+        return path.read_text().strip(), f"the token in {path.resolve()} was refused"
+    return None, (f"no token: none given with --token or TRAINYARD_TOKEN, and no {path.resolve()} "
+                  "(give --data-dir where `trainyard up` wrote api-token)")
 
 
 def _console() -> Console:
@@ -97,12 +123,24 @@ def _shown(text: str) -> str:
     return rich_escape(_CONTROL.sub("?", text))
 
 
+# Columns that hold a time (seconds since the epoch): shown as a local date and time.
+TIME_COLUMNS = frozenset({"ts_s", "submitted_s", "started_s", "finished_s", "last_seen_s"})
+
+
+def _cell(key: str, value: object) -> str:
+    if value is None:
+        return ""
+    if key in TIME_COLUMNS and isinstance(value, int | float):
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+    return _shown(str(value))
+
+
 def _table(rows: list[dict], columns: list[tuple[str, str]], title: str | None = None) -> None:
     table = Table(title=title, header_style="bold")
     for _, header in columns:
         table.add_column(header, overflow="fold")
     for row in rows:
-        table.add_row(*("" if row.get(k) is None else _shown(str(row.get(k))) for k, _ in columns))
+        table.add_row(*(_cell(k, row.get(k)) for k, _ in columns))
     _console().print(table)
 
 
@@ -119,15 +157,50 @@ def cmd_submit(gw: Gateway, args: argparse.Namespace) -> None:
     if args.file:
         text = Path(args.file).read_bytes()
         body = tomllib.loads(text.decode()) if args.file.endswith(".toml") else json.loads(text)
-    for key in ("trainer", "name", "priority", "gpus", "host", "max_retries"):
+    for key in ("trainer", "name", "priority", "gpus", "host", "max_retries", "webhook_url"):
         value = getattr(args, key)
         if value is not None:
             body[key] = value
+    if args.gpu_ids is not None:
+        body["gpu_ids"] = [int(i) for i in args.gpu_ids.split(",") if i.strip()]
+    if args.hold:
+        body["hold"] = True
+    if args.env:
+        body["env"] = {**body.get("env", {}), **dict(_key_value(item) for item in args.env)}
     if args.argv:
         body.setdefault("trainer", "command")
         body["command"] = args.argv
-    made = gw.call("POST", f"{API}/jobs", json=body)
+    here = False
+    if body.get("trainer", "command") in ("command", "hf") and "cwd" not in body:
+        if args.cwd:
+            body["cwd"] = str(Path(args.cwd).resolve())
+        elif _is_local(args.url):
+            # Where the user stands, as `python train.py` means it; a remote gateway's hosts do
+            # not share this directory.
+            body["cwd"], here = os.getcwd(), True
+    try:
+        made = gw.call("POST", f"{API}/jobs", json=body)
+    except ClientError as exc:
+        if not (here and exc.field == "cwd"):
+            raise
+        # This directory is outside the allowed roots: the job runs in its run dir instead.
+        print(f"trainyard submit: note: {body.pop('cwd')} is outside the allowed roots; the job runs in "
+              "its run dir (give --cwd, or submit from under an allowed root)", file=sys.stderr)
+        made = gw.call("POST", f"{API}/jobs", json=body)
     _print(made, args.json, lambda m: print(f"{m['job_id']}  {m['status']}  {m['message']}"))
+
+
+def _key_value(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--env {item!r}: give KEY=VALUE")
+    return key, value
+
+
+def _is_local(url: str) -> bool:
+    """Whether the gateway runs on this machine (then so does `up`'s agent, in its cwd terms)."""
+    host = httpx.URL(url).host
+    return host in ("127.0.0.1", "localhost", "::1")
 
 
 def cmd_list(gw: Gateway, args: argparse.Namespace) -> None:
@@ -153,23 +226,36 @@ def cmd_logs(gw: Gateway, args: argparse.Namespace) -> None:
             elif event == "end":
                 print(f"-- job {data}", file=sys.stderr)
         return
-    page = gw.call("GET", f"{API}/jobs/{args.job}/logs", params={**params, "tail": args.tail})
-    _print(page, args.json, lambda p: print("\n".join(line["text"] for line in p["lines"])))
+    if args.attempt is not None:
+        params["attempt"] = args.attempt
+    if args.json:
+        page = gw.call("GET", f"{API}/jobs/{args.job}/logs", params={**params, "tail": args.tail or 1000})
+        _print(page, True, print)
+        return
+    out = sys.stdout.buffer
+    tty = sys.stdout.isatty()
+    for chunk in gw.text(f"{API}/jobs/{args.job}/logs.txt", **params, **({"tail": args.tail} if args.tail else {})):
+        # Shown on a terminal, a trainer's escape sequences would act on it (security review L4).
+        out.write(_CONTROL.sub("?", chunk.decode(errors="replace")).encode() if tty else chunk)
+    out.flush()
 
 
 def cmd_progress(gw: Gateway, args: argparse.Namespace) -> None:
     """A live bar (step, loss, rate, ETA) until the job ends."""
-    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total}"),
+    gw.call("GET", f"{API}/jobs/{args.job}/status")  # an unknown job is one error line, not a bar first
+    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[count]}"),
                TextColumn("{task.fields[loss]}"), TextColumn("{task.fields[rate]}"), TimeRemainingColumn()]
     with Progress(*columns) as bar:
-        task = bar.add_task(args.job, total=None, loss="", rate="")
+        task = bar.add_task(args.job, total=None, loss="", rate="", count="")
         for event, data in gw.stream(f"{API}/jobs/{args.job}/progress/stream"):
             if event == "end":
                 bar.update(task, description=f"{args.job} {data}")
                 break
             p = json.loads(data)
             loss = p["latest_metrics"].get("loss")
-            bar.update(task, completed=p["step"] or 0, total=p["total_steps"],
+            step, total = p["step"], p["total_steps"]
+            bar.update(task, completed=step or 0, total=total,
+                       count=f"{step}/{total}" if step is not None and total else (f"step {step}" if step else ""),
                        description=f"{args.job} {p['status']}",
                        loss=f"loss {loss:.4g}" if loss is not None else "",
                        rate=f"{p['rate_steps_s']:.2f} step/s" if p["rate_steps_s"] else "")
@@ -249,57 +335,9 @@ COMMANDS = {
 }
 
 
-def add_client_commands(sub: argparse._SubParsersAction) -> None:
-    def command(name: str, help_text: str, *, job: bool = False) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--url", default=os.environ.get("TRAINYARD_URL", "http://127.0.0.1:8000"))
-        p.add_argument("--token", default=None)
-        p.add_argument("--data-dir", default="./trainyard-data", help="where `trainyard up` left api-token")
-        p.add_argument("--json", action="store_true", help="print the API's JSON")
-        if job:
-            p.add_argument("job")
-        p.set_defaults(func=run_client, client_command=name)
-        return p
-
-    p = command("submit", "submit a job (flags, a TOML/JSON file, or `-- argv...` for a command job)")
-    p.add_argument("--file", default=None)
-    p.add_argument("--trainer", default=None)
-    p.add_argument("--name", default=None)
-    p.add_argument("--priority", type=int, default=None)
-    p.add_argument("--gpus", type=int, default=None)
-    p.add_argument("--host", default=None)
-    p.add_argument("--max-retries", dest="max_retries", type=int, default=None)
-    p.add_argument("argv", nargs="*")
-    p = command("list", "list jobs, newest first")
-    p.add_argument("--status", default=None)
-    p.add_argument("--trainer", default=None)
-    p.add_argument("--limit", type=int, default=50)
-    command("show", "a job's detail", job=True)
-    p = command("logs", "a job's log (-f follows it until the job ends)", job=True)
-    p.add_argument("-f", "--follow", action="store_true")
-    p.add_argument("--tail", type=int, default=100)
-    p.add_argument("--type", default=None)
-    p.add_argument("--level", default=None)
-    command("progress", "a live progress bar until the job ends", job=True)
-    p = command("stop", "stop a job", job=True)
-    p.add_argument("--force", action="store_true")
-    p.add_argument("--grace", type=float, default=None)
-    p = command("resume", "a new attempt from the latest or a named checkpoint", job=True)
-    p.add_argument("--checkpoint", default=None)
-    p = command("export", "the job's export step (swift: merge the LoRA)", job=True)
-    p.add_argument("--checkpoint", default=None)
-    command("queue", "the queue, in order, with why each job waits")
-    command("gpus", "every GPU of every host")
-    command("hosts", "the agents")
-    command("events", "a job's whole event history", job=True)
-    p = command("sql", "read-only SQL over the projection (admin)")
-    p.add_argument("query")
-    p.add_argument("--limit", type=int, default=1000)
-
-
 def run_client(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
-    gw = Gateway(args.url, _token(args))
+    gw = Gateway(args.url, *_token(args))
     try:
         COMMANDS[args.client_command](gw, args)
     except ClientError as exc:

@@ -11,6 +11,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import Parameter
+from litestar.response import Stream
 from litestar.types import Guard
 
 from gateway import schemas as views
@@ -29,6 +30,7 @@ from gateway.api.params import log_filters
 from gateway.api.params import since_seconds as _since
 from gateway.api.seed000 import seed000_router
 from gateway.errors import InvalidField, ServiceError, decode_body
+from gateway.read.queries import LogFilter
 from gateway.read.sql import SqlRequest, encode_result
 from gateway.runtime import GatewayRuntime
 from shared.jobspec import JobRequest
@@ -133,17 +135,32 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
     async def job_logs(
         job_id: str, type: str = "all", level: str | None = None,
         tail: Annotated[int | None, Parameter(ge=1, le=10_000)] = None,
-        limit: Limit = 1000, since: str | None = None,
+        limit: Annotated[int | None, Parameter(ge=1, le=10_000, description="default: tail, else 1000")] = None,
+        since: str | None = None,
         after_seq: Seq = None,
         q: Annotated[str | None, Parameter(max_length=200)] = None, attempt: Attempt = None,
     ) -> views.LogPage:
+        """A page of log lines; `tail` gives the last N (not cut by a default `limit`). The whole
+        log, however long, as text: GET .../logs.txt."""
         svc().state(job_id)
         kind, min_level = log_filters(type, level)
         lines = await svc().reader.logs(job_id, kind=kind, min_level=min_level,
-                                        tail=tail, limit=limit, since_s=_since(since),
+                                        tail=tail, limit=limit or tail or 1000, since_s=_since(since),
                                         after_seq=after_seq, q=q, attempt=attempt)
         return views.LogPage(job_id=job_id, lines=lines,
                              next_after_seq=lines[-1].seq if lines else after_seq)
+
+    @get(f"{PREFIX}/jobs/{{job_id:str}}/logs.txt", guards=viewer, media_type="text/plain; charset=utf-8")
+    async def job_log_text(
+        job_id: str, type: str = "all", level: str | None = None,
+        tail: Annotated[int | None, Parameter(ge=1, le=2**62)] = None, attempt: Attempt = None,
+    ) -> Stream:
+        """The whole log as plain text, a line each, streamed (millions of lines in constant
+        memory), or its last `tail` lines: what `trainyard logs JOB` prints."""
+        svc().state(job_id)
+        kind, min_level = log_filters(type, level)
+        chosen = LogFilter(kind=kind, min_level=min_level, attempt=attempt)
+        return Stream(svc().reader.log_text(job_id, chosen, tail), media_type="text/plain; charset=utf-8")
 
     @get(f"{PREFIX}/jobs/{{job_id:str}}/events", guards=viewer)
     async def job_events(job_id: str, request: Request, limit: Limit = 1000,
@@ -211,8 +228,8 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
 
     return Litestar(
         route_handlers=[*document_errors([create_job, list_jobs, job_detail, job_status, job_progress, job_metrics,
-                        job_logs, job_events, stop_job, start_job, delete_job, export_job, retry_job, resume_job,
-                        job_checkpoints, run_sql, health,
+                        job_logs, job_log_text, job_events, stop_job, start_job, delete_job, export_job,
+                        retry_job, resume_job, job_checkpoints, run_sql, health,
                         *cluster_routes(runtime, PREFIX, viewer=viewer, operator=operator, admin=admin),
                         *stream_routes(runtime, PREFIX, viewer=viewer)]),
                         seed000_router(runtime, "/api/v1", viewer=viewer, operator=operator)],

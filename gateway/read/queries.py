@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import duckdb
@@ -30,6 +31,44 @@ _JOB_COLUMNS = (
     "job_id, name, trainer, status, priority, gpus, attempt, host, gpu_ids, submitted_s, "
     "started_s, finished_s, exit_code, reason"
 )
+
+
+TEXT_PAGE_ROWS = 20_000  # lines per query of a streamed text log
+
+
+@dataclass(frozen=True)
+class LogFilter:
+    """Which log lines a request wants (GET .../logs and .../logs.txt)."""
+
+    kind: str = "all"
+    min_level: str | None = None
+    attempt: int | None = None
+    since_s: float | None = None
+    after_seq: int | None = None
+    q: str | None = None
+
+    def where(self, job_id: str) -> tuple[str, list[Any]]:
+        where = ["job_key = ?", "job_id = ?"]
+        params: list[Any] = [job_key(job_id), job_id]
+        if self.kind != "all":
+            where.append("kind = ?")
+            params.append(self.kind)
+        if self.min_level:
+            where.append("level IN (SELECT unnest(?::VARCHAR[]))")
+            params.append(list(levels_from(self.min_level)))
+        if self.attempt is not None:
+            where.append("attempt = ?")
+            params.append(self.attempt)
+        if self.since_s is not None:
+            where.append("ts_s >= ?")
+            params.append(self.since_s)
+        if self.after_seq is not None:
+            where.append("seq > ?")
+            params.append(self.after_seq)
+        if self.q:
+            where.append("contains(text, ?)")
+            params.append(self.q)
+        return " AND ".join(where), params
 
 
 class Reader:
@@ -223,27 +262,7 @@ class Reader:
     async def logs(self, job_id: str, *, kind: str, min_level: str | None, tail: int | None,
                    limit: int, since_s: float | None, after_seq: int | None, q: str | None,
                    attempt: int | None) -> list[views.LogLine]:
-        where = ["job_key = ?", "job_id = ?"]
-        params: list[Any] = [job_key(job_id), job_id]
-        if kind != "all":
-            where.append("kind = ?")
-            params.append(kind)
-        if min_level:
-            where.append("level IN (SELECT unnest(?::VARCHAR[]))")
-            params.append(list(levels_from(min_level)))
-        if attempt is not None:
-            where.append("attempt = ?")
-            params.append(attempt)
-        if since_s is not None:
-            where.append("ts_s >= ?")
-            params.append(since_s)
-        if after_seq is not None:
-            where.append("seq > ?")
-            params.append(after_seq)
-        if q:
-            where.append("contains(text, ?)")
-            params.append(q)
-        cond = " AND ".join(where)
+        cond, params = LogFilter(kind, min_level, attempt, since_s, after_seq, q).where(job_id)
         if tail:
             sql = (f"SELECT * FROM (SELECT seq, attempt, ts_s, stream, level, kind, text FROM logs "
                    f"WHERE {cond} ORDER BY attempt DESC, seq DESC LIMIT ?) ORDER BY attempt, seq")
@@ -255,6 +274,29 @@ class Reader:
         rows = await self.run(lambda c: c.execute(sql, params).fetchall())
         return [views.LogLine(seq=r[0], attempt=r[1], ts_s=r[2], stream=r[3], level=r[4], kind=r[5], text=r[6])
                 for r in rows]
+
+    async def log_text(self, job_id: str, chosen: LogFilter, tail: int | None) -> AsyncIterator[bytes]:
+        """The log's text, a line each, in pages (constant memory however long the log): all of
+        it, or its last `tail` lines."""
+        cond, params = chosen.where(job_id)
+        key = (-1, -1)  # (attempt, seq) of the last line sent
+        if tail:
+            first = await self.run(lambda c: c.execute(
+                f"SELECT attempt, seq FROM logs WHERE {cond} ORDER BY attempt DESC, seq DESC LIMIT 1 OFFSET ?",
+                [*params, tail - 1]).fetchall())
+            if first:
+                key = (first[0][0], first[0][1] - 1)
+        page = (f"SELECT attempt, seq, text FROM logs WHERE {cond} AND (attempt > ? OR (attempt = ? AND seq > ?)) "
+                f"ORDER BY attempt, seq LIMIT {TEXT_PAGE_ROWS}")
+        while True:
+            args = [*params, key[0], key[0], key[1]]
+            rows = await self.run(lambda c: c.execute(page, args).fetchall())  # noqa: B023 (awaited here)
+            if not rows:
+                return
+            yield ("\n".join(r[2] for r in rows) + "\n").encode()
+            key = (rows[-1][0], rows[-1][1])
+            if len(rows) < TEXT_PAGE_ROWS:
+                return
 
     # ---- events ----------------------------------------------------------------------------
     async def events(self, job_id: str, limit: int, after_seq: int | None) -> list[views.EventView]:

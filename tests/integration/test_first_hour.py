@@ -3,9 +3,12 @@ is a path of the README that broke or said the wrong thing."""
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -143,3 +146,57 @@ def test_up_is_ready_when_it_says_so_and_its_agent_reads_the_data_dirs_toml(tmp_
     finally:
         up.send_signal(signal.SIGINT)
         up.communicate(timeout=60)
+
+
+def cli(cluster: Cluster, *args: str, cwd: Path | None = None, token: str | None = None,
+        timeout_s: float = 60) -> subprocess.CompletedProcess:
+    """The real `trainyard` command, as a user types it (its flags after the subcommand)."""
+    return subprocess.run([sys.executable, "-m", "trainyard", args[0], "--url", cluster.url,
+                           "--token", token or cluster.token, *args[1:]],
+                          capture_output=True, text=True, timeout=timeout_s, cwd=cwd)
+
+
+def test_the_readmes_cli_submit_runs_the_script_where_the_user_stands(cluster: Cluster) -> None:
+    project = WORKSPACE / "first-hour-project"
+    project.mkdir(exist_ok=True)
+    (project / "train.py").write_text("import os, sys\nprint(os.getcwd(), os.environ['LR'], sys.argv[1:])\n")
+    made = cli(cluster, "submit", "--json", "--gpus", "0", "--env", "LR=1e-4", "--hold", "--priority", "7",
+               "--max-retries", "1", "--", "python", "train.py", "--steps", "3", cwd=project)
+    assert made.returncode == 0, made.stderr
+    job = json.loads(made.stdout)["job_id"]
+    assert cluster.api.status(job)["status"] == "pending"  # held until released
+    assert cluster.api.client.post(f"/jobs/{job}/start").status_code == 200
+    assert cluster.api.wait(job)["status"] == "succeeded"
+    said = [ln["text"] for ln in cluster.api.logs(job, type="train")]
+    assert said == [f"{project} 1e-4 ['--steps', '3']"], said
+    assert cluster.api.client.get(f"/jobs/{job}").json()["priority"] == 7
+
+
+def test_cli_logs_prints_the_whole_log_and_tail_is_not_capped(cluster: Cluster) -> None:
+    job = cluster.api.submit([sys.executable, "-c", "for i in range(25000): print('line', i)"])
+    assert cluster.api.wait(job, timeout_s=60)["status"] == "succeeded"
+    whole = cli(cluster, "logs", job, "--type", "train")
+    assert whole.returncode == 0, whole.stderr
+    assert whole.stdout.splitlines() == [f"line {i}" for i in range(25000)]
+    tail = cli(cluster, "logs", job, "--type", "train", "--tail", "5000")
+    assert tail.stdout.splitlines() == [f"line {i}" for i in range(20000, 25000)]
+    api_tail = cluster.api.client.get(f"/jobs/{job}/logs", params={"type": "train", "tail": 5000}).json()["lines"]
+    assert len(api_tail) == 5000 and api_tail[-1]["text"] == "line 24999"
+    text = cluster.api.client.get(f"/jobs/{job}/logs.txt", params={"type": "train"})
+    assert text.headers["content-type"].startswith("text/plain") and text.text.count("\n") == 25000
+
+
+def test_cli_errors_are_one_line_and_say_where_the_token_came_from(cluster: Cluster, tmp_path: Path) -> None:
+    missing = cli(cluster, "progress", "job_20250101_000000_abcdef")
+    assert missing.returncode == 1 and missing.stdout == "" and missing.stderr.count("\n") == 1
+    assert "404" in missing.stderr, missing.stderr
+    refused = cli(cluster, "list", token="not-a-token")
+    assert refused.returncode == 1 and "the token given with --token was refused" in refused.stderr
+    none = subprocess.run([sys.executable, "-m", "trainyard", "list", "--url", cluster.url, "--data-dir",
+                           str(tmp_path)], capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "TRAINYARD_TOKEN"})
+    assert none.returncode == 1 and "give --data-dir where `trainyard up` wrote api-token" in none.stderr
+    job = cluster.api.submit([sys.executable, "-c", "print('x')"])
+    cluster.api.wait(job)
+    events = cli(cluster, "events", job)
+    assert events.returncode == 0 and "1796" not in events.stdout and time.strftime("%Y-") in events.stdout

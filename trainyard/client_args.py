@@ -1,0 +1,65 @@
+"""The client commands' flags (the commands themselves are in client.py)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from trainyard.client import run_client
+
+
+def add_client_commands(sub: argparse._SubParsersAction) -> None:
+    def command(name: str, help_text: str, *, job: bool = False) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--url", default=os.environ.get("TRAINYARD_URL", "http://127.0.0.1:8000"),
+                       help="the gateway (default: TRAINYARD_URL, else http://127.0.0.1:8000)")
+        p.add_argument("--token", default=None, help="API token (default: TRAINYARD_TOKEN, else DATA-DIR/api-token)")
+        p.add_argument("--data-dir", default="./trainyard-data", help="where `trainyard up` left api-token")
+        p.add_argument("--json", action="store_true", help="print the API's JSON")
+        if job:
+            p.add_argument("job", help="the job's id")
+        p.set_defaults(func=run_client, client_command=name)
+        return p
+
+    p = command("submit", "submit a job (flags, a TOML/JSON file, or `-- argv...` for a command job)")
+    p.add_argument("--file", default=None, help="the job as a .toml or .json file (flags override its keys)")
+    p.add_argument("--trainer", default=None, help="command (default with argv), hf, swift or diffusion-pipe")
+    p.add_argument("--name", default=None, help="a name to find the job by")
+    p.add_argument("--priority", type=int, default=None, help="0-9, higher first (default 5)")
+    p.add_argument("--gpus", type=int, default=None, help="how many GPUs (0: none)")
+    p.add_argument("--gpu-ids", dest="gpu_ids", default=None, metavar="0,1", help="these GPUs (with --host: on it)")
+    p.add_argument("--host", default=None, help="run on this host")
+    p.add_argument("--max-retries", dest="max_retries", type=int, default=None,
+                   help="start it again this often if it fails (with back-off)")
+    p.add_argument("--hold", action="store_true", help="queue it held: it starts once released (`POST .../start`)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="an environment variable (repeat)")
+    p.add_argument("--cwd", default=None,
+                   help="where it runs (default: this directory when the gateway is on this machine)")
+    p.add_argument("--webhook", dest="webhook_url", default=None, metavar="URL", help="POST its events here")
+    p.add_argument("argv", nargs="*", help="the command to run (after --)")
+    p = command("list", "list jobs, newest first")
+    p.add_argument("--status", default=None, help="only these statuses (comma list)")
+    p.add_argument("--trainer", default=None, help="only this trainer")
+    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    command("show", "a job's detail", job=True)
+    p = command("logs", "a job's whole log, streamed (-f follows it until the job ends)", job=True)
+    p.add_argument("-f", "--follow", action="store_true", help="print new lines as they come, until the job ends")
+    p.add_argument("--tail", type=int, default=None, help="only the last N lines")
+    p.add_argument("--type", default=None, help="train, eval, system or all (default all)")
+    p.add_argument("--level", default=None, help="this level and graver: DEBUG, INFO, WARNING, ERROR, CRITICAL")
+    p.add_argument("--attempt", type=int, default=None, help="only this attempt (default: all of them)")
+    command("progress", "a live progress bar until the job ends", job=True)
+    p = command("stop", "stop a job", job=True)
+    p.add_argument("--force", action="store_true", help="SIGKILL at once")
+    p.add_argument("--grace", type=float, default=None, help="seconds between SIGTERM and SIGKILL")
+    p = command("resume", "a new attempt from the latest or a named checkpoint", job=True)
+    p.add_argument("--checkpoint", default=None, help="a checkpoint's name or path (default: the latest)")
+    p = command("export", "the job's export step (swift: merge the LoRA)", job=True)
+    p.add_argument("--checkpoint", default=None, help="a checkpoint's name or path (default: the latest)")
+    command("queue", "the queue, in order, with why each job waits")
+    command("gpus", "every GPU of every host")
+    command("hosts", "the agents")
+    command("events", "a job's whole event history", job=True)
+    p = command("sql", "read-only SQL over the projection (admin)")
+    p.add_argument("query", help="one SELECT / WITH / EXPLAIN")
+    p.add_argument("--limit", type=int, default=1000, help="at most this many rows (default 1000)")
