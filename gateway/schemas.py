@@ -24,6 +24,7 @@ class JobSummary(msgspec.Struct, kw_only=True):
     finished_s: float | None
     exit_code: int | None
     reason: str
+    description: str = ""
 
 
 class JobList(msgspec.Struct, kw_only=True):
@@ -243,6 +244,7 @@ class ProcessResult(msgspec.Struct, kw_only=True):
     processor_running: bool
     placed: list[dict[str, Any]]
     still_waiting: int
+    message: str = ""
 
 
 class SystemStatus(msgspec.Struct, kw_only=True):

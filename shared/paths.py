@@ -105,7 +105,8 @@ def confine(raw: str, roots: list[str], what: str) -> str:
         text = os.path.join(roots[0], text)
     path = os.path.normpath(text)
     if not _under(path, [os.path.normpath(os.path.abspath(r)) for r in roots]):
-        raise PathNotAllowed(f"{what} {raw!r} is outside the allowed roots ({', '.join(roots) or 'none'})")
+        raise PathNotAllowed(f"{what} {raw!r} is outside the allowed roots ({', '.join(roots) or 'none'}); "
+                             "the allowed_roots setting (TRAINYARD_ALLOWED_ROOTS) of the gateway and agents adds one")
     real = os.path.realpath(path)
     if real != path and not _under(real, [os.path.realpath(r) for r in roots]):
         raise PathNotAllowed(f"{what} {raw!r} leads through a symlink to {real}, outside the allowed roots")

@@ -92,7 +92,7 @@ class Api:
 
     def logs(self, job_id: str, **params) -> list[dict]:
         lines: list[dict] = []
-        after = None
+        after = None if "tail" in params else -1  # from the first line (without it: the latest)
         while True:
             q = {"limit": 10000, **params}
             if after is not None:

@@ -292,6 +292,7 @@ class TrainerRun(ProcessTreeControl):
         watch = FileWatch.open([tail.path for tail in tails])
         delay = POLL_MIN_S
         next_snapshot = time.monotonic() + SNAPSHOT_EVERY_S
+        leftovers_killed = False
         try:
             while True:
                 exited = waiter.done()
@@ -303,6 +304,12 @@ class TrainerRun(ProcessTreeControl):
                     if self._read(tail, parser):
                         got = True
                 if exited and not got and not backlogged:
+                    if not self.released and not leftovers_killed:
+                        # The keeper is gone, but what it left (a trainer whose keeper was
+                        # killed, workers) may print on: kill it all, then read once more.
+                        await self._release()
+                        leftovers_killed = True
+                        continue
                     for tail in tails:  # an unterminated last line
                         self._feed(tail, parser, *tail.splitter.feed(b"", final=True))
                     break
@@ -333,7 +340,8 @@ class TrainerRun(ProcessTreeControl):
         if self.returncode is None and self.killed:
             self.returncode = -signal.SIGKILL
         self._save_state()
-        await self._release()
+        if not leftovers_killed:
+            await self._release()  # (the watch ended early: cancelled)
         if self.returncode is None:
             await self._report_lost()
             return

@@ -140,10 +140,13 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
         after_seq: Seq = None,
         q: Annotated[str | None, Parameter(max_length=200)] = None, attempt: Attempt = None,
     ) -> views.LogPage:
-        """A page of log lines; `tail` gives the last N (not cut by a default `limit`). The whole
-        log, however long, as text: GET .../logs.txt."""
+        """A page of log lines: the latest `limit` (or `tail`) lines, as seed 002 answered, or,
+        from `after_seq` (-1: the first line) or `since`, the next `limit` lines. The whole log,
+        however long, as text: GET .../logs.txt."""
         svc().state(job_id)
         kind, min_level = log_filters(type, level)
+        if tail is None and after_seq is None and since is None:
+            tail = limit or 1000
         lines = await svc().reader.logs(job_id, kind=kind, min_level=min_level,
                                         tail=tail, limit=limit or tail or 1000, since_s=_since(since),
                                         after_seq=after_seq, q=q, attempt=attempt)

@@ -21,6 +21,7 @@ from gateway import schemas as views
 from gateway.api.auth import caller_name, caller_role
 from gateway.api.errors import parameter_error
 from gateway.api.openapi import body_operation
+from gateway.api.params import csv_list as _csv
 from gateway.api.params import log_filters, since_seconds
 from gateway.errors import InvalidField, ServiceError, decode_body
 from gateway.runtime import GatewayRuntime
@@ -110,15 +111,15 @@ def seed000_router(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard],
         offset: Annotated[int, Parameter(ge=0, le=10_000_000)] = 0,
     ) -> Response[Envelope]:
         statuses = []
-        if status:
-            ours = FROM_SEED.get(status, status)
+        for one in _csv(status, "status"):  # one status, or a comma list as the main API takes
+            ours = FROM_SEED.get(one, one)
             if ours not in JobStatus.__members__.values():
-                raise InvalidField(f"unknown status {status!r}", field="status")
-            statuses = [ours]
+                raise InvalidField(f"unknown status {one!r}", field="status")
+            statuses.append(ours)
         page = await svc().reader.list_jobs(status=statuses, trainer=None, host=None, q=None,
                                             limit=limit, offset=offset, gpu_id=gpu_id)
         tasks = [{"task_id": j.job_id, "status": seed_status(j.status), "trainer": j.trainer,
-                  "gpu_id": j.gpu_ids[0] if j.gpu_ids else None, "description": j.name,
+                  "gpu_id": j.gpu_ids[0] if j.gpu_ids else None, "description": j.description,
                   "created_at": j.submitted_s, "started_at": j.started_s, "finished_at": j.finished_s}
                  for j in page.jobs]
         return envelope({"tasks": tasks, "total": page.total, "limit": limit, "offset": offset})

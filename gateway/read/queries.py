@@ -29,7 +29,7 @@ def levels_from(min_level: str) -> tuple[str, ...]:
 
 _JOB_COLUMNS = (
     "job_id, name, trainer, status, priority, gpus, attempt, host, gpu_ids, submitted_s, "
-    "started_s, finished_s, exit_code, reason"
+    "started_s, finished_s, exit_code, reason, description"
 )
 
 
@@ -316,5 +316,5 @@ def _summary(r: tuple) -> views.JobSummary:
     return views.JobSummary(
         job_id=r[0], name=r[1] or "", trainer=r[2], status=r[3], priority=r[4], gpus=r[5],
         attempt=r[6], host=r[7], gpu_ids=list(r[8] or []), submitted_s=r[9], started_s=r[10],
-        finished_s=r[11], exit_code=r[12], reason=r[13] or "",
+        finished_s=r[11], exit_code=r[12], reason=r[13] or "", description=r[14] or "",
     )

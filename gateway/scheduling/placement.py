@@ -237,6 +237,12 @@ def _why_waiting(needs: JobNeeds, pool: _Pool) -> str:
         return f"host {needs.host} is not online"
     if needs.gpu_ids:
         where = f" on {needs.host}" if needs.host else ""
+        ids = ",".join(map(str, needs.gpu_ids))
+        hosts = [needs.host] if needs.host else list(pool.hosts)
+        if not any(set(needs.gpu_ids) <= set(pool.hosts[h].gpu_memory_mb) for h in hosts):
+            most = max(len(pool.hosts[h].gpu_memory_mb) for h in hosts)
+            owner = f"host {needs.host} has" if needs.host else "no online host has"
+            return f"no such GPU: needs GPUs {ids}, but {owner} them (GPUs are numbered from 0; at most {most})"
         return f"needs GPUs {','.join(map(str, needs.gpu_ids))}{where}, which are busy or reserved"
     need = f"{needs.gpus} GPU{'s' if needs.gpus != 1 else ''}"
     if needs.min_gpu_memory_gb:

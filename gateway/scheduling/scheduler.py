@@ -294,8 +294,10 @@ class Scheduler:
         await self._repeat_stops(states, now)
         deadline = self.host_timeout_s + self.host_lost_grace_s
         # A new leader (a restarted gateway, a take-over) first watches the hosts for one
-        # timeout: its projection of the heartbeats may still be catching up.
-        settled = now - self._leader_since >= self.host_timeout_s
+        # timeout, and until its projection has replayed what the streams held when it started
+        # (a fresh or set-aside file takes a while): before that, a job it has not yet seen
+        # started looks "moved past" and would be stopped (the soak caught one after a rebuild).
+        settled = now - self._leader_since >= self.host_timeout_s and self.projector.catching_up() is None
         for job_id, state in list(states.items()) if settled else ():
             if state.status not in ON_HOST or state.host is None:
                 continue
@@ -365,8 +367,10 @@ class Scheduler:
     async def _local_pass(self) -> PassResult:
         await self.maintain()
         placed = [] if self.paused else await self.run_pass()
+        # While paused no pass ran: every queued job is still waiting.
+        waiting = len(self.queued()) if self.paused else len(self.waiting)
         return PassResult(
-            leader=self.lease.replica, paused=self.paused, waiting=len(self.waiting),
+            leader=self.lease.replica, paused=self.paused, waiting=waiting,
             placed=[{"job_id": a.job_id, "attempt": a.attempt, "host": a.host, "gpu_ids": list(a.gpu_ids)}
                     for a in placed],
         )

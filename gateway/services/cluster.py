@@ -93,8 +93,8 @@ class ClusterService:
         """Seconds until each queued job is expected to start, where the running jobs' ETAs and
         the past runs of the queued jobs' trainers allow an estimate."""
         queue, hosts = self.scheduler.snapshot()
-        if not queue:
-            return {}
+        if not queue or self.scheduler.paused:
+            return {}  # nothing starts while the processor is stopped: no "about 0 s"
         states, needs = self.projector.live_states, self.projector.needs
         running = {j: s for j, s in states.items() if s.status in ON_HOST and s.host in hosts}
         etas = await self.reader.progress_etas(list(running))
@@ -169,8 +169,10 @@ class ClusterService:
             result = await self.scheduler.process_now()
         except LeaderUnavailable as exc:
             raise Unavailable(str(exc)) from None
+        message = ("the queue processor is stopped: nothing was placed (POST /queue/processor/start resumes it)"
+                   if result.paused else f"placed {len(result.placed)}; {result.waiting} still waiting")
         return views.ProcessResult(leader=result.leader, processor_running=not result.paused,
-                                   placed=result.placed, still_waiting=result.waiting)
+                                   placed=result.placed, still_waiting=result.waiting, message=message)
 
     def system_status(self, health: views.Health) -> views.SystemStatus:
         now = now_s()

@@ -49,10 +49,24 @@ def _checkpoint_named(job_id: str, name: str, saved: list[dict]) -> dict:
     raise NotFound(f"job {job_id} has no checkpoint {name!r}; it has: {have}")
 
 
-def _wait_words(seconds: float | None) -> str:
+def _submitted_words(job_id: str, state: JobState | None, position: int | None) -> str:
+    """What became of a job just submitted, in words that agree with its status."""
+    if state is None or state.status is JobStatus.QUEUED:
+        return f"job queued at position {position}" if position else "job queued"
+    if state.status is JobStatus.PENDING:
+        return f"job accepted and held: POST /jobs/{job_id}/start releases it"
+    if state.status in (JobStatus.SCHEDULED, JobStatus.RUNNING):
+        return f"job accepted; starting on {state.host}" if state.host else "job accepted; starting"
+    return f"job accepted, but it is {state.status.value} already" + (f": {state.reason}" if state.reason else "")
+
+
+def _wait_words(seconds: float | None, paused: bool) -> str:
     """Seed 002's `estimated_wait_time`, in words."""
+    if paused:
+        return "unknown: the queue processor is stopped (POST /queue/processor/start resumes it)"
     if seconds is None:
-        return "unknown: no running job reports an ETA and this trainer has no finished runs yet"
+        return ("unknown: the jobs it waits for report no ETA, and its trainer has no finished runs to "
+                "go by yet")
     if seconds < 90:
         return f"about {seconds:.0f} s"
     return f"about {seconds / 60:.0f} min" if seconds < 5400 else f"about {seconds / 3600:.1f} h"
@@ -108,8 +122,8 @@ class JobService:
         wait = (await self.cluster.estimated_waits()).get(job_id) if position else None
         return views.SubmitResponse(
             job_id=job_id, status=status, queue_position=position, estimated_wait_s=wait,
-            estimated_wait_time=_wait_words(wait) if position else None,
-            message="job accepted" if position is None else f"job queued at position {position}",
+            estimated_wait_time=_wait_words(wait, self.scheduler.paused) if position else None,
+            message=_submitted_words(job_id, state, position),
         )
 
     async def stop(self, job_id: str, *, force: bool, grace_s: float | None, user: str = "") -> views.StopResponse:
@@ -138,8 +152,11 @@ class JobService:
             except TimeoutError:
                 pass
         now = self.state(job_id)
-        return views.StopResponse(job_id=job_id, status=now.status.value,
-                                  message="force stop sent" if force else f"stop sent (SIGKILL after {grace:g}s)")
+        if now.status is JobStatus.STOPPING:
+            message = "force stop sent" if force else f"stop sent (SIGKILL after {grace:g}s)"
+        else:
+            message = now.reason or f"it is {now.status.value}"
+        return views.StopResponse(job_id=job_id, status=now.status.value, message=message)
 
     async def _check_webhook(self, url: str) -> None:
         """422 for a webhook that leads inside the network; a host that does not resolve now is
