@@ -169,7 +169,7 @@ class Reporter:
             return  # it never reported progress
         done = msgspec.structs.replace(known, step=known.total_steps or known.step, percent=100.0,
                                        epoch=float(known.total_epochs) if known.total_epochs else known.epoch,
-                                       eta_s=0.0, rate_steps_s=None, estimated=False)
+                                       eta_s=0.0, rate_steps_s=None)
         self.progress_slot.set(ProgressReading(time.monotonic(), now_s(), done))
 
     def _progress_event(self, r: ProgressReading) -> ev.JobProgress:

@@ -3,6 +3,7 @@ is a path of the README that broke or said the wrong thing."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import WORKSPACE, Cluster
+from tests.conftest import TRAINERS, WORKSPACE, Cluster
 from tests.harness import Api
 from trainyard.stack import free_port
 
@@ -200,3 +201,29 @@ def test_cli_errors_are_one_line_and_say_where_the_token_came_from(cluster: Clus
     cluster.api.wait(job)
     events = cli(cluster, "events", job)
     assert events.returncode == 0 and "1796" not in events.stdout and time.strftime("%Y-") in events.stdout
+
+
+@pytest.mark.skipif(importlib.util.find_spec("transformers") is None or importlib.util.find_spec("torch") is None,
+                    reason="torch/transformers not installed (CI installs them: .ci/run)")
+@pytest.mark.parametrize("every", [1, 5])
+def test_a_trainer_with_logging_steps_set_in_its_code_gives_one_point_per_logged_step(
+    cluster: Cluster, every: int,
+) -> None:
+    """The Trainer's own step for each logged dict (the hook on the trainer's PYTHONPATH), not
+    the tqdm bar's on another stream: logging_steps is set in the script, not on its command
+    line, so nothing else could know it; checkpoints come from the Trainer's saves."""
+    r = cluster.api.client.post("/jobs", json={
+        "trainer": "hf", "script": str(TRAINERS / "tiny_hf.py"), "gpus": 0,
+        "args": ["--max_steps", "12", "--save_steps", "6"], "env": {"TINY_LOGGING_STEPS": str(every)},
+    })
+    assert r.status_code == 201, r.text
+    job = r.json()["job_id"]
+    final = cluster.api.wait(job, timeout_s=180)
+    assert final["status"] == "succeeded", final
+    for name in ("loss", "grad_norm", "learning_rate"):
+        points = cluster.api.client.get(f"/jobs/{job}/metrics", params={"name": name}).json()["series"][name]
+        assert [p["step"] for p in points] == list(range(every, 13, every)), (name, points)
+    texts = [ln["text"] for ln in cluster.api.logs(job)]
+    assert not any(t.startswith("@trainyard-hf") for t in texts)  # reports, not log lines
+    saved = sorted(Path(c["path"]).name for c in cluster.api.client.get(f"/jobs/{job}/checkpoints").json())
+    assert saved == ["checkpoint-12", "checkpoint-6"]

@@ -2,6 +2,7 @@
 download) learns a repeating token pattern. Used by the `hf` adapter's end-to-end test."""
 
 import argparse
+import os
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
@@ -20,7 +21,8 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--output_dir", default="out")
     p.add_argument("--max_steps", type=int, default=12)
-    p.add_argument("--logging_steps", type=int, default=2)
+    # TINY_LOGGING_STEPS: logging_steps set in the script's own code, not on its command line.
+    p.add_argument("--logging_steps", type=int, default=int(os.environ.get("TINY_LOGGING_STEPS", "2")))
     p.add_argument("--save_steps", type=int, default=6)
     a = p.parse_args()
     torch.manual_seed(0)

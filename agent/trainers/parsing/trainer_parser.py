@@ -3,13 +3,16 @@
 Per-step dicts become metric points (their lines stay in the log as well), the training bar
 becomes progress (never log lines), `checkpoint-N` directories become checkpoint events.
 
-Which step a metric belongs to: ms-swift says it (`global_step/max_steps`). Plain transformers
-does not; with `logging_steps` known (the job's `--logging_steps`) a dict is the next multiple
-of it (or the bar's step rounded up, after a resume); without it, the bar's current step.
+Which step a metric belongs to: for an `hf` job the Trainer says it itself, through the hook the
+agent puts on the trainer's PYTHONPATH (agent/trainers/hf_hook): `@trainyard-hf` lines carry
+`state.global_step`, however `logging_steps` was set. ms-swift says it too (`global_step/
+max_steps`). Without either (a script that bypasses the hook), a dict is the next multiple of
+`--logging_steps` (or the bar's step rounded up, after a resume), else the bar's current step.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from agent.trainers.parsing.trainer_output import (
     parse_log_dict,
 )
 
+HOOK_PREFIX = "@trainyard-hf "
 _CHECKPOINT_DIR_RE = re.compile(r"^checkpoint-(\d+)$")
 _SAVING_RE = re.compile(r"Saving model checkpoint to (\S+)")
 
@@ -41,6 +45,10 @@ class TrainerParser:
         self._bar_total: int | None = None
         self._seen_checkpoints: set[str] = set()
         self._classifiers: dict[str, LevelClassifier] = {}
+        # The hook in the trainer's interpreter reports each log with the Trainer's own step
+        # (agent/trainers/hf_hook/sitecustomize.py); once one report came, printed dicts are
+        # log lines only.
+        self.hooked = False
 
     # ---- lines ------------------------------------------------------------------------------
     def feed(self, stream: str, lines: list[str], transient: str | None, sink: Sink) -> None:
@@ -48,13 +56,15 @@ class TrainerParser:
         for line in lines:
             if not line.strip():
                 continue  # tqdm clears its bar with a line of spaces
+            if line.startswith(HOOK_PREFIX) and self._hooked(line, sink):
+                continue  # the Trainer's own report (agent/trainers/hf_hook): not a log line
             bar = parse_bar(line) if "%|" in line else None
             if bar is not None:
                 self._bar(bar, sink)
                 continue  # a finished bar: progress, not a log line
             if line.startswith("{'"):
                 logged = parse_log_dict(line)
-                if logged is not None:
+                if logged is not None and not self.hooked:  # hooked: the report said it already
                     self._logged(logged, sink)
             elif "Saving model checkpoint to" in line:
                 m = _SAVING_RE.search(line)
@@ -99,6 +109,32 @@ class TrainerParser:
         if exact is not None:
             sink.progress(step=exact[0], total_steps=exact[1], epoch=epoch)
 
+    def _hooked(self, line: str, sink: Sink) -> bool:
+        """A report of the hook in the trainer's interpreter: the Trainer's own step for its
+        logged metrics, or a checkpoint it saved. False if it does not decode (then logged)."""
+        try:
+            report = json.loads(line[len(HOOK_PREFIX):])
+        except ValueError:
+            return False
+        if not isinstance(report, dict):
+            return False
+        self.hooked = True
+        step, total, epoch = report.get("step"), report.get("total_steps"), number(report.get("epoch"))
+        if isinstance(report.get("checkpoint"), str):
+            self._checkpoint(Path(report["checkpoint"]), sink)
+            return True
+        if epoch is not None:
+            self.epoch = epoch
+        metrics = {k: float(v) for k, v in (report.get("metrics") or {}).items()
+                   if isinstance(v, int | float | str) and _is_number(v)}
+        if metrics:
+            sink.metrics(step if isinstance(step, int) else None, epoch, metrics)
+        if isinstance(step, int):
+            self.step = step
+            self.total = total if isinstance(total, int) else self.total
+            sink.progress(step=step, total_steps=self.total, epoch=self.epoch)
+        return True
+
     def _step_of_plain_dict(self, logged: dict[str, object]) -> int | None:
         """The step of a plain Trainer's dict. The dict is printed when a multiple of
         `logging_steps` completes; the bar (redrawn at most every 0.1 s, on another stream) is
@@ -140,3 +176,12 @@ class TrainerParser:
             return
         self._seen_checkpoints.add(key)
         sink.checkpoint(key, int(m.group(1)))
+
+
+def _is_number(value: int | float | str) -> bool:
+    """A metric's value: a number, or "nan"/"inf" as the hook writes non-finite ones."""
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
