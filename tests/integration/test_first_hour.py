@@ -3,6 +3,7 @@ is a path of the README that broke or said the wrong thing."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -227,3 +228,58 @@ def test_a_trainer_with_logging_steps_set_in_its_code_gives_one_point_per_logged
     assert not any(t.startswith("@trainyard-hf") for t in texts)  # reports, not log lines
     saved = sorted(Path(c["path"]).name for c in cluster.api.client.get(f"/jobs/{job}/checkpoints").json())
     assert saved == ["checkpoint-12", "checkpoint-6"]
+
+
+def test_replies_and_wait_reasons_agree_with_the_job(cluster: Cluster) -> None:
+    api = cluster.api
+    r = api.client.post("/jobs", json={"trainer": "command", "command": [sys.executable, "-c", "1"], "hold": True})
+    assert r.status_code == 201 and r.json()["status"] == "pending" and "held" in r.json()["message"], r.text
+    held = r.json()["job_id"]
+    stop = api.client.post(f"/jobs/{held}/stop", json={})
+    assert stop.json()["status"] == "stopped" and "before it started" in stop.json()["message"], stop.text
+    assert "SIGKILL" not in stop.json()["message"]
+    nowhere = api.client.post("/jobs", json={"trainer": "command", "command": [sys.executable, "-c", "1"],
+                                             "gpu_ids": [7]}).json()["job_id"]
+    try:
+        reason = next(e["waiting_reason"] for e in api.client.get("/queue").json()["jobs"] if e["job_id"] == nowhere)
+        assert reason.startswith("no such GPU") and "busy" not in reason, reason
+        assert api.client.post("/queue/processor/stop").status_code == 200
+        paused = api.client.post("/jobs", json={"trainer": "command", "command": [sys.executable, "-c", "1"],
+                                                "gpus": 0}).json()
+        assert paused["status"] == "queued" and "processor is stopped" in paused["estimated_wait_time"], paused
+        passed = api.client.post("/queue/process").json()
+        assert passed["placed"] == [] and passed["still_waiting"] >= 2 and "stopped" in passed["message"], passed
+    finally:
+        api.client.post("/queue/processor/start")
+        api.client.delete(f"/queue/{nowhere}")
+    assert api.wait(paused["job_id"])["status"] == "succeeded"
+
+
+def test_seed_compatibility_as_written(cluster: Cluster) -> None:
+    api = cluster.api
+    r = api.client.post("/jobs", json={"trainer": "command", "description": "Flux LoRA 训练", "name": "flux-lora",
+                                       "command": [sys.executable, "-c", "for i in range(120): print('line', i)"]})
+    job = r.json()["job_id"]
+    assert api.wait(job)["status"] == "succeeded"
+    seed000 = httpx.get(f"{cluster.url}/api/v1/training/list", params={"status": "completed,failed", "limit": 1000},
+                        headers={"Authorization": f"Bearer {cluster.token}"})
+    assert seed000.status_code == 200, seed000.text
+    task = next(t for t in seed000.json()["data"]["tasks"] if t["task_id"] == job)
+    assert task["description"] == "Flux LoRA 训练"
+    latest = api.client.get(f"/jobs/{job}/logs", params={"limit": 50, "type": "train"}).json()["lines"]
+    assert [ln["text"] for ln in latest] == [f"line {i}" for i in range(70, 120)]  # the latest 50, as seed 002
+    first = api.client.get(f"/jobs/{job}/logs", params={"limit": 50, "type": "train", "after_seq": -1}).json()
+    assert [ln["text"] for ln in first["lines"]][:2] == ["line 0", "line 1"]
+
+
+def test_every_flag_of_every_command_says_what_it_does() -> None:
+    from trainyard.cli import build_parser
+
+    parser = build_parser()
+    missing = []
+    for action in parser._subparsers._group_actions:  # type: ignore[union-attr]
+        for name, sub in action.choices.items():
+            for flag in sub._actions:
+                if not flag.help and flag.dest != "help" and not isinstance(flag, argparse._SubParsersAction):
+                    missing.append(f"{name} {'/'.join(flag.option_strings) or flag.dest}")
+    assert missing == []
