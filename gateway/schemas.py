@@ -25,6 +25,7 @@ class JobSummary(msgspec.Struct, kw_only=True):
     exit_code: int | None
     reason: str
     description: str = ""
+    submitted_by: str = ""  # the token's name that submitted it
 
 
 class JobList(msgspec.Struct, kw_only=True):

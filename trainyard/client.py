@@ -204,12 +204,13 @@ def _is_local(url: str) -> bool:
 
 
 def cmd_list(gw: Gateway, args: argparse.Namespace) -> None:
-    params = {k: v for k, v in (("status", args.status), ("limit", args.limit), ("trainer", args.trainer)) if v}
+    params = {k: v for k, v in (("status", args.status), ("limit", args.limit), ("trainer", args.trainer),
+                                ("submitted_by", "me" if args.mine else args.user)) if v}
     page = gw.call("GET", f"{API}/jobs", params=params)
     _print(page, args.json, lambda p: _table(p["jobs"], [
         ("job_id", "job"), ("name", "name"), ("trainer", "trainer"), ("status", "status"),
         ("priority", "prio"), ("host", "host"), ("gpu_ids", "gpus"), ("attempt", "attempt"),
-        ("reason", "reason")], title=f"{p['total']} jobs"))
+        ("submitted_by", "by"), ("submitted_s", "submitted"), ("reason", "reason")], title=f"{p['total']} jobs"))
 
 
 def cmd_show(gw: Gateway, args: argparse.Namespace) -> None:
@@ -274,9 +275,19 @@ def cmd_resume(gw: Gateway, args: argparse.Namespace) -> None:
 
 
 def cmd_export(gw: Gateway, args: argparse.Namespace) -> None:
+    """Start the export and, unless --no-wait, wait for its result: a failed export is an
+    error (exit 1) with its reason, not a "running" that the user must poll."""
     body = {"checkpoint": args.checkpoint} if args.checkpoint else {}
-    done = gw.call("POST", f"{API}/jobs/{args.job}/export", json=body)
-    _print(done, args.json, lambda d: print(f"{d['export_id']}  {d['status']}  {d['message']}"))
+    started = gw.call("POST", f"{API}/jobs/{args.job}/export", json=body)
+    export = started
+    while not args.no_wait and export.get("status") == "running":
+        time.sleep(0.5)
+        exports = gw.call("GET", f"{API}/jobs/{args.job}")["exports"]
+        export = next((e for e in exports if e["export_id"] == started["export_id"]), export)
+    _print(export, args.json, lambda e: print(
+        f"{e['export_id']}  {e['status']}  {e.get('message') or e.get('path') or ''}"))
+    if export.get("status") == "failed":
+        raise ClientError(f"export {export['export_id']} failed: {export.get('reason') or 'see the job events'}")
 
 
 def cmd_queue(gw: Gateway, args: argparse.Namespace) -> None:

@@ -85,21 +85,24 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
 
     @get(f"{PREFIX}/jobs", guards=viewer)
     async def list_jobs(
-        status: str | None = None, trainer: str | None = None, host: str | None = None,
+        request: Request, status: str | None = None, trainer: str | None = None, host: str | None = None,
         q: Annotated[str | None, Parameter(max_length=200)] = None,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 50,
         offset: Annotated[int, Parameter(ge=0, le=10_000_000)] = 0,
         gpu_id: Annotated[int | None, Parameter(ge=0, le=1023)] = None,
         priority: Annotated[int | None, Parameter(ge=0, le=10)] = None,
         cursor: Annotated[str | None, Parameter(pattern=r"^c\d{1,19}$")] = None,
+        submitted_by: Annotated[str | None, Parameter(max_length=64, description="a token's name; me: yours")] = None,
     ) -> views.JobList:
+        if submitted_by == "me":
+            submitted_by = caller_name(request)
         statuses = _csv(status, "status")
         unknown = [s for s in statuses if s not in JobStatus.__members__.values()]
         if unknown:
             raise InvalidField(f"unknown status {unknown[0]!r}; one of: {', '.join(JobStatus)}", field="status")
         return await svc().list_jobs(status=statuses, trainer=trainer, host=host, q=q,
                                      limit=limit, offset=offset, gpu_id=gpu_id, priority=priority,
-                                     before_seq=int(cursor[1:]) if cursor else None)
+                                     before_seq=int(cursor[1:]) if cursor else None, submitted_by=submitted_by)
 
     @get(f"{PREFIX}/jobs/{{job_id:str}}", guards=viewer)
     async def job_detail(job_id: str, request: Request) -> views.JobDetail:

@@ -29,7 +29,7 @@ def levels_from(min_level: str) -> tuple[str, ...]:
 
 _JOB_COLUMNS = (
     "job_id, name, trainer, status, priority, gpus, attempt, host, gpu_ids, submitted_s, "
-    "started_s, finished_s, exit_code, reason, description"
+    "started_s, finished_s, exit_code, reason, description, submitted_by"
 )
 
 
@@ -97,9 +97,13 @@ class Reader:
 
     async def list_jobs(self, *, status: list[str], trainer: str | None, host: str | None,
                         q: str | None, limit: int, offset: int, gpu_id: int | None = None,
-                        priority: int | None = None, before_seq: int | None = None) -> views.JobList:
+                        priority: int | None = None, before_seq: int | None = None,
+                        submitted_by: str | None = None) -> views.JobList:
         where: list[str] = ["TRUE"]
         params: list[Any] = []
+        if submitted_by is not None:
+            where.append("submitted_by = ?")
+            params.append(submitted_by)
         if before_seq is not None:  # cursor paging: stable while new jobs arrive
             where.append("submit_seq < ?")
             params.append(before_seq)
@@ -317,4 +321,5 @@ def _summary(r: tuple) -> views.JobSummary:
         job_id=r[0], name=r[1] or "", trainer=r[2], status=r[3], priority=r[4], gpus=r[5],
         attempt=r[6], host=r[7], gpu_ids=list(r[8] or []), submitted_s=r[9], started_s=r[10],
         finished_s=r[11], exit_code=r[12], reason=r[13] or "", description=r[14] or "",
+        submitted_by=r[15] or "",
     )

@@ -249,6 +249,7 @@ class JobService:
             attempt=job["attempt"], host=job["host"], gpu_ids=list(job["gpu_ids"] or []),
             submitted_s=job["submitted_s"], started_s=job["started_s"], finished_s=job["finished_s"],
             exit_code=job["exit_code"], signal=job["signal"], reason=job["reason"] or "",
+            submitted_by=job["submitted_by"] or "",
             last_lines=list(job["last_lines"] or []), pid=job["pid"], run_dir=job["run_dir"],
             stdout_path=job["stdout_path"], stderr_path=job["stderr_path"],
             spec=msgspec.json.decode(job["spec"]), status_history=job["history"],
@@ -334,6 +335,9 @@ class JobService:
             raise Conflict(f"job {job_id} saved no checkpoint to export")
         if state.host is None:
             raise Conflict(f"job {job_id} never ran on a host")
+        done = [e for e in detail["exports"] if e["checkpoint"] == chosen["path"] and e["status"] == "succeeded"]
+        if done:  # swift would fail on the existing directory; say so now rather than later
+            raise Conflict(f"checkpoint {chosen['path']} of job {job_id} is exported already, to {done[-1]['path']}")
         export_id = f"exp_{wire.nonce():x}"
         requested = ev.ExportRequested(job_id=job_id, attempt=state.attempt, ts_s=now_s(), export_id=export_id,
                                        host=state.host, checkpoint=chosen["path"], requested_by=user)

@@ -283,3 +283,31 @@ def test_every_flag_of_every_command_says_what_it_does() -> None:
                 if not flag.help and flag.dest != "help" and not isinstance(flag, argparse._SubParsersAction):
                     missing.append(f"{name} {'/'.join(flag.option_strings) or flag.dest}")
     assert missing == []
+
+
+def test_who_submitted_a_job_is_shown_and_my_jobs_can_be_listed(cluster: Cluster) -> None:
+    from gateway.api.auth import TOKENS_FILE, TokenStore
+
+    alice = TokenStore(cluster.data_dir / TOKENS_FILE).create("admin", "alice-first-hour")
+    job = cluster.api.submit([sys.executable, "-c", "1"])
+    mine = cli(cluster, "submit", "--json", "--", sys.executable, "-c", "1", token=alice)
+    theirs = json.loads(mine.stdout)["job_id"]
+    assert cluster.api.client.get(f"/jobs/{theirs}").json()["submitted_by"] == "alice-first-hour"
+    listed = json.loads(cli(cluster, "list", "--mine", "--json", token=alice).stdout)["jobs"]
+    assert [j["job_id"] for j in listed] == [theirs] and listed[0]["submitted_by"] == "alice-first-hour"
+    assert job not in [j["job_id"] for j in listed]
+
+
+def test_cli_export_waits_for_its_result_and_a_failure_is_an_error(cluster: Cluster) -> None:
+    env = {"PATH": f"{TRAINERS / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    job = cluster.api.client.post("/jobs", json={"trainer": "swift", "model_path": "m", "data_path": "d#10",
+                                                 "gpus": 0, "env": env}).json()["job_id"]
+    assert cluster.api.wait(job, timeout_s=60)["status"] == "succeeded"
+    done = cli(cluster, "export", job, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "succeeded" and json.loads(done.stdout)["path"].endswith("-merged")
+    # The merged directory goes away behind trainyard's back: swift's failure is the CLI's error.
+    merged = Path(json.loads(done.stdout)["path"])
+    (merged.parent / "checkpoint-5-merged").mkdir()
+    failed = cli(cluster, "export", job, "--checkpoint", "checkpoint-5")
+    assert failed.returncode == 1 and "failed" in failed.stderr, (failed.stdout, failed.stderr)
