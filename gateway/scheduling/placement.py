@@ -95,6 +95,7 @@ class _Pool:
         for h, free in self.usable.items():
             self.buckets[len(free)].add(h)
         self.most = max((len(f) for f in self.usable.values()), default=0)
+        self.held = 0  # free GPUs reserved in this pass for jobs ahead in the queue
         self._load = [(v.running, h) for h, v in sorted(hosts.items())]
         heapq.heapify(self._load)
 
@@ -112,6 +113,7 @@ class _Pool:
         self.buckets[len(free)].discard(host)
         self.usable[host] = [g for g in free if g not in gpus]
         self.buckets[len(self.usable[host])].add(host)
+        self.held += len(free) - len(self.usable[host])
 
     def largest(self) -> tuple[int, str]:
         for k in range(self.most, -1, -1):
@@ -253,7 +255,9 @@ def _why_waiting(needs: JobNeeds, pool: _Pool) -> str:
     if all(len(v.gpu_memory_mb) < needs.gpus for v in pool.hosts.values()):
         return f"needs {need}; no online host has that many GPUs"
     count, host = pool.largest()
-    return f"needs {need}; largest free set is {count} on host {host}"
+    held = (f"; {pool.held} more free GPU{'s are' if pool.held != 1 else ' is'} held for a job ahead of it"
+            if pool.held else "")
+    return f"needs {need}; largest free set is {count} on host {host}{held}"
 
 
 def estimate_starts(

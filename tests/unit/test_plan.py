@@ -39,6 +39,14 @@ def test_head_job_reserves_and_small_jobs_do_not_starve_it() -> None:
     q = [job("big", 1, gpus=4), job("small", 2, gpus=1)]
     assigned, waiting = plan(q, views)
     assert assigned == [] and set(waiting) == {"big", "small"}
+    # The small job's reason says why the two free GPUs are not its (user audit 16).
+    assert waiting["small"] == ("needs 1 GPU; largest free set is 0 on host h1; "
+                                "2 more free GPUs are held for a job ahead of it")
+
+
+def test_a_gpu_that_does_not_exist_is_no_such_gpu_not_busy() -> None:
+    _, waiting = plan([job("seven", 1, gpu_ids=(7,))], hosts(h1=2))
+    assert waiting["seven"].startswith("no such GPU") and "busy" not in waiting["seven"]
 
 
 def test_backfill_on_gpus_the_head_cannot_use() -> None:
