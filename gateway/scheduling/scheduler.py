@@ -206,6 +206,8 @@ class Scheduler:
             queue.append(q)
         if self.paused:
             waiting = {q.job_id: "the queue processor is stopped" for q in queue}
+        elif (replaying := self.projector.catching_up()) is not None:
+            waiting = {q.job_id: f"nothing is placed while the projection is {replaying}" for q in queue}
         self._preview = (key, (queue, waiting, hosts))
         return queue, waiting, hosts
 
@@ -240,7 +242,10 @@ class Scheduler:
         while True:
             await wait_set(self._kick, self.interval_s)
             self._kick.clear()
-            if not self.is_leader:
+            if not self.is_leader or self.projector.catching_up() is not None:
+                # Nothing is decided from a projection that is still replaying the streams (a
+                # restart on a fresh or set-aside file): a job it shows queued may have run and
+                # ended long ago; placing it again ran it twice on another host (the soak).
                 continue
             try:
                 await self.maintain()
@@ -294,10 +299,9 @@ class Scheduler:
         await self._repeat_stops(states, now)
         deadline = self.host_timeout_s + self.host_lost_grace_s
         # A new leader (a restarted gateway, a take-over) first watches the hosts for one
-        # timeout, and until its projection has replayed what the streams held when it started
-        # (a fresh or set-aside file takes a while): before that, a job it has not yet seen
-        # started looks "moved past" and would be stopped (the soak caught one after a rebuild).
-        settled = now - self._leader_since >= self.host_timeout_s and self.projector.catching_up() is None
+        # timeout (and maintains nothing before its projection has replayed the streams: _loop):
+        # before that, a job it has not yet seen started looks "moved past" and would be stopped.
+        settled = now - self._leader_since >= self.host_timeout_s
         for job_id, state in list(states.items()) if settled else ():
             if state.status not in ON_HOST or state.host is None:
                 continue
@@ -365,6 +369,9 @@ class Scheduler:
         return msgspec.json.decode(reply.data, type=PassResult)
 
     async def _local_pass(self) -> PassResult:
+        if self.projector.catching_up() is not None:
+            raise LeaderUnavailable(f"the leading gateway's projection is {self.projector.catching_up()}; "
+                                    "it places nothing until it has caught up")
         await self.maintain()
         placed = [] if self.paused else await self.run_pass()
         # While paused no pass ran: every queued job is still waiting.
@@ -378,7 +385,10 @@ class Scheduler:
     async def _on_process_now(self, msg: Msg) -> None:
         if not self.is_leader or not msg.reply:
             return  # only the leader answers
-        result = await self._local_pass()
+        try:
+            result = await self._local_pass()
+        except LeaderUnavailable:
+            return  # still replaying: the asker hears that no leader answered
         await msg.respond(msgspec.json.encode(result))
 
 
