@@ -47,6 +47,9 @@ class JobRequestBase(
     env: Annotated[dict[EnvName, EnvValue], Meta(max_length=MAX_ENV)] = {}
     hold: bool = False
     stop_grace_s: GraceSeconds = 30.0
+    # Like Slurm's --time: past this many seconds of running, the attempt is stopped gracefully
+    # and ends `failed`, "time limit of ... reached". None: no limit.
+    max_runtime_s: Annotated[float, Meta(ge=1, le=365 * 86400)] | None = None
     # A pinned GPU that is busy: wait in the queue, or refuse the request (409, seed 000's way).
     if_busy: Literal["queue", "reject"] = "queue"
     # Told when the job ends: POSTed JSON, signed with HMAC-SHA256 (README: Webhooks).

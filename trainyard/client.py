@@ -157,7 +157,7 @@ def cmd_submit(gw: Gateway, args: argparse.Namespace) -> None:
     if args.file:
         text = Path(args.file).read_bytes()
         body = tomllib.loads(text.decode()) if args.file.endswith(".toml") else json.loads(text)
-    for key in ("trainer", "name", "priority", "gpus", "host", "max_retries", "webhook_url"):
+    for key in ("trainer", "name", "priority", "gpus", "host", "max_retries", "webhook_url", "max_runtime_s"):
         value = getattr(args, key)
         if value is not None:
             body[key] = value

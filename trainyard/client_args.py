@@ -31,6 +31,8 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default=None, help="run on this host")
     p.add_argument("--max-retries", dest="max_retries", type=int, default=None,
                    help="start it again this often if it fails (with back-off)")
+    p.add_argument("--time-limit", dest="max_runtime_s", type=float, default=None, metavar="SECONDS",
+                   help="stop it (it ends failed) once it has run this long, like Slurm's --time")
     p.add_argument("--hold", action="store_true", help="queue it held: it starts once released (`POST .../start`)")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="an environment variable (repeat)")
     p.add_argument("--cwd", default=None,

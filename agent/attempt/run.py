@@ -109,6 +109,7 @@ class TrainerRun(ProcessTreeControl):
         self.stop_requested = adopt.stop_requested if adopt else False
         self.announced = adopt.announced if adopt else False
         self.killed = False  # this agent sent SIGKILL (the keeper may have died before writing)
+        self.time_limited = adopt.time_limited if adopt else False  # stopped at max_runtime_s: it fails
         self.returncode: int | None = adopt.returncode if adopt else None
         self._saved: RunState | None = adopt
         self._kill_deadline_task: asyncio.Task[None] | None = None
@@ -145,6 +146,7 @@ class TrainerRun(ProcessTreeControl):
             reported=self._saved.reported if self._saved else False,
             stop_requested=self.stop_requested,
             announced=self.announced,
+            time_limited=self.time_limited,
         )
         if changes:
             state = msgspec.structs.replace(state, **changes)
@@ -289,6 +291,7 @@ class TrainerRun(ProcessTreeControl):
         ]
         parser = self.adapter.new_parser(self.command.spec, self.ctx)
         waiter = asyncio.create_task(process.wait_gone(self.root), name=f"{self.job_id}-wait")
+        limit = self._time_limit()
         watch = FileWatch.open([tail.path for tail in tails])
         delay = POLL_MIN_S
         next_snapshot = time.monotonic() + SNAPSHOT_EVERY_S
@@ -330,6 +333,8 @@ class TrainerRun(ProcessTreeControl):
                     next_snapshot = time.monotonic() + SNAPSHOT_EVERY_S
         finally:
             waiter.cancel()
+            if limit is not None:
+                limit.cancel()
             if watch is not None:
                 watch.close()
             for tail in tails:
@@ -384,7 +389,10 @@ class TrainerRun(ProcessTreeControl):
     async def _report_exit(
         self, exit_code: int | None, sig: int | None, words: str, parser: OutputParser | None = None
     ) -> None:
-        if self.stop_requested:
+        if self.time_limited:
+            limit = self.command.spec.max_runtime_s
+            outcome, reason = "failed", f"time limit of {limit:g}s reached ({words})"
+        elif self.stop_requested:
             outcome, reason = "stopped", f"stopped on request ({words})"
         else:
             ok, why = self.adapter.succeeded(exit_code, parser)

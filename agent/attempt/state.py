@@ -46,6 +46,7 @@ class RunState(msgspec.Struct, kw_only=True):
     # dies of the signals while no agent watches was stopped, not failed.
     stop_requested: bool = False
     announced: bool = False  # its `started` event is published (an adopting agent publishes it if not)
+    time_limited: bool = False  # stopped at its max_runtime_s: it ends failed
 
 
 class StateFile:

@@ -40,6 +40,7 @@ class ProcessTreeControl:
     recorded: set[process.ProcRef]
     stop_requested: bool
     killed: bool
+    time_limited: bool
     released: bool
     # Tasks that outlive the run (the watch on processes that survived SIGKILL): held here so
     # that they are neither garbage-collected nor missed at shutdown (Supervisor.shutdown).
@@ -53,6 +54,23 @@ class ProcessTreeControl:
 
     def alive(self) -> bool:
         return self.root is not None and not self.finished.is_set() and self.root.is_alive()
+
+    def _time_limit(self) -> asyncio.Task[None] | None:
+        """Stop the trainer gracefully once it has run `max_runtime_s` (counted from its keeper's
+        start, so an agent restart does not reset the clock)."""
+        limit = self.command.spec.max_runtime_s
+        if limit is None or self.root is None:
+            return None
+
+        async def at_limit() -> None:
+            assert self.root is not None
+            await asyncio.sleep(max(0.0, self.root.create_time + limit - time.time()))
+            if not self.stop_requested and self.alive():
+                self.time_limited = True
+                self.reporter.system(f"time limit of {limit:g}s reached: stopping it", "WARNING")
+                self.stop(False, self.command.spec.stop_grace_s)
+
+        return asyncio.create_task(at_limit(), name=f"{self.job_id}-time-limit")
 
     def stop(self, force: bool, grace_s: float) -> None:
         """Graceful: the trainer's own way if it has one (diffusion-pipe: a `save_quit` file),
