@@ -56,11 +56,14 @@ class GatewayRuntime:
         self.allowed_roots = allowed_roots(settings)  # checked before anything starts
         self.nc: Client | None = None
         self.writes = JetStreamWrites()  # whether the gateway's writes go through, for /health
+        self._monitor: httpx.AsyncClient | None = None  # to nats-server's /healthz (nats_monitor_url)
 
     async def start(self) -> None:
         s = self.settings
         data_dir = Path(s.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
+        if s.nats_monitor_url:
+            self._monitor = httpx.AsyncClient(base_url=s.nats_monitor_url.rstrip("/"), timeout=1.0)
         self.nc = await connect(s.nats_url, f"gateway-{s.replica}", credentials=s.nats_credentials)
         self.js = self.nc.jetstream()
         await provision.ensure_streams(self.js, log_max_age_s=s.log_max_age_s, log_max_bytes=s.log_max_bytes)
@@ -104,6 +107,8 @@ class GatewayRuntime:
                 steps.append((name, part.close))
         if (nc := self.nc) is not None:
             steps.append(("nats close", lambda: close_quietly(nc)))
+        if (monitor := self._monitor) is not None:
+            steps.append(("nats monitor client", monitor.aclose))
         if (con := getattr(self, "con", None)) is not None:
             steps.append(("duckdb", con.close))
         for name, step in steps:
@@ -149,14 +154,12 @@ class GatewayRuntime:
 
     async def _nats_server_health(self) -> str:
         """"ok", or what nats-server's /healthz says is wrong (with `nats_monitor_url` set)."""
-        url = self.settings.nats_monitor_url.rstrip("/")
-        if not url:
+        if self._monitor is None:
             return "ok"
         try:
-            async with httpx.AsyncClient(timeout=1.0) as client:
-                body = (await client.get(f"{url}/healthz")).json()
+            body = (await self._monitor.get("/healthz")).json()
         except (httpx.HTTPError, ValueError) as exc:
-            return f"nats-server's monitoring at {url} did not answer ({exc or type(exc).__name__})"
+            return f"nats-server's monitoring at {self._monitor.base_url} did not answer ({exc or type(exc).__name__})"
         if isinstance(body, dict) and body.get("status") == "ok":
             return "ok"
         return f"nats-server: {body.get('error') if isinstance(body, dict) else body}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -100,3 +101,12 @@ def cluster(nats: Nats, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cl
 
 def python_job(script: str, *args: str) -> list[str]:
     return [sys.executable, str(TRAINERS / script), *args]
+
+
+def cli(cluster: Cluster, *args: str, cwd: Path | None = None, token: str | None = None,
+        timeout_s: float = 60) -> subprocess.CompletedProcess:
+    """The real `trainyard` command against the cluster, as a user types it (the gateway and
+    token flags right after the subcommand, so that `-- argv` can come last)."""
+    return subprocess.run([sys.executable, "-m", "trainyard", args[0], "--url", cluster.url,
+                           "--token", token or cluster.token, *args[1:]],
+                          capture_output=True, text=True, timeout=timeout_s, cwd=cwd)

@@ -157,9 +157,8 @@ class Reporter:
         report with fewer fields (a checkpoint line's step, an epoch-only or a metrics-only
         line) keeps what earlier ones said: totals, step and epoch are never wiped."""
         fresh = ev.Progress(**reading)
-        kept = {name: getattr(fresh, name) if getattr(fresh, name) is not None else getattr(self._known, name)
-                for name in KEPT_PROGRESS}
-        self._known = msgspec.structs.replace(fresh, **kept)
+        missing = {name: getattr(self._known, name) for name in KEPT_PROGRESS if getattr(fresh, name) is None}
+        self._known = msgspec.structs.replace(fresh, **missing) if missing else fresh
         self.progress_slot.set(ProgressReading(time.monotonic(), now_s(), self._known))
 
     def progress_complete(self) -> None:

@@ -150,9 +150,9 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
         kind, min_level = log_filters(type, level)
         if tail is None and after_seq is None and since is None:
             tail = limit or 1000
-        lines = await svc().reader.logs(job_id, kind=kind, min_level=min_level,
-                                        tail=tail, limit=limit or tail or 1000, since_s=_since(since),
-                                        after_seq=after_seq, q=q, attempt=attempt)
+        chosen = LogFilter(kind=kind, min_level=min_level, attempt=attempt, since_s=_since(since),
+                           after_seq=after_seq, q=q)
+        lines = await svc().reader.logs(job_id, chosen, tail=tail, limit=limit or tail or 1000)
         return views.LogPage(job_id=job_id, lines=lines,
                              next_after_seq=lines[-1].seq if lines else after_seq)
 

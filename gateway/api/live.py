@@ -26,7 +26,7 @@ from litestar.types import Guard
 
 from gateway.api.params import log_filters
 from gateway.errors import InvalidField
-from gateway.read.queries import levels_from
+from gateway.read.queries import LogFilter, levels_from
 from gateway.runtime import GatewayRuntime
 from gateway.schemas import LogLine
 from shared.subjects import JOB_STREAM
@@ -96,9 +96,8 @@ def stream_routes(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard]) 
                     page, covered = fresh, fresh[-1].seq
                     page = [line for line in page if _wanted(line, kind, levels)]
                 elif (stored := live.stored_through(job_id, which)) > covered:
-                    page = await svc().reader.logs(job_id, kind=kind, min_level=min_level,
-                                                   tail=None, limit=PAGE, since_s=None, after_seq=after,
-                                                   q=None, attempt=which)
+                    chosen = LogFilter(kind=kind, min_level=min_level, attempt=which, after_seq=after)
+                    page = await svc().reader.logs(job_id, chosen, tail=None, limit=PAGE)
                     full = len(page) == PAGE
                     # `stored` was read before the query: every line up to it is examined now
                     # (a full page only up to its last line).

@@ -24,6 +24,7 @@ from gateway.api.openapi import body_operation
 from gateway.api.params import csv_list as _csv
 from gateway.api.params import log_filters, since_seconds
 from gateway.errors import InvalidField, ServiceError, decode_body
+from gateway.read.queries import LogFilter
 from gateway.runtime import GatewayRuntime
 from shared.jobstate import JobStatus
 
@@ -162,9 +163,8 @@ def seed000_router(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard],
     ) -> Response[Envelope]:
         svc().state(task_id)
         kind, min_level = log_filters(type, level)
-        lines = await svc().reader.logs(task_id, kind=kind, min_level=min_level,
-                                        tail=tail, limit=limit, since_s=since_seconds(since), after_seq=None,
-                                        q=None, attempt=None)
+        chosen = LogFilter(kind=kind, min_level=min_level, since_s=since_seconds(since))
+        lines = await svc().reader.logs(task_id, chosen, tail=tail, limit=limit)
         return envelope({"task_id": task_id, "logs": [
             {"timestamp": ln.ts_s, "level": ln.level, "type": ln.kind, "message": ln.text} for ln in lines]})
 

@@ -263,10 +263,8 @@ class Reader:
         return series
 
     # ---- logs ------------------------------------------------------------------------------
-    async def logs(self, job_id: str, *, kind: str, min_level: str | None, tail: int | None,
-                   limit: int, since_s: float | None, after_seq: int | None, q: str | None,
-                   attempt: int | None) -> list[views.LogLine]:
-        cond, params = LogFilter(kind, min_level, attempt, since_s, after_seq, q).where(job_id)
+    async def logs(self, job_id: str, chosen: LogFilter, *, tail: int | None, limit: int) -> list[views.LogLine]:
+        cond, params = chosen.where(job_id)
         if tail:
             sql = (f"SELECT * FROM (SELECT seq, attempt, ts_s, stream, level, kind, text FROM logs "
                    f"WHERE {cond} ORDER BY attempt DESC, seq DESC LIMIT ?) ORDER BY attempt, seq")

@@ -10,15 +10,15 @@ from __future__ import annotations
 import statistics
 
 from gateway import schemas as views
-from gateway.errors import Unavailable, job_not_found, refuse_unless_allowed
+from gateway.errors import Unavailable, refuse_unless_allowed
 from gateway.projection.projector import Projector
 from gateway.read.queries import Reader
 from gateway.scheduling.placement import estimate_starts
 from gateway.scheduling.scheduler import LeaderUnavailable, Scheduler
+from gateway.services.lookup import shown_state
 from gateway.writer import EventWriter
 from shared import events as ev
 from shared.clock import now_s
-from shared.ids import is_valid_token
 from shared.jobstate import ON_HOST, JobState
 
 
@@ -193,7 +193,4 @@ class ClusterService:
     # ---- helpers --------------------------------------------------------------------------------------
     def _state(self, job_id: str) -> JobState:
         """The job as the scheduler sees it now; 404 for a job the API has not shown yet."""
-        state = self.projector.states.get(job_id) if is_valid_token(job_id) else None
-        if state is None:
-            raise job_not_found(job_id, self.projector.catching_up())
-        return self.projector.live_states.get(job_id, state)
+        return self.projector.live_states.get(job_id, shown_state(self.projector, job_id))

@@ -25,6 +25,7 @@ from gateway.read.queries import Reader
 from gateway.scheduling.scheduler import LeaderUnavailable, Scheduler
 from gateway.services.cache import VersionedCache
 from gateway.services.cluster import ClusterService
+from gateway.services.lookup import shown_state
 from gateway.services.redaction import may_see_secrets, redacted_spec
 from gateway.services.submission import PathChecks, check_request, decode_job_request
 from gateway.webhook_policy import Unresolvable, WebhookPolicy, WebhookRefused
@@ -33,7 +34,7 @@ from shared import events as ev
 from shared import subjects, wire
 from shared.clock import now_s
 from shared.commands import ExportJob, StopJob
-from shared.ids import is_valid_token, new_job_id
+from shared.ids import new_job_id
 from shared.jobspec import JobRequest, SwiftJob
 from shared.jobstate import JobState, JobStatus
 
@@ -178,10 +179,7 @@ class JobService:
 
     # ---- reads -------------------------------------------------------------------------------
     def state(self, job_id: str) -> JobState:
-        state = self.projector.states.get(job_id) if is_valid_token(job_id) else None
-        if state is None:
-            raise job_not_found(job_id, self.projector.catching_up())
-        return state
+        return shown_state(self.projector, job_id)
 
     def status_view(self, job_id: str) -> views.JobStatusView:
         s = self.state(job_id)

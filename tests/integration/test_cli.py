@@ -6,18 +6,7 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import Cluster
-
-
-def cli(cluster: Cluster, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "trainyard", *args, "--url", cluster.url, "--token", cluster.token]
-        if args[0] != "submit"
-        else [sys.executable, "-m", "trainyard", args[0], "--url", cluster.url, "--token", cluster.token, *args[1:]],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-    )
+from tests.conftest import Cluster, cli
 
 
 def test_submit_follow_list_show_and_errors(cluster: Cluster) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import TRAINERS, WORKSPACE, Cluster
+from tests.conftest import TRAINERS, WORKSPACE, Cluster, cli
 from tests.harness import Api
 from trainyard.stack import free_port
 
@@ -148,14 +148,6 @@ def test_up_is_ready_when_it_says_so_and_its_agent_reads_the_data_dirs_toml(tmp_
     finally:
         up.send_signal(signal.SIGINT)
         up.communicate(timeout=60)
-
-
-def cli(cluster: Cluster, *args: str, cwd: Path | None = None, token: str | None = None,
-        timeout_s: float = 60) -> subprocess.CompletedProcess:
-    """The real `trainyard` command, as a user types it (its flags after the subcommand)."""
-    return subprocess.run([sys.executable, "-m", "trainyard", args[0], "--url", cluster.url,
-                           "--token", token or cluster.token, *args[1:]],
-                          capture_output=True, text=True, timeout=timeout_s, cwd=cwd)
 
 
 def test_the_readmes_cli_submit_runs_the_script_where_the_user_stands(cluster: Cluster) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 
-from tests.conftest import Cluster
+from tests.conftest import Cluster, cli
 
 SLEEPER = "import time\nprint('started', flush=True)\ntime.sleep(60)\n"
 
@@ -30,12 +31,7 @@ def test_a_time_limit_must_be_a_positive_number_of_seconds(cluster: Cluster) -> 
 
 
 def test_the_cli_sets_a_time_limit(cluster: Cluster) -> None:
-    import json
-    import subprocess
-
-    made = subprocess.run([sys.executable, "-m", "trainyard", "submit", "--url", cluster.url, "--token", cluster.token,
-                           "--json", "--time-limit", "1", "--", sys.executable, "-c", SLEEPER],
-                          capture_output=True, text=True, timeout=60)
+    made = cli(cluster, "submit", "--json", "--time-limit", "1", "--", sys.executable, "-c", SLEEPER)
     assert made.returncode == 0, made.stderr
     final = cluster.api.wait(json.loads(made.stdout)["job_id"], timeout_s=30)
     assert final["status"] == "failed" and "time limit of 1s" in final["reason"], final

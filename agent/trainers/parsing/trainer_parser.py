@@ -125,8 +125,8 @@ class TrainerParser:
             return True
         if epoch is not None:
             self.epoch = epoch
-        metrics = {k: float(v) for k, v in (report.get("metrics") or {}).items()
-                   if isinstance(v, int | float | str) and _is_number(v)}
+        logged = report.get("metrics")
+        metrics = metrics_of(logged) if isinstance(logged, dict) else {}  # as for a printed dict
         if metrics:
             sink.metrics(step if isinstance(step, int) else None, epoch, metrics)
         if isinstance(step, int):
@@ -177,11 +177,3 @@ class TrainerParser:
         self._seen_checkpoints.add(key)
         sink.checkpoint(key, int(m.group(1)))
 
-
-def _is_number(value: int | float | str) -> bool:
-    """A metric's value: a number, or "nan"/"inf" as the hook writes non-finite ones."""
-    try:
-        float(value)
-    except ValueError:
-        return False
-    return True
