@@ -38,6 +38,7 @@ class GpuInventory:
         self.simulated = bool(simulate)
         self.note = ""
         self._sim = parse_simulation(simulate) if simulate else []
+        self._sim_util: dict[int, float] = {}  # utilisation a simulated GPU's trainer set
         self._nvml: ModuleType | None = None  # pynvml, once initialised
         if not self.simulated:
             self._init_nvml()
@@ -52,6 +53,13 @@ class GpuInventory:
             self.note = f"no NVIDIA driver available ({exc.__class__.__name__}: {exc}); no GPUs offered"
             log.warning("%s", self.note)
 
+    def simulate_utilisation(self, index: int, percent: float | None) -> None:
+        """A simulated GPU's utilisation as its job's trainer set it (None: unmeasured again)."""
+        if percent is None:
+            self._sim_util.pop(index, None)
+        else:
+            self._sim_util[index] = min(100.0, max(0.0, percent))
+
     def snapshot(self, busy_pids: dict[int, list[int]] | None = None) -> list[GpuState]:
         if self.simulated:
             pids = busy_pids or {}
@@ -59,6 +67,7 @@ class GpuInventory:
                 GpuState(
                     index=i, uuid=f"SIM-{uuid.uuid5(uuid.NAMESPACE_DNS, f'{self.host}/{i}')}",
                     name="Simulated GPU", memory_total_mb=mem, pids=pids.get(i, []), simulated=True,
+                    utilization_pct=self._sim_util.get(i),
                 )
                 for i, mem in self._sim
             ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import faulthandler
 import logging
 import signal
@@ -67,7 +68,9 @@ class Agent:
         if isinstance(self._work_dir_lock, str):
             raise HostInUse(f"work dir {self.work_dir} is in use by another agent (pid {self._work_dir_lock})")
         self.gpus = GpuInventory(self.host, settings.simulate_gpus)
-        self.options = RunOptions.from_settings(settings)  # RootNotAllowed before anything starts
+        self.options = dataclasses.replace(  # RootNotAllowed before anything starts
+            RunOptions.from_settings(settings),
+            simulate_gpu_util=self.gpus.simulate_utilisation if self.gpus.simulated else None)
         self.started_s = now_s()
         self._stopping = asyncio.Event()
 
@@ -154,10 +157,15 @@ class Agent:
         except OSError:
             disk_free_mb = 0
         busy: dict[int, list[int]] = {}
-        for run in self.supervisor.active_runs():
+        runs = self.supervisor.active_runs()
+        for run in runs:
             if run.root is not None:
                 for gpu in run.command.gpu_ids:
                     busy.setdefault(gpu, []).append(run.root.pid)
+        gpus = self.gpus.snapshot(busy)
+        utilisation = {g.index: g.utilization_pct for g in gpus}
+        for run in runs:  # the idle-GPU watch takes the same samples as the heartbeat shows
+            run.watchdog.gpu_utilisation(utilisation)
         return ev.HostHeartbeat(
             host=self.host,
             ts_s=now_s(),
@@ -167,7 +175,7 @@ class Agent:
             memory_total_mb=vm.total // 2**20,
             memory_used_mb=(vm.total - vm.available) // 2**20,
             disk_free_mb=disk_free_mb,
-            gpus=self.gpus.snapshot(busy),
+            gpus=gpus,
             running_jobs=self.supervisor.running_jobs(),
             gpu_note=self.gpus.note,
             jobs=self.supervisor.host_jobs(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,9 @@ class RunOptions:
     # Where a job's paths may lead on this host, checked again right before launch.
     allowed_roots: tuple[str, ...] = ()
     crash_at: str = ""  # a point of CRASH_POINTS: the fault suite's deterministic kill -9
+    # Sets a simulated GPU's utilisation (index, percent) from its job's `gpu_util` metric; None
+    # on real GPUs (agent/attempt/watchdog.py).
+    simulate_gpu_util: Callable[[int, float | None], None] | None = None
 
     def crash_point(self, point: str) -> None:
         """Die here, as kill -9 would kill the agent, if the fault suite asked for this point."""

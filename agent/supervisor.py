@@ -166,6 +166,9 @@ class Supervisor:
     def _forget(self, key: tuple[str, int], task: asyncio.Task[None]) -> None:
         self._tasks.pop(key, None)
         run = self.runs.pop(key, None)
+        if run is not None and self.gpus.simulated:  # what its trainer set is no longer measured
+            for gpu in run.command.gpu_ids:
+                self.gpus.simulate_utilisation(gpu, None)
         for lingering in run.lingering if run is not None else ():
             self._lingering.add(lingering)
             lingering.add_done_callback(self._lingering.discard)

@@ -87,7 +87,7 @@ class GatewayRuntime:
         self.cluster = ClusterService(writer, self.projector, self.scheduler, self.reader, replica=s.replica)
         self.service = JobService(writer, self.projector, self.scheduler, self.cluster, self.reader,
                                   allowed_roots=self.allowed_roots, webhook_policy=webhook_policy,
-                                  ryw_timeout_s=s.read_your_writes_timeout_s)
+                                  ryw_timeout_s=s.read_your_writes_timeout_s, watch=s.watch)
         # What start built (the recovered projection, the app) lives as long as the process:
         # keep it out of the collector's full passes, whose pauses were the API's p99.
         gc.collect()

@@ -26,6 +26,7 @@ class JobSummary(msgspec.Struct, kw_only=True):
     reason: str
     description: str = ""
     submitted_by: str = ""  # the token's name that submitted it
+    anomaly_kinds: list[str] = []  # the watchdog's findings (nan, stall, idle_gpu): a marker
 
 
 class JobList(msgspec.Struct, kw_only=True):
@@ -73,6 +74,29 @@ class MetricSeries(msgspec.Struct, kw_only=True):
     series: dict[str, list[MetricPoint]]
 
 
+class GpuSample(msgspec.Struct, kw_only=True):
+    ts_s: float
+    utilization_pct: float | None
+    memory_used_mb: int | None
+
+
+class JobGpuSeries(msgspec.Struct, kw_only=True):
+    """One GPU of one attempt of a job, sample by sample (a heartbeat's; downsampled to at most
+    `points` buckets, each the mean of its samples)."""
+
+    attempt: int
+    host: str
+    gpu_index: int
+    mean_utilization_pct: float | None
+    samples: list[GpuSample]
+
+
+class JobGpus(msgspec.Struct, kw_only=True):
+    job_id: str
+    mean_utilization_pct: float | None
+    gpus: list[JobGpuSeries]
+
+
 class LogLine(msgspec.Struct, kw_only=True):
     seq: int
     attempt: int
@@ -114,6 +138,9 @@ class JobDetail(JobSummary, kw_only=True):
     progress: ProgressView | None
     checkpoints: list[dict[str, Any]]
     exports: list[dict[str, Any]] = []
+    anomalies: list[dict[str, Any]] = []  # the watchdog's `anomaly` events
+    # Mean utilisation of the job's GPUs over every heartbeat sample of its attempts.
+    gpu_utilization_mean_pct: float | None = None
 
 
 class SubmitResponse(msgspec.Struct, kw_only=True):

@@ -1,6 +1,7 @@
 """Webhooks: a job that names `webhook_url` is told when it ends (DESIGN §8), and, with
 `webhook_progress: [25, 50, 75]`, when its progress first reaches each of those percentages
-(event `job.progress.<N>`).
+(event `job.progress.<N>`), and of each anomaly its agent's watchdog reports (event
+`job.anomaly`, with the anomaly in the body).
 
 The gateway holding the scheduler lease delivers (so one delivery per end, across replicas):
 a POST of JSON with `X-Trainyard-Signature: sha256=<HMAC-SHA256 of timestamp + "." + body>`,
@@ -51,6 +52,11 @@ def load_secret(configured: str, data_dir: Path) -> str:
     return path.read_text().strip()
 
 
+def anomaly_key(anomaly: ev.JobAnomaly) -> str:
+    """What a `webhook` event records for an anomaly's delivery: one per kind and attempt."""
+    return f"job.anomaly.{anomaly.kind}.{anomaly.attempt}"
+
+
 def signature(secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
@@ -91,13 +97,15 @@ class WebhookNotifier:
             percent = self.projector.percent.get(job_id)
             due = [f"job.progress.{m}" for m in sorted(needs[job_id].spec.webhook_progress)
                    if percent is not None and percent >= m]
+            anomalies = {anomaly_key(a): a for a in self.projector.anomalies.get(job_id, ())}
+            due += anomalies
             if state.is_terminal:
                 due.append(f"job.{state.status.value}")
             for event in due:
                 key = (job_id, event)
                 if key in self.projector.webhooks_settled or key in self._running or key in self._finished:
                     continue
-                task = asyncio.create_task(self._deliver(job_id, url, state, event, percent),
+                task = asyncio.create_task(self._deliver(job_id, url, state, event, percent, anomalies.get(event)),
                                            name=f"webhook-{job_id}-{event}")
                 self._running[key] = task
                 task.add_done_callback(functools.partial(self._delivered, key))
@@ -107,13 +115,18 @@ class WebhookNotifier:
     def _delivered(self, key: tuple[str, str], _task: asyncio.Task[None]) -> None:
         self._running.pop(key, None)
 
-    async def _deliver(self, job_id: str, url: str, state, event: str, percent: float | None) -> None:
+    async def _deliver(self, job_id: str, url: str, state, key: str, percent: float | None,
+                       anomaly: ev.JobAnomaly | None = None) -> None:
+        """Deliver the event `key` names (an anomaly's key names its kind and attempt; its
+        receivers are told `job.anomaly` and the anomaly itself)."""
         delivery_id = f"wh_{time.time_ns():x}"
+        event = "job.anomaly" if anomaly is not None else key
         body = msgspec.json.encode({
             "event": event, "delivery_id": delivery_id, "job_id": job_id, "status": state.status.value,
             "attempt": state.attempt, "host": state.host, "exit_code": state.exit_code,
             "signal": state.signal, "reason": state.reason, "started_s": state.started_s,
             "finished_s": state.finished_s, "percent": percent,
+            **({"anomaly": msgspec.structs.asdict(anomaly)} if anomaly is not None else {}),
         })
         tries = len(self.retry_delays_s) + 1
         for n in range(1, tries + 1):
@@ -134,14 +147,14 @@ class WebhookNotifier:
             final = ok or refused or n == tries
             await self.writer.publish(
                 ev.WebhookDelivery(job_id=job_id, attempt=state.attempt, ts_s=now_s(),
-                                   delivery_id=delivery_id, event=event, url=url, try_number=n,
+                                   delivery_id=delivery_id, event=key, url=url, try_number=n,
                                    ok=ok, status_code=code, error=error, final=final),
                 unique=f"{delivery_id}:{n}",
             )
             if final:
-                self._finished.add((job_id, event))
+                self._finished.add((job_id, key))
                 if not ok:
-                    log.warning("webhook %s of %s gave up after %d tries: %s", event, job_id, n, error)
+                    log.warning("webhook %s of %s gave up after %d tries: %s", key, job_id, n, error)
                 return
             await asyncio.sleep(self.retry_delays_s[n - 1])
 

@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from shared.watch import WatchPolicy
+
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 
 
@@ -48,6 +50,10 @@ class GatewaySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=False)
     # Hosts and networks (CIDR) webhooks may reach besides public addresses, e.g. an internal
     # chat bridge: ["10.1.2.3/32", "hooks.internal"]. In the environment: comma-separated.
     webhook_allow: list[str] = []
+    # What the agents' watchdogs look for in a job that does not say (`[gateway.watch]` in the
+    # TOML file: nan_metrics, on_nan, stall_timeout_s, on_stall, idle_gpu_util_pct,
+    # idle_timeout_s, on_idle; shared/watch.py has the defaults).
+    watch: WatchPolicy = msgspec.field(default_factory=WatchPolicy)
 
 
 class AgentSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):

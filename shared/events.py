@@ -8,6 +8,7 @@ decode, so an older reader survives a newer writer.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from typing import Literal, TypeVar
 
@@ -142,7 +143,9 @@ class JobProgress(JobEvent, tag="progress"):
 
 
 class MetricsRecorded(JobEvent, tag="metrics"):
-    """A batch of metric points, column-wise so the projector inserts it in one statement."""
+    """A batch of metric points, column-wise so the projector inserts it in one statement.
+    JSON has no nan or inf: such a point travels as 0.0 in `value` with its index and its
+    spelling in `nonfinite`; `values()` gives them back. Build one with `of_points`."""
 
     first_seq: int
     step: list[int | None]
@@ -150,6 +153,29 @@ class MetricsRecorded(JobEvent, tag="metrics"):
     name: list[str]
     value: list[float]
     point_ts_s: list[float]
+    nonfinite: list[tuple[int, Literal["nan", "inf", "-inf"]]] = []
+
+    @classmethod
+    def of_points(cls, *, job_id: str, attempt: int, ts_s: float, first_seq: int, step: list[int | None],
+                  epoch: list[float | None], name: list[str], value: list[float],
+                  point_ts_s: list[float]) -> MetricsRecorded:
+        odd = [(i, v) for i, v in enumerate(value) if not math.isfinite(v)]
+        if odd:
+            value = list(value)
+            for i, _ in odd:
+                value[i] = 0.0
+        return cls(job_id=job_id, attempt=attempt, ts_s=ts_s, first_seq=first_seq, step=step, epoch=epoch,
+                   name=name, value=value, point_ts_s=point_ts_s,
+                   nonfinite=[(i, "nan" if math.isnan(v) else "inf" if v > 0 else "-inf") for i, v in odd])
+
+    def values(self) -> list[float]:
+        if not self.nonfinite:
+            return self.value
+        value = list(self.value)
+        for i, spelled in self.nonfinite:
+            if 0 <= i < len(value):
+                value[i] = float(spelled)
+        return value
 
 
 class CheckpointSaved(JobEvent, tag="checkpoint"):
@@ -172,11 +198,25 @@ class AgentNote(JobEvent, tag="agent_note"):
     detail: str = ""
 
 
+class JobAnomaly(JobEvent, tag="anomaly"):
+    """The agent's watchdog saw the training go wrong while the process lives on: a watched
+    metric nan or inf, no step for too long, GPUs idle. At most one per kind per attempt."""
+
+    host: str
+    kind: Literal["nan", "stall", "idle_gpu"]
+    action: Literal["notify", "stop"]  # stop: the attempt is being stopped, and fails
+    detail: str  # "loss was nan at step 3000"
+    metric: str | None = None
+    step: int | None = None
+    value: str | None = None  # as the trainer wrote it ("nan", "inf"): JSON has no nan
+    gpus: list[int] = []  # idle_gpu: the job's GPUs that stayed idle
+
+
 class WebhookDelivery(JobEvent, tag="webhook"):
     """One try at telling the job's webhook that it ended."""
 
     delivery_id: str
-    event: str  # job.succeeded, job.failed, job.stopped, job.lost
+    event: str  # job.succeeded, job.failed, job.stopped, job.lost, job.anomaly, job.progress.<N>
     url: str
     try_number: int
     ok: bool
@@ -300,6 +340,7 @@ AnyJobEvent = (
     | ExportFinished
     | JobDeleted
     | AgentNote
+    | JobAnomaly
     | WebhookDelivery
     | LogBatch
 )

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from shared.watch import Action, MetricPattern, Percent, Seconds
+
 MAX_ARGV = 256
 MAX_ARG_BYTES = 8192
 MAX_ENV = 128
@@ -50,6 +52,14 @@ class JobRequestBase(
     # Like Slurm's --time: past this many seconds of running, the attempt is stopped gracefully
     # and ends `failed`, "time limit of ... reached". None: no limit.
     max_runtime_s: Annotated[float, Meta(ge=1, le=365 * 86400)] | None = None
+    # The watchdog (shared/watch.py): None takes the gateway's `[gateway.watch]` setting.
+    nan_metrics: Annotated[list[MetricPattern], Meta(max_length=32)] | None = None
+    on_nan: Action | None = None
+    stall_timeout_s: Seconds | None = None
+    on_stall: Action | None = None
+    idle_gpu_util_pct: Percent | None = None
+    idle_timeout_s: Seconds | None = None
+    on_idle: Action | None = None
     # A pinned GPU that is busy: wait in the queue, or refuse the request (409, seed 000's way).
     if_busy: Literal["queue", "reject"] = "queue"
     # Told when the job ends: POSTed JSON, signed with HMAC-SHA256 (README: Webhooks).

@@ -38,6 +38,7 @@ def job_log(job_id: str, host: str) -> str:
 # of a host that went silent).
 AGENT_EVENT_KINDS = frozenset({
     "started", "exited", "refused", "lost", "progress", "metrics", "checkpoint", "export_finished", "agent_note",
+    "anomaly",
 })
 
 

@@ -16,6 +16,7 @@ import msgspec
 from nats.js import JetStreamContext
 
 from agent.attempt.state import Published, RunState
+from agent.attempt.watchdog import Watchdog
 from agent.publisher import ColumnBatcher, LatestSlot, publish
 from shared import events as ev
 from shared.clock import now_s
@@ -69,7 +70,7 @@ class Reporter:
             js,
             host,
             ("step", "epoch", "name", "value", "ts"),
-            lambda first, c: ev.MetricsRecorded(
+            lambda first, c: ev.MetricsRecorded.of_points(
                 job_id=job_id, attempt=attempt, ts_s=now_s(), first_seq=first,
                 step=c["step"], epoch=c["epoch"], name=c["name"], value=c["value"],
                 point_ts_s=c["ts"],
@@ -84,6 +85,7 @@ class Reporter:
         self.last_lines: collections.deque[str] = collections.deque(maxlen=LAST_LINES)
         self._rate_anchor: tuple[float, int] | None = None
         self._known = ev.Progress()  # everything reported so far, merged (progress())
+        self.watch: Watchdog | None = None  # sees every line, step and metric point (not replays)
 
     def _log_batch(self, first: int, c: dict[str, list]) -> ev.LogBatch:
         batch = ev.LogBatch.of_lines(
@@ -109,6 +111,8 @@ class Reporter:
             if skipped == len(texts):
                 return
             texts, levels, kinds = texts[skipped:], levels[skipped:], kinds[skipped:]
+        if stream != "system" and self.watch is not None:
+            self.watch.output()
         if self.truncated and stream != "system":
             return
         cut = False
@@ -132,9 +136,13 @@ class Reporter:
         detail = (f"log cut at {self.log_cap_bytes:,} bytes (agent setting max_log_bytes_per_attempt); "
                   "the rest is only in stdout.log / stderr.log in the run dir")
         self.system(detail, "WARNING")
-        note = ev.AgentNote(job_id=self.job_id, attempt=self.attempt, ts_s=now_s(), host=self.host,
-                            what="log_truncated", detail=detail)
-        task = asyncio.create_task(publish(self._js, note, host=self.host, unique=note.what))
+        self.note(ev.AgentNote(job_id=self.job_id, attempt=self.attempt, ts_s=now_s(), host=self.host,
+                               what="log_truncated", detail=detail), unique="log_truncated")
+
+    def note(self, event: ev.JobEvent, unique: str) -> None:
+        """Publish an event of this attempt from synchronous code; its end waits for it
+        (`drained`), so it comes before the attempt's exit in the stream."""
+        task = asyncio.create_task(publish(self._js, event, host=self.host, unique=unique))
         self._notes.add(task)
         task.add_done_callback(self._notes.discard)
 
@@ -146,6 +154,8 @@ class Reporter:
     def metrics(self, step: int | None, epoch: float | None, values: Mapping[str, float]) -> None:
         n = len(values)
         if n and not self.skip.get(self.feeding):
+            if self.watch is not None:
+                self.watch.metrics(step, epoch, values)
             names = list(values)
             self.metric_batcher.extend(
                 map(len, names),
@@ -157,6 +167,8 @@ class Reporter:
         report with fewer fields (a checkpoint line's step, an epoch-only or a metrics-only
         line) keeps what earlier ones said: totals, step and epoch are never wiped."""
         fresh = ev.Progress(**reading)
+        if self.watch is not None:
+            self.watch.progress(fresh.step)
         missing = {name: getattr(self._known, name) for name in KEPT_PROGRESS if getattr(fresh, name) is None}
         self._known = msgspec.structs.replace(fresh, **missing) if missing else fresh
         self.progress_slot.set(ProgressReading(time.monotonic(), now_s(), self._known))

@@ -27,6 +27,7 @@ from agent.attempt.reporter import Reporter
 from agent.attempt.state import Published, ResumePoints, RunState, StateFile
 from agent.attempt.stop import ProcessTreeControl
 from agent.attempt.tail import FileTail
+from agent.attempt.watchdog import Watchdog
 from agent.options import RunOptions
 from agent.process import tree as process
 from agent.process.spawner import Spawner
@@ -38,6 +39,7 @@ from shared.aio import cancel_and_wait
 from shared.clock import now_s
 from shared.commands import StartJob
 from shared.paths import PathNotAllowed, confine
+from shared.watch import WatchPolicy
 
 log = logging.getLogger("trainyard.agent.run")
 
@@ -109,7 +111,10 @@ class TrainerRun(ProcessTreeControl):
         self.stop_requested = adopt.stop_requested if adopt else False
         self.announced = adopt.announced if adopt else False
         self.killed = False  # this agent sent SIGKILL (the keeper may have died before writing)
-        self.time_limited = adopt.time_limited if adopt else False  # stopped at max_runtime_s: it fails
+        self.fail_reason = adopt.fail_reason if adopt else ""  # its stop makes it fail: this is why
+        self.watchdog = Watchdog(WatchPolicy().for_job(command.spec), list(command.gpu_ids), self.anomaly,
+                                 simulate_util=options.simulate_gpu_util)
+        self.reporter.watch = self.watchdog
         self.returncode: int | None = adopt.returncode if adopt else None
         self._saved: RunState | None = adopt
         self._kill_deadline_task: asyncio.Task[None] | None = None
@@ -146,7 +151,7 @@ class TrainerRun(ProcessTreeControl):
             reported=self._saved.reported if self._saved else False,
             stop_requested=self.stop_requested,
             announced=self.announced,
-            time_limited=self.time_limited,
+            fail_reason=self.fail_reason,
         )
         if changes:
             state = msgspec.structs.replace(state, **changes)
@@ -325,6 +330,8 @@ class TrainerRun(ProcessTreeControl):
                     await asyncio.wait([waiter], timeout=delay if not backlogged else POLL_BUSY_S)
                     delay = min(delay * 2, POLL_MAX_S)
                 if time.monotonic() >= next_snapshot:
+                    if not exited:
+                        self.watchdog.check()
                     parser.poll(self.reporter)
                     # Remember descendants now: once the leader dies they are reparented and
                     # can no longer be found from it.
@@ -389,9 +396,8 @@ class TrainerRun(ProcessTreeControl):
     async def _report_exit(
         self, exit_code: int | None, sig: int | None, words: str, parser: OutputParser | None = None
     ) -> None:
-        if self.time_limited:
-            limit = self.command.spec.max_runtime_s
-            outcome, reason = "failed", f"time limit of {limit:g}s reached ({words})"
+        if self.fail_reason:
+            outcome, reason = "failed", f"{self.fail_reason} ({words})"
         elif self.stop_requested:
             outcome, reason = "stopped", f"stopped on request ({words})"
         else:

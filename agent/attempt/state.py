@@ -46,7 +46,8 @@ class RunState(msgspec.Struct, kw_only=True):
     # dies of the signals while no agent watches was stopped, not failed.
     stop_requested: bool = False
     announced: bool = False  # its `started` event is published (an adopting agent publishes it if not)
-    time_limited: bool = False  # stopped at its max_runtime_s: it ends failed
+    # Why it was stopped as a failure (its time limit, the watchdog's `stop`): it ends failed so.
+    fail_reason: str = ""
 
 
 class StateFile:

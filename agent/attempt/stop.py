@@ -11,6 +11,7 @@ import time
 from nats.js import JetStreamContext
 
 from agent.attempt.reporter import Reporter
+from agent.attempt.watchdog import Anomaly
 from agent.process import tree as process
 from agent.publisher import publish
 from agent.trainers import LaunchContext, StopsGracefully
@@ -40,7 +41,7 @@ class ProcessTreeControl:
     recorded: set[process.ProcRef]
     stop_requested: bool
     killed: bool
-    time_limited: bool
+    fail_reason: str  # set when this stop makes the attempt fail (a time limit, the watchdog)
     released: bool
     # Tasks that outlive the run (the watch on processes that survived SIGKILL): held here so
     # that they are neither garbage-collected nor missed at shutdown (Supervisor.shutdown).
@@ -66,11 +67,27 @@ class ProcessTreeControl:
             assert self.root is not None
             await asyncio.sleep(max(0.0, self.root.create_time + limit - time.time()))
             if not self.stop_requested and self.alive():
-                self.time_limited = True
-                self.reporter.system(f"time limit of {limit:g}s reached: stopping it", "WARNING")
+                self.fail_reason = f"time limit of {limit:g}s reached"
+                self.reporter.system(f"{self.fail_reason}: stopping it", "WARNING")
                 self.stop(False, self.command.spec.stop_grace_s)
 
         return asyncio.create_task(at_limit(), name=f"{self.job_id}-time-limit")
+
+    def anomaly(self, found: Anomaly) -> None:
+        """What the watchdog found: an `anomaly` event and a log line; with the action `stop`, a
+        graceful stop after which the attempt fails with the finding as its reason. Once a stop
+        is under way, a stall or idle GPUs are its doing: not reported."""
+        if self.stop_requested and found.kind != "nan":
+            return
+        stopping = found.action == "stop" and not self.stop_requested and self.alive()
+        self.reporter.system(f"anomaly: {found.detail}" + ("; stopping it" if stopping else ""), "WARNING")
+        self.reporter.note(ev.JobAnomaly(
+            job_id=self.job_id, attempt=self.attempt, ts_s=now_s(), host=self.host, kind=found.kind,
+            action=found.action, detail=found.detail, metric=found.metric, step=found.step, value=found.value,
+            gpus=list(found.gpus)), unique=found.kind)
+        if stopping:
+            self.fail_reason = found.detail
+            self.stop(False, self.command.spec.stop_grace_s)
 
     def stop(self, force: bool, grace_s: float) -> None:
         """Graceful: the trainer's own way if it has one (diffusion-pipe: a `save_quit` file),

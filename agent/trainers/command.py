@@ -10,6 +10,7 @@ Every other line is a log line whose level is read from common forms.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -34,6 +35,23 @@ class Report(msgspec.Struct, forbid_unknown_fields=False):
 
 
 _report_decoder = msgspec.json.Decoder(Report)
+
+
+def decode_report(text: str) -> Report:
+    """A report line's JSON. Python's `json` module writes a nan or inf float as `NaN` /
+    `Infinity`, which strict JSON (msgspec) refuses: such a report is read again leniently, so
+    that a diverged run's points (and its NaN watchdog) are not lost. Raises msgspec.DecodeError
+    (or ValidationError) when it is no report."""
+    try:
+        return _report_decoder.decode(text)
+    except msgspec.DecodeError:
+        if "NaN" not in text and "Infinity" not in text:
+            raise
+        try:
+            loaded = json.loads(text)
+        except ValueError:
+            raise msgspec.DecodeError("not JSON") from None
+        return msgspec.convert(loaded, Report)
 
 
 def resolve_executable(name: str, ctx: LaunchContext, path_env: str | None) -> str:
@@ -88,7 +106,7 @@ class CommandParser:
     @staticmethod
     def _report(line: str, sink: Sink) -> bool:
         try:
-            report = _report_decoder.decode(line[len(PREFIX) :])
+            report = decode_report(line[len(PREFIX) :])
         except msgspec.DecodeError:
             return False  # logged as a warning line instead: the user sees what was wrong
         if report.step is not None or report.total_steps is not None or report.epoch is not None:

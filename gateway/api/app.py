@@ -134,6 +134,16 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
                                             downsample=downsample, attempt=which)
         return views.MetricSeries(job_id=job_id, type=type, series=series)
 
+    @get(f"{PREFIX}/jobs/{{job_id:str}}/gpus", guards=viewer)
+    async def job_gpus(
+        job_id: str, attempt: Attempt = None,
+        points: Annotated[int, Parameter(ge=1, le=10_000, description="at most so many samples per GPU")] = 500,
+    ) -> views.JobGpus:
+        svc().state(job_id)
+        gpus = await svc().reader.job_gpus(job_id, attempt=attempt, points=points)
+        return views.JobGpus(job_id=job_id, mean_utilization_pct=runtime.projector.gpu_utilisation_mean(job_id),
+                             gpus=gpus)
+
     @get(f"{PREFIX}/jobs/{{job_id:str}}/logs", guards=viewer)
     async def job_logs(
         job_id: str, type: str = "all", level: str | None = None,
@@ -234,7 +244,7 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
 
     return Litestar(
         route_handlers=[*document_errors([create_job, list_jobs, job_detail, job_status, job_progress, job_metrics,
-                        job_logs, job_log_text, job_events, stop_job, start_job, delete_job, export_job,
+                        job_gpus, job_logs, job_log_text, job_events, stop_job, start_job, delete_job, export_job,
                         retry_job, resume_job, job_checkpoints, run_sql, health,
                         *cluster_routes(runtime, PREFIX, viewer=viewer, operator=operator, admin=admin),
                         *stream_routes(runtime, PREFIX, viewer=viewer)]),

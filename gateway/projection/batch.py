@@ -50,6 +50,7 @@ class PreparedBatch:
     # Latest percent of jobs that asked for progress webhooks (the others' progress is left to
     # the writer to decode).
     percent: dict[str, float] = field(default_factory=dict)
+    anomalies: list[ev.JobAnomaly] = field(default_factory=list)  # accepted ones, in order
     jobs_changed: bool = False
 
 

@@ -206,12 +206,15 @@ class Projector(JobView):
             if isinstance(item.event, ev.WebhookDelivery) and item.event.final:
                 self.webhooks_settled.add((item.event.job_id, item.event.event))
         self.percent.update(batch.percent)
+        anomalies = [a for a in batch.anomalies if self.note_anomaly(a)]
         self.heartbeats.update(batch.heartbeats)
+        for beat in batch.beats:
+            self.note_gpu_use(beat)
         for logs in batch.logs:
             self.live_logs.announce(logs)
         if batch.logs:
             self._notify()  # log followers take these before the commit
-        if batch.jobs_changed or batch.heartbeats or batch.percent:
+        if batch.jobs_changed or batch.heartbeats or batch.percent or anomalies:
             for callback in self.on_jobs_changed:
                 callback()
 
@@ -229,6 +232,8 @@ class Projector(JobView):
             self.states.pop(job_id, None)
             self.needs.pop(job_id, None)
             self.attempt_hosts.pop(job_id, None)
+            self.anomalies.pop(job_id, None)
+            self.gpu_use.pop(job_id, None)
             self.live_logs.deleted(job_id)
         for logs in batch.logs:
             self.live_logs.committed(logs)
@@ -288,6 +293,16 @@ class Projector(JobView):
         ):
             batch.percent[job_id] = event.percent
 
+    def _note_anomaly(self, item: JobItem, batch: PreparedBatch) -> None:
+        """An anomaly the watchdog of the attempt's own host reported (decoded here, once)."""
+        try:
+            event = ev.decode_job_event(item.msg.data)
+        except msgspec.DecodeError:
+            return  # the writer records it as undecodable
+        item.event = event
+        if report_accepted(self.attempt_hosts, item, event) and isinstance(event, ev.JobAnomaly):
+            batch.anomalies.append(event)
+
     def _evolve_item(self, seq: int, msg: Msg, batch: PreparedBatch) -> JobItem:
         item = JobItem(seq, msg)
         if msg.subject.startswith("ty.ctl."):
@@ -305,6 +320,8 @@ class Projector(JobView):
         assert subject is not None
         if subject.kind == "progress":
             self._note_percent(item, batch)
+        elif subject.kind == "anomaly":
+            self._note_anomaly(item, batch)
         if subject.kind not in LIFECYCLE_KINDS:
             return item  # metrics, progress, checkpoints: decoded (and checked) by the writer
         try:

@@ -20,7 +20,7 @@ log = logging.getLogger("trainyard.schema")
 
 # Bump when the DDL changes. The projection is disposable: a file of another version is moved
 # aside and a fresh one replays the streams from the start.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 DDL = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -79,8 +79,14 @@ CREATE TABLE IF NOT EXISTS gpus (
 );
 CREATE TABLE IF NOT EXISTS gpu_samples (
     host VARCHAR NOT NULL, gpu_index INTEGER NOT NULL, ts_s DOUBLE NOT NULL,
-    memory_used_mb BIGINT, utilization_pct DOUBLE, temperature_c DOUBLE, power_w DOUBLE
+    memory_used_mb BIGINT, utilization_pct DOUBLE, temperature_c DOUBLE, power_w DOUBLE,
+    job_id VARCHAR, attempt INTEGER
 );
+-- A job's GPUs over time: each sample joined (by the heartbeat that carried it) to the attempt
+-- that held the GPU then.
+CREATE VIEW IF NOT EXISTS job_gpu_samples AS
+    SELECT job_id, attempt, host, gpu_index, ts_s, utilization_pct, memory_used_mb, temperature_c, power_w
+    FROM gpu_samples WHERE job_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS scheduler_events (
     stream_seq UBIGINT NOT NULL, type VARCHAR NOT NULL, ts_s DOUBLE NOT NULL,
     by_role VARCHAR, reason VARCHAR

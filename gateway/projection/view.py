@@ -37,6 +37,11 @@ class JobView:
         # (job, webhook event) delivered or given up on: never sent again, also after a restart.
         self.webhooks_settled: set[tuple[str, str]] = set()
         self.percent: dict[str, float] = {}  # latest, of jobs with progress webhooks
+        # Per job, the watchdog's anomalies (the first of each kind per attempt): for listings,
+        # details, webhooks and /metrics without a query.
+        self.anomalies: dict[str, list[ev.JobAnomaly]] = {}
+        # Per job, the sum and count of its GPUs' utilisation samples (the detail's mean).
+        self.gpu_use: dict[str, tuple[float, int]] = {}
         self.states: dict[str, JobState] = {}  # as committed to DuckDB: what the API shows
         self.live_states: dict[str, JobState] = {}  # ahead of the commit: what the scheduler uses
         self.needs: dict[str, JobNeeds] = {}
@@ -110,6 +115,14 @@ class JobView:
             "SELECT DISTINCT job_id, json_extract_string(data, '$.event') FROM job_events "
             "WHERE type = 'webhook' AND contains(data, '\"final\":true')"
         ).fetchall()}
+        self.gpu_use = {job_id: (total, n) for job_id, total, n in self.con.execute(
+            "SELECT job_id, sum(utilization_pct), count(utilization_pct) FROM gpu_samples "
+            "WHERE job_id IS NOT NULL AND utilization_pct IS NOT NULL GROUP BY job_id").fetchall()}
+        for (data,) in self.con.execute(
+                "SELECT data FROM job_events WHERE type = 'anomaly' AND applied ORDER BY stream_seq").fetchall():
+            event = ev.decode_job_event(data.encode())
+            if isinstance(event, ev.JobAnomaly):
+                self.note_anomaly(event)
         for beat in self.con.execute(
             "SELECT host, last_seen_s, agent_started_s, heartbeat_interval_s, cpu_percent, "
             "memory_total_mb, memory_used_mb, disk_free_mb, running_jobs, gpu_note FROM hosts"
@@ -135,6 +148,27 @@ class JobView:
             )
             for r in rows
         ]
+
+    def note_gpu_use(self, beat: ev.HostHeartbeat) -> None:
+        utilisation = {g.index: g.utilization_pct for g in beat.gpus}
+        for job in beat.jobs:
+            for gpu in job.gpu_ids:
+                if (pct := utilisation.get(gpu)) is not None:
+                    total, n = self.gpu_use.get(job.job_id, (0.0, 0))
+                    self.gpu_use[job.job_id] = (total + pct, n + 1)
+
+    def gpu_utilisation_mean(self, job_id: str) -> float | None:
+        total, n = self.gpu_use.get(job_id, (0.0, 0))
+        return round(total / n, 1) if n else None
+
+    def note_anomaly(self, event: ev.JobAnomaly) -> bool:
+        """Keep `event` unless its attempt had one of its kind already (an agent restarted
+        mid-stall may say it again); True if kept."""
+        kept = self.anomalies.setdefault(event.job_id, [])
+        if any(a.attempt == event.attempt and a.kind == event.kind for a in kept):
+            return False
+        kept.append(event)
+        return True
 
     # ---- change notification -------------------------------------------------------------
     def _notify(self) -> None:

@@ -155,7 +155,7 @@ class BatchWriter:
                     metric_cols["step"].extend(event.step)
                     metric_cols["epoch"].extend(event.epoch)
                     metric_cols["name"].extend(event.name)
-                    metric_cols["value"].extend(event.value)
+                    metric_cols["value"].extend(event.values())
                     metric_cols["ts_s"].extend(event.point_ts_s)
                     continue
                 if isinstance(event, ev.JobSubmitted):
@@ -264,13 +264,17 @@ class BatchWriter:
             return
         samples: dict[str, list] = {
             k: []
-            for k in ("host", "gpu_index", "ts_s", "memory_used_mb", "utilization_pct", "temperature_c", "power_w")
+            for k in ("host", "gpu_index", "ts_s", "memory_used_mb", "utilization_pct", "temperature_c", "power_w",
+                      "job_id", "attempt")
         }
         for beat in batch.beats:
+            holders = {gpu: (j.job_id, j.attempt) for j in beat.jobs for gpu in j.gpu_ids}
             for g in beat.gpus:
+                job_id, attempt = holders.get(g.index, (None, None))
                 for key, value in (("host", beat.host), ("gpu_index", g.index), ("ts_s", beat.ts_s),
                                    ("memory_used_mb", g.memory_used_mb), ("utilization_pct", g.utilization_pct),
-                                   ("temperature_c", g.temperature_c), ("power_w", g.power_w)):
+                                   ("temperature_c", g.temperature_c), ("power_w", g.power_w),
+                                   ("job_id", job_id), ("attempt", attempt)):
                     samples[key].append(value)
         beats = list(latest.values())
         self.tables.replace_by_key(con, "hosts", ("host",), {

@@ -262,6 +262,26 @@ class Reader:
                 views.MetricPoint(attempt=at, step=step, epoch=epoch, value=value, ts_s=ts))
         return series
 
+    async def job_gpus(self, job_id: str, *, attempt: int | None, points: int) -> list[views.JobGpuSeries]:
+        """The job's GPUs over time (view job_gpu_samples), at most `points` per GPU and attempt."""
+        cond = "job_id = ?"
+        params: list[Any] = [job_id]
+        if attempt is not None:
+            cond += " AND attempt = ?"
+            params.append(attempt)
+        sql = (f"SELECT attempt, host, gpu_index, max(ts_s), avg(utilization_pct), avg(memory_used_mb)::BIGINT "
+               f"FROM (SELECT *, ntile(?) OVER (PARTITION BY attempt, host, gpu_index ORDER BY ts_s) AS bucket "
+               f"FROM job_gpu_samples WHERE {cond}) GROUP BY attempt, host, gpu_index, bucket "
+               f"ORDER BY attempt, host, gpu_index, bucket")
+        rows = await self.run(lambda c: c.execute(sql, [points, *params]).fetchall())
+        series: dict[tuple[int, str, int], list[views.GpuSample]] = {}
+        for at, host, gpu, ts, util, mem in rows:
+            series.setdefault((at, host, gpu), []).append(
+                views.GpuSample(ts_s=ts, utilization_pct=None if util is None else round(util, 1), memory_used_mb=mem))
+        return [views.JobGpuSeries(attempt=at, host=host, gpu_index=gpu, samples=samples,
+                                   mean_utilization_pct=_mean([s.utilization_pct for s in samples]))
+                for (at, host, gpu), samples in series.items()]
+
     # ---- logs ------------------------------------------------------------------------------
     async def logs(self, job_id: str, chosen: LogFilter, *, tail: int | None, limit: int) -> list[views.LogLine]:
         cond, params = chosen.where(job_id)
@@ -312,6 +332,11 @@ class Reader:
             f"ORDER BY stream_seq LIMIT ?", [*params, limit]).fetchall())
         return [views.EventView(stream_seq=r[0], type=r[1], attempt=r[2], ts_s=r[3], applied=r[4],
                                 note=r[5], data=msgspec.json.decode(r[6]) if r[6] else None) for r in rows]
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(sum(known) / len(known), 1) if known else None
 
 
 def _summary(r: tuple) -> views.JobSummary:

@@ -37,6 +37,7 @@ from shared.commands import ExportJob, StopJob
 from shared.ids import new_job_id
 from shared.jobspec import JobRequest, SwiftJob
 from shared.jobstate import JobState, JobStatus
+from shared.watch import WatchPolicy
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -76,7 +77,8 @@ def _wait_words(seconds: float | None, paused: bool) -> str:
 class JobService:
     def __init__(self, writer: EventWriter, projector: Projector, scheduler: Scheduler,
                  cluster: ClusterService, reader: Reader, *, allowed_roots: list[str],
-                 webhook_policy: WebhookPolicy, ryw_timeout_s: float) -> None:
+                 webhook_policy: WebhookPolicy, ryw_timeout_s: float,
+                 watch: WatchPolicy | None = None) -> None:
         self.writer = writer
         self.projector = projector
         self.scheduler = scheduler
@@ -85,6 +87,7 @@ class JobService:
         self.paths = PathChecks(allowed_roots)
         self.webhook_policy = webhook_policy
         self.ryw_timeout_s = ryw_timeout_s
+        self.watch = watch or WatchPolicy()  # fills the watch fields a job leaves out
         self._details: VersionedCache[views.JobDetail] = VersionedCache()
         self._lists: VersionedCache[views.JobList] = VersionedCache(256)
 
@@ -112,7 +115,7 @@ class JobService:
         check_request(spec, role)
         if spec.webhook_url:
             await self._check_webhook(spec.webhook_url)
-        spec = self.paths.check(spec)
+        spec = self.watch.filled_in(self.paths.check(spec))
         self._refuse_if_pinned_gpus_busy(spec)
         job_id = new_job_id()
         event = ev.JobSubmitted(job_id=job_id, attempt=0, ts_s=now_s(), spec=spec, submitted_by=user)
@@ -208,6 +211,8 @@ class JobService:
         self.state(job_id)
         version = self.projector.job_versions.get(job_id, 0)
         detail = await self._details.get(job_id, version, lambda: self._detail(job_id))
+        if (mean := self.projector.gpu_utilisation_mean(job_id)) != detail.gpu_utilization_mean_pct:
+            detail = msgspec.structs.replace(detail, gpu_utilization_mean_pct=mean)  # (samples move on their own)
         if self._may_see_secrets(job_id, role, user):
             return detail
         return msgspec.structs.replace(detail, spec=redacted_spec(detail.spec))
@@ -234,13 +239,22 @@ class JobService:
         """A list page; the same page is computed once per change of the job stream."""
         key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in filters.items()))
         version = self.projector.applied[subjects.JOB_STREAM]
-        return await self._lists.get(key, version, lambda: self.reader.list_jobs(**filters))  # type: ignore[arg-type]
+        return await self._lists.get(key, version, lambda: self._list_page(filters))
+
+    async def _list_page(self, filters: dict[str, object]) -> views.JobList:
+        page = await self.reader.list_jobs(**filters)  # type: ignore[arg-type]
+        anomalies = self.projector.anomalies
+        for i, job in enumerate(page.jobs):
+            if found := anomalies.get(job.job_id):
+                page.jobs[i] = msgspec.structs.replace(job, anomaly_kinds=sorted({a.kind for a in found}))
+        return page
 
     async def _detail(self, job_id: str) -> views.JobDetail:
         job = await self.reader.job_detail_rows(job_id)
         if job is None:
             raise job_not_found(job_id, self.projector.catching_up())
         progress = await self.progress(job_id)
+        anomalies = self.projector.anomalies.get(job_id, [])
         return views.JobDetail(
             job_id=job_id, name=job["name"] or "", description=job["description"] or "",
             trainer=job["trainer"], status=job["status"], priority=job["priority"], gpus=job["gpus"],
@@ -252,6 +266,7 @@ class JobService:
             stdout_path=job["stdout_path"], stderr_path=job["stderr_path"],
             spec=msgspec.json.decode(job["spec"]), status_history=job["history"],
             progress=progress, checkpoints=job["checkpoints"], exports=job["exports"],
+            anomaly_kinds=sorted({a.kind for a in anomalies}), anomalies=[msgspec.to_builtins(a) for a in anomalies],
         )
 
     async def delete(self, job_id: str, *, user: str = "") -> None:

@@ -44,10 +44,31 @@ def test_a_real_tiny_transformers_trainer(cluster: Cluster) -> None:
     assert (progress["step"], progress["total_steps"], progress["percent"]) == (12, 12, 100.0)
     detail = cluster.api.client.get(f"/jobs/{job}").json()
     assert sorted(c["step"] for c in detail["checkpoints"]) == [6, 12]
+    assert detail["anomalies"] == []  # a healthy run: the watchdog says nothing
     assert all(Path(c["path"], "trainer_state.json").is_file() for c in detail["checkpoints"])
     lines = [ln["text"] for ln in cluster.api.logs(job)]
     assert not any("%|" in t for t in lines)  # the tqdm bar is progress, not a flood of lines
     assert sum(t.startswith("{'loss'") for t in lines) == 6
+
+
+@pytest.mark.skipif(importlib.util.find_spec("transformers") is None or importlib.util.find_spec("torch") is None,
+                    reason="torch/transformers not installed (CI installs them: .ci/run)")
+def test_a_real_trainer_whose_loss_goes_nan_is_stopped_at_that_step(cluster: Cluster) -> None:
+    """An absurd learning rate: the tiny model's loss is nan from step 2 on (transformers 5.x
+    logs it as the string 'nan'; the hook reports it as JSON's NaN)."""
+    r = cluster.api.client.post("/jobs", json={
+        "trainer": "hf", "script": str(TRAINERS / "tiny_hf.py"), "gpus": 0, "on_nan": "stop", "stop_grace_s": 5,
+        "args": ["--output_dir", "out", "--max_steps", "2000", "--logging_steps", "1", "--save_steps", "1000",
+                 "--learning_rate", "1e30"],
+    })
+    assert r.status_code == 201, r.text
+    job = r.json()["job_id"]
+    final = cluster.api.wait(job, timeout_s=180)
+    assert final["status"] == "failed" and final["reason"].startswith("loss was nan at step 2 ("), final
+    events = [e["data"] for e in cluster.api.client.get(f"/jobs/{job}/events").json() if e["type"] == "anomaly"]
+    assert [(e["kind"], e["metric"], e["step"]) for e in events] == [("nan", "loss", 2)], events
+    steps = [p["step"] for p in series(cluster, job, "loss")]
+    assert steps[:2] == [1, 2] and steps[-1] < 2000, steps  # stopped, long before its end
 
 
 def test_swift_job_as_seed_002_sends_it(cluster: Cluster) -> None:

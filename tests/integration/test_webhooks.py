@@ -120,3 +120,20 @@ def test_progress_milestones_need_a_url_and_sane_percentages(cluster: Cluster) -
     assert r.status_code == 422 and r.json()["field"] == "webhook_progress"
     r = cluster.api.client.post("/jobs", json={**base, "webhook_url": "http://127.0.0.1:9/x", "webhook_progress": [0]})
     assert r.status_code == 422 and "webhook_progress" in r.json()["field"]
+
+
+def test_an_anomaly_is_posted_once_as_job_anomaly(cluster: Cluster) -> None:
+    receiver = Receiver()
+    diverging = ("import json\nfor s in (1, 2, 3):\n"
+                 "    print('@trainyard ' + json.dumps({'step': s, 'metrics': {'loss': float('nan')}}), flush=True)\n")
+    job = cluster.api.submit([sys.executable, "-c", diverging], webhook_url=receiver.url)
+    cluster.api.wait(job)
+    events = webhook_events(cluster, job, 2)
+    assert sorted(e["event"] for e in events) == ["job.anomaly.nan.1", "job.succeeded"], events
+    anomaly = next(json.loads(body) for headers, body in receiver.calls
+                   if headers["X-Trainyard-Event"] == "job.anomaly")
+    assert anomaly["event"] == "job.anomaly" and anomaly["job_id"] == job
+    assert {k: anomaly["anomaly"][k] for k in ("kind", "metric", "step", "value")} == {
+        "kind": "nan", "metric": "loss", "step": 1, "value": "nan"}
+    time.sleep(1.0)
+    assert len(receiver.calls) == 2  # once each: three nan lines make one anomaly

@@ -24,13 +24,16 @@ def main() -> None:
     # TINY_LOGGING_STEPS: logging_steps set in the script's own code, not on its command line.
     p.add_argument("--logging_steps", type=int, default=int(os.environ.get("TINY_LOGGING_STEPS", "2")))
     p.add_argument("--save_steps", type=int, default=6)
+    # An absurd one (1e30) makes the loss nan within a few steps: the NaN watchdog's test.
+    p.add_argument("--learning_rate", type=float, default=1e-2)
     a = p.parse_args()
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=16, n_positions=16, n_embd=32, n_layer=2, n_head=2))
     args = TrainingArguments(
         output_dir=a.output_dir, max_steps=a.max_steps, logging_steps=a.logging_steps,
-        save_steps=a.save_steps, per_device_train_batch_size=8, learning_rate=1e-2,
+        save_steps=a.save_steps, per_device_train_batch_size=8, learning_rate=a.learning_rate,
         report_to=[], use_cpu=True, dataloader_num_workers=0,
+        logging_nan_inf_filter=False,  # a nan loss is logged as nan (not replaced): what users see
     )
     Trainer(model=model, args=args, train_dataset=Pattern()).train()
 

@@ -23,6 +23,11 @@ NOT_METRICS = frozenset({
     "total_flos",
 })
 
+# transformers 4.x prints a nan or inf float bare (`{'loss': nan, 'grad_norm': inf}`), which is no
+# Python literal: such a value, where a value stands, is quoted before `ast.literal_eval` reads it
+# again ('nan' is a number to `number`), so the points of a diverged run are not lost.
+_BARE_NONFINITE_RE = re.compile(r"(?:(?<=[:,] )|(?<=[\[(]))(-?)(nan|inf)(?=\s*[,}\])])")
+
 _BAR_RE = re.compile(
     r"(?:^|\s)(?P<desc>[A-Za-z][\w ]*?)?:?\s*(?P<pct>\d{1,3})%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)"
     r"\s*\[(?P<elapsed>[\d:]+)<(?P<remaining>[\d:?]+)(?:,\s*(?P<rate>[\d.]+|\?)\s*(?P<unit>s/it|it/s))?"
@@ -38,7 +43,13 @@ def parse_log_dict(line: str) -> dict[str, object] | None:
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError, MemoryError, RecursionError):
-        return None
+        quoted = _BARE_NONFINITE_RE.sub(r"'\1\2'", text)
+        if quoted == text:
+            return None
+        try:
+            value = ast.literal_eval(quoted)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return None
     return value if isinstance(value, dict) else None
 
 
