@@ -17,6 +17,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from agent.gpus import GpuInventory
+from agent.metrics import serve_metrics
 from agent.options import RunOptions
 from agent.publisher import publish_once
 from agent.supervisor import Supervisor
@@ -84,6 +85,8 @@ class Agent:
         # Everything else may wait on NATS, so it runs as a task that a stop cancels.
         tasks = [asyncio.create_task(self._heartbeat_loop(js), name="agent-heartbeat"),
                  asyncio.create_task(self._serve(js, feed), name="agent-commands")]
+        metrics = (await serve_metrics(self.settings.metrics_bind, self.settings.metrics_port, self._backlog)
+                   if self.settings.metrics_port else None)
         stop_wait = asyncio.create_task(self._stopping.wait(), name="agent-stop-wait")
         done, _ = await asyncio.wait([*tasks, stop_wait], return_when=asyncio.FIRST_COMPLETED)
         await cancel_and_wait(tasks)
@@ -93,12 +96,20 @@ class Agent:
         if nc.is_connected:  # a last beat says "leaving" (the host goes offline at once)
             await self._publish_heartbeat(js, leaving=True)
         await feed.stop()
+        if metrics is not None:
+            metrics.close()
         await close_quietly(nc)
         if (took := time.monotonic() - started) > 2.0:
             log.warning("stopping took %.1fs", took)
         for task in done:
             if task is not stop_wait and not task.cancelled() and task.exception():
                 raise task.exception()  # type: ignore[misc]
+
+    def _backlog(self) -> tuple[int, int]:
+        """(log and metric bytes not yet acknowledged, attempts watched): for /metrics."""
+        runs = self.supervisor.active_runs()
+        unacked = sum(r.reporter.log_batcher.pending_bytes + r.reporter.metric_batcher.pending_bytes for r in runs)
+        return unacked, len(runs)
 
     async def _refuse_if_host_alive(self, js: JetStreamContext) -> None:
         """One host name, one agent: HostInUse when another agent of this host name is alive

@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar
 from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
 
+from agent.metrics import COUNTS
 from shared import wire
 
 log = logging.getLogger("trainyard.agent.publish")
@@ -52,12 +53,15 @@ async def _publish_retrying(js: JetStreamContext, env: wire.Envelope) -> int:
     while True:
         try:
             ack = await js.publish(env.subject, env.payload, headers=env.headers, timeout=PUBLISH_TIMEOUT_S)
+            COUNTS.published_messages += 1
+            COUNTS.published_bytes += len(env.payload)
             return ack.seq
         except asyncio.CancelledError:
             raise
         except MaxPayloadError:
             raise PayloadTooLarge(f"{env.msg_id}: {len(env.payload):,} bytes is over the server's limit") from None
         except Exception as exc:  # disconnected, no responders, timeout: the same id again
+            COUNTS.publish_retries += 1
             log.warning("publish %s failed (%s); retrying in %.2fs", env.msg_id, exc, delay_s)
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, 2.0)

@@ -238,6 +238,7 @@ class QueueEntry(msgspec.Struct, kw_only=True):
     submitted_s: float
     waiting_reason: str
     estimated_wait_s: float | None
+    anomaly_kinds: list[str] = []  # what the watchdog found in its earlier attempts (a retry's)
 
 
 class QueueView(msgspec.Struct, kw_only=True):

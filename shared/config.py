@@ -77,6 +77,9 @@ class AgentSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     python: str = ""
     # Where diffusion-pipe is checked out (with its submodules) on this host: train.py's dir.
     diffusion_pipe_dir: str = ""
+    # Prometheus metrics of the agent itself on this port (0: none), on `metrics_bind`.
+    metrics_port: int = 0
+    metrics_bind: str = "127.0.0.1"
     # Fault injection, for the fault suite only (TRAINYARD_TEST_CRASH_AT): the agent kills itself
     # with SIGKILL on reaching this point of the spawn path (agent/options.py names them).
     test_crash_at: str = ""

@@ -96,6 +96,7 @@ def cluster(nats: Nats, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cl
         if api.wait(job)["status"] == "succeeded":
             break
     yield Cluster(api, url, data_dir, work_dir, nats, stack, token, "test-host")
+    api.client.close()
     stack.stop()
 
 

@@ -268,6 +268,7 @@ class Rig:
         return [g for g in self.api.client.get("/gpus").json()["gpus"] if g["state"] != "free"]
 
     def stop(self) -> None:
+        self.api.client.close()
         self.stack.stop()
 
 

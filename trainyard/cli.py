@@ -56,7 +56,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
                    "heartbeat_interval_s": args.heartbeat_interval_s,
                    "diffusion_pipe_dir": args.diffusion_pipe_dir, "python": args.python,
                    "max_log_bytes_per_attempt": args.max_log_bytes_per_attempt,
-                   "stop_trainers_on_exit": args.stop_trainers_on_exit or None},
+                   "stop_trainers_on_exit": args.stop_trainers_on_exit or None,
+                   "metrics_port": args.metrics_port},
     )
     if not settings.host:
         print("trainyard agent: --host NAME is required (or TRAINYARD_HOST)", file=sys.stderr)
@@ -246,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     ag.add_argument("--max-log-bytes-per-attempt", type=int, default=None,
                     help="log text shipped per attempt; 0: no cap (default 4 GiB)")
     ag.add_argument("--stop-trainers-on-exit", action="store_true", help="stopping the agent stops its trainers too")
+    ag.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                    help="serve the agent's Prometheus metrics on 127.0.0.1:PORT (setting metrics_bind)")
     ag.add_argument("--config", default=None,
                     help="a trainyard.toml whose [agent] applies (default: the current dir's)")
     ag.set_defaults(func=cmd_agent)

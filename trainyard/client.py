@@ -132,6 +132,8 @@ def _cell(key: str, value: object) -> str:
         return ""
     if key in TIME_COLUMNS and isinstance(value, int | float):
         return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+    if isinstance(value, list):
+        return _shown(", ".join(map(str, value)))
     return _shown(str(value))
 
 
@@ -157,7 +159,8 @@ def cmd_submit(gw: Gateway, args: argparse.Namespace) -> None:
     if args.file:
         text = Path(args.file).read_bytes()
         body = tomllib.loads(text.decode()) if args.file.endswith(".toml") else json.loads(text)
-    for key in ("trainer", "name", "priority", "gpus", "host", "max_retries", "webhook_url", "max_runtime_s"):
+    for key in ("trainer", "name", "priority", "gpus", "host", "max_retries", "webhook_url", "max_runtime_s",
+                "on_nan", "stall_timeout_s", "on_stall", "idle_timeout_s", "on_idle"):
         value = getattr(args, key)
         if value is not None:
             body[key] = value
@@ -210,12 +213,19 @@ def cmd_list(gw: Gateway, args: argparse.Namespace) -> None:
     _print(page, args.json, lambda p: _table(p["jobs"], [
         ("job_id", "job"), ("name", "name"), ("trainer", "trainer"), ("status", "status"),
         ("priority", "prio"), ("host", "host"), ("gpu_ids", "gpus"), ("attempt", "attempt"),
-        ("submitted_by", "by"), ("submitted_s", "submitted"), ("reason", "reason")], title=f"{p['total']} jobs"))
+        ("submitted_by", "by"), ("submitted_s", "submitted"), ("anomaly_kinds", "anomalies"), ("reason", "reason")],
+        title=f"{p['total']} jobs"))
 
 
 def cmd_show(gw: Gateway, args: argparse.Namespace) -> None:
     detail = gw.call("GET", f"{API}/jobs/{args.job}")
-    _print(detail, args.json, lambda d: _console().print_json(data=d))
+    _print(detail, args.json, _show)
+
+
+def _show(detail: dict[str, Any]) -> None:
+    _console().print_json(data=detail)
+    for a in detail.get("anomalies") or []:  # last, where the eye lands
+        print(f"anomaly (attempt {a['attempt']}, {a['action']}): {a['detail']}")
 
 
 def cmd_logs(gw: Gateway, args: argparse.Namespace) -> None:

@@ -38,6 +38,14 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cwd", default=None,
                    help="where it runs (default: this directory when the gateway is on this machine)")
     p.add_argument("--webhook", dest="webhook_url", default=None, metavar="URL", help="POST its events here")
+    p.add_argument("--on-nan", choices=("notify", "stop"), default=None,
+                   help="a nan/inf loss: tell (an anomaly event, the webhook) or also stop it, failed")
+    p.add_argument("--stall-timeout", dest="stall_timeout_s", type=float, default=None, metavar="SECONDS",
+                   help="no new step for so long is a stall (0: not watched; default the gateway's, 1800)")
+    p.add_argument("--on-stall", choices=("notify", "stop"), default=None, help="what a stall does")
+    p.add_argument("--idle-timeout", dest="idle_timeout_s", type=float, default=None, metavar="SECONDS",
+                   help="a GPU of the job idle for so long is an anomaly (0: not watched)")
+    p.add_argument("--on-idle", choices=("notify", "stop"), default=None, help="what idle GPUs do")
     p.add_argument("argv", nargs="*", help="the command to run (after --)")
     p = command("list", "list jobs, newest first")
     p.add_argument("--status", default=None, help="only these statuses (comma list)")

@@ -17,6 +17,7 @@ from nats.js import JetStreamContext
 
 from agent.attempt.state import Published, RunState
 from agent.attempt.watchdog import Watchdog
+from agent.metrics import COUNTS
 from agent.publisher import ColumnBatcher, LatestSlot, publish
 from shared import events as ev
 from shared.clock import now_s
@@ -123,6 +124,7 @@ class Reporter:
                 fits = bisect.bisect_right(list(itertools.accumulate(map(len, texts))), room)
                 texts, levels, kinds, cut = texts[:fits], levels[:fits], kinds[:fits], True
         n = len(texts)
+        COUNTS.lines_read += n
         self.rows[stream] = self.rows.get(stream, 0) + n
         ts = now_s()
         self.log_batcher.extend(map(len, texts), ([ts] * n, [stream] * n, levels, kinds, texts))
@@ -154,6 +156,7 @@ class Reporter:
     def metrics(self, step: int | None, epoch: float | None, values: Mapping[str, float]) -> None:
         n = len(values)
         if n and not self.skip.get(self.feeding):
+            COUNTS.metric_points += n
             if self.watch is not None:
                 self.watch.metrics(step, epoch, values)
             names = list(values)

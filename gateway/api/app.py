@@ -28,6 +28,7 @@ from gateway.api.openapi import body_operation
 from gateway.api.params import csv_list as _csv
 from gateway.api.params import log_filters
 from gateway.api.params import since_seconds as _since
+from gateway.api.prometheus import PrometheusEndpoint
 from gateway.api.seed000 import seed000_router
 from gateway.errors import InvalidField, ServiceError, decode_body
 from gateway.read.queries import LogFilter
@@ -67,6 +68,8 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
     viewer: list[Guard] = [requires("viewer")]
     operator: list[Guard] = [requires("operator")]
     admin: list[Guard] = [requires("admin")]
+
+    prometheus = PrometheusEndpoint(runtime)
 
     def svc():
         return runtime.service
@@ -245,7 +248,7 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
     return Litestar(
         route_handlers=[*document_errors([create_job, list_jobs, job_detail, job_status, job_progress, job_metrics,
                         job_gpus, job_logs, job_log_text, job_events, stop_job, start_job, delete_job, export_job,
-                        retry_job, resume_job, job_checkpoints, run_sql, health,
+                        retry_job, resume_job, job_checkpoints, run_sql, health, prometheus.route(viewer),
                         *cluster_routes(runtime, PREFIX, viewer=viewer, operator=operator, admin=admin),
                         *stream_routes(runtime, PREFIX, viewer=viewer)]),
                         seed000_router(runtime, "/api/v1", viewer=viewer, operator=operator)],
@@ -255,6 +258,7 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
             Exception: unexpected_error_handler,
         },
         request_max_body_size=1024 * 1024,
+        middleware=[prometheus.timer],
         openapi_config=OpenAPIConfig(
             title="trainyard", version="0.1.0", path="/docs",
             # The document and nothing that loads scripts from a CDN (an offline cluster cannot

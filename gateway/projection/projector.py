@@ -148,6 +148,8 @@ class Projector(JobView):
     async def _follow(self, stream: str, feed: PullFeed) -> None:
         while True:
             msgs = await feed.next_batch(max_msgs=self.batch)
+            if msgs:
+                self.pending[stream] = msgs[-1].metadata.num_pending or 0
             if stream == subjects.JOB_STREAM:
                 await self._wait_for_logs_of_exits(msgs)
             batch = self.prepare(stream, msgs)
@@ -234,6 +236,8 @@ class Projector(JobView):
             self.attempt_hosts.pop(job_id, None)
             self.anomalies.pop(job_id, None)
             self.gpu_use.pop(job_id, None)
+            self.latest_progress.pop(job_id, None)
+            self.latest_loss.pop(job_id, None)
             self.live_logs.deleted(job_id)
         for logs in batch.logs:
             self.live_logs.committed(logs)

@@ -40,6 +40,12 @@ class JobView:
         # Per job, the watchdog's anomalies (the first of each kind per attempt): for listings,
         # details, webhooks and /metrics without a query.
         self.anomalies: dict[str, list[ev.JobAnomaly]] = {}
+        # Per job, its latest progress and its latest `loss` point (attempt, value), as written:
+        # Prometheus's per-job series (gateway/api/prometheus.py) without a query.
+        self.latest_progress: dict[str, ev.JobProgress] = {}
+        self.latest_loss: dict[str, tuple[int, float]] = {}
+        # Per stream, how many messages the server held beyond the last batch read (its lag).
+        self.pending: dict[str, int] = {s: 0 for s in subjects.EVENT_STREAMS}
         # Per job, the sum and count of its GPUs' utilisation samples (the detail's mean).
         self.gpu_use: dict[str, tuple[float, int]] = {}
         self.states: dict[str, JobState] = {}  # as committed to DuckDB: what the API shows

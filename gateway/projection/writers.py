@@ -155,7 +155,11 @@ class BatchWriter:
                     metric_cols["step"].extend(event.step)
                     metric_cols["epoch"].extend(event.epoch)
                     metric_cols["name"].extend(event.name)
-                    metric_cols["value"].extend(event.values())
+                    values = event.values()
+                    metric_cols["value"].extend(values)
+                    if "loss" in event.name:  # the latest `loss` point (Prometheus, per running job)
+                        last = n - 1 - event.name[::-1].index("loss")
+                        self.view.latest_loss[event.job_id] = (event.attempt, values[last])
                     metric_cols["ts_s"].extend(event.point_ts_s)
                     continue
                 if isinstance(event, ev.JobSubmitted):
@@ -184,6 +188,7 @@ class BatchWriter:
             for table in _JOB_KEYED_TABLES:
                 con.execute(f"DELETE FROM {table} WHERE job_key = ? AND job_id = ?", [job_key(job_id), job_id])
         if progress:
+            self.view.latest_progress.update(progress)
             p = list(progress.values())
             self.tables.replace_by_key(con, "progress", ("job_id",), {
                 "job_id": [e.job_id for e in p], "attempt": [e.attempt for e in p],

@@ -123,6 +123,7 @@ class ClusterService:
                 attempt=q.attempt, submitted_s=states[q.job_id].submitted_s,
                 waiting_reason=waiting.get(q.job_id, "being placed now"),
                 estimated_wait_s=waits.get(q.job_id),
+                anomaly_kinds=sorted({a.kind for a in self.projector.anomalies.get(q.job_id, ())}),
             ))
         return views.QueueView(length=len(entries), processor_running=not self.scheduler.paused, jobs=entries)
 

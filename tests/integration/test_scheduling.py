@@ -94,6 +94,7 @@ def gc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpuCluster]:
         cluster.start_agent(host, gpus)
     cluster.wait_online(len(AGENTS))
     yield cluster
+    cluster.api.client.close()
     stack.stop()
 
 

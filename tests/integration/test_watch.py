@@ -205,3 +205,31 @@ def test_gpus_in_use_are_not_idle(gpu_rig: Rig) -> None:
     job = api.submit([sys.executable, "-c", busy], gpus=1, idle_timeout_s=1, on_idle="stop")
     assert api.wait(job)["status"] == "succeeded"
     assert anomalies(api, job) == []
+
+
+def test_the_cli_sets_the_watch_and_shows_what_it_found(cluster: Cluster) -> None:
+    made = cli(cluster, "submit", "--json", "--on-nan", "stop", "--stall-timeout", "900", "--",
+               sys.executable, "-c", DIVERGING, "30")
+    assert made.returncode == 0, made.stderr
+    job = json.loads(made.stdout)["job_id"]
+    assert cluster.api.wait(job)["status"] == "failed"
+    spec = cluster.api.client.get(f"/jobs/{job}").json()["spec"]
+    assert (spec["on_nan"], spec["stall_timeout_s"]) == ("stop", 900.0)
+    shown = cli(cluster, "show", job)
+    assert shown.stdout.rstrip().endswith("anomaly (attempt 1, stop): loss was nan at step 3"), shown.stdout
+    listed = cli(cluster, "list", "--limit", "5")
+    row = next(line for line in listed.stdout.splitlines() if job[-6:] in line)
+    assert "nan" in row, listed.stdout
+
+
+def test_a_retry_waiting_in_the_queue_is_marked_with_what_its_last_attempt_had(cluster: Cluster) -> None:
+    api = cluster.api
+    job = api.submit([sys.executable, "-c", DIVERGING, "60"], on_nan="stop", stop_grace_s=2, max_retries=1,
+                     retry_backoff_s=600)
+    deadline = time.monotonic() + 30
+    while (st := api.status(job))["status"] != "queued" or st["attempt"] != 1:
+        assert time.monotonic() < deadline, st
+        time.sleep(0.1)
+    [entry] = [e for e in api.client.get("/queue").json()["jobs"] if e["job_id"] == job]
+    assert entry["anomaly_kinds"] == ["nan"], entry
+    api.client.post(f"/jobs/{job}/stop")
