@@ -68,10 +68,23 @@ class MetricPoint(msgspec.Struct, array_like=False, kw_only=True):
     ts_s: float
 
 
+class MetricColumns(msgspec.Struct):
+    """One series as columns (`format=columns`): point i is (attempt[i], step[i], ...)."""
+
+    attempt: msgspec.Raw
+    step: msgspec.Raw
+    epoch: msgspec.Raw
+    value: msgspec.Raw
+    ts_s: msgspec.Raw
+
+
 class MetricSeries(msgspec.Struct, kw_only=True):
     job_id: str
     type: str
-    series: dict[str, list[MetricPoint]]
+    series: dict[str, list[MetricPoint] | MetricColumns]
+    format: str = "points"
+    # Per series, how many of its points the limit left out (the earliest); absent: none.
+    left_out: dict[str, int] = {}
 
 
 class GpuSample(msgspec.Struct, kw_only=True):

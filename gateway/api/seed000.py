@@ -24,7 +24,7 @@ from gateway.api.openapi import body_operation
 from gateway.api.params import csv_list as _csv
 from gateway.api.params import log_filters, since_seconds
 from gateway.errors import InvalidField, ServiceError, decode_body
-from gateway.read.queries import LogFilter
+from gateway.read.queries import LogFilter, MetricQuery
 from gateway.runtime import GatewayRuntime
 from shared.jobstate import JobStatus
 
@@ -149,8 +149,8 @@ def seed000_router(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard],
         limit: Annotated[int, Parameter(ge=1, le=10_000)] = 1000,
     ) -> Response[Envelope]:
         latest = svc().state(task_id).attempt
-        series = await svc().reader.metrics(task_id, names=[metric], by=type, limit=limit, step_min=None,
-                                            step_max=None, downsample=None, attempt=latest)
+        series, _ = await svc().reader.metrics(task_id, MetricQuery(names=[metric], by=type, limit=limit,
+                                                                    attempt=latest))
         points = [{"step": p.step, "epoch": p.epoch, "value": p.value, "timestamp": p.ts_s}
                   for p in series.get(metric, [])]
         return envelope({"task_id": task_id, "metric": metric, "type": type, "data": points})

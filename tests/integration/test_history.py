@@ -1,0 +1,50 @@
+"""A whole metric series in one request (issue 17): a lifted cap, a columnar shape, and what a
+limit left out."""
+
+from __future__ import annotations
+
+import sys
+
+from tests.conftest import Cluster
+
+# 2,500 steps of loss and lr; at step 2,000 the loss is nan.
+SERIES = """
+import json
+for s in range(2500):
+    loss = float('nan') if s == 2000 else 1 / (s + 1)
+    print('@trainyard ' + json.dumps({'step': s, 'metrics': {'loss': loss, 'lr': 0.5}}))
+"""
+
+
+def test_a_whole_series_comes_in_one_request_as_columns_or_points(cluster: Cluster) -> None:
+    api = cluster.api
+    job = api.submit([sys.executable, "-c", SERIES])
+    assert api.wait(job)["status"] == "succeeded"
+    r = api.client.get(f"/jobs/{job}/metrics", params={"name": "loss,lr", "limit": 100_000, "format": "columns"})
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["format"] == "columns" and answer["left_out"] == {}
+    loss = answer["series"]["loss"]
+    assert loss["step"] == list(range(2500)) and loss["attempt"] == [1] * 2500
+    assert loss["value"][:3] == [1.0, 0.5, 1 / 3] and loss["value"][2000] is None  # nan: null in JSON
+    assert len(loss["epoch"]) == len(loss["ts_s"]) == 2500 and loss["ts_s"] == sorted(loss["ts_s"])
+    assert answer["series"]["lr"]["value"] == [0.5] * 2500
+    points = api.client.get(f"/jobs/{job}/metrics", params={"name": "loss", "limit": 100_000}).json()
+    assert [p["step"] for p in points["series"]["loss"]] == loss["step"] and points["left_out"] == {}
+
+
+def test_a_limit_keeps_the_latest_points_and_says_how_many_it_left_out(cluster: Cluster) -> None:
+    api = cluster.api
+    job = api.submit([sys.executable, "-c", SERIES])
+    api.wait(job)
+    cut = api.client.get(f"/jobs/{job}/metrics", params={"name": "loss", "limit": 1000, "format": "columns"}).json()
+    assert cut["series"]["loss"]["step"] == list(range(1500, 2500)) and cut["left_out"] == {"loss": 1500}
+    points = api.client.get(f"/jobs/{job}/metrics", params={"limit": 1000}).json()
+    assert points["left_out"] == {"loss": 1500, "lr": 1500}
+    assert [p["step"] for p in points["series"]["lr"]] == list(range(1500, 2500))
+    down = api.client.get(f"/jobs/{job}/metrics", params={"name": "lr", "downsample": 10, "format": "columns"}).json()
+    assert len(down["series"]["lr"]["value"]) == 10 and down["left_out"] == {}
+    too_many = api.client.get(f"/jobs/{job}/metrics", params={"limit": 10_000_001})
+    assert too_many.status_code == 422 and "limit" in too_many.text
+    odd = api.client.get(f"/jobs/{job}/metrics", params={"format": "csv"})
+    assert odd.status_code == 422 and "format" in odd.text
