@@ -154,16 +154,17 @@ class Reporter:
         self.logs("system", lines, [level] * len(lines), ["system"] * len(lines))
 
     def metrics(self, step: int | None, epoch: float | None, values: Mapping[str, float]) -> None:
-        n = len(values)
+        if n := len(values):
+            self.metric_points([step] * n, [epoch] * n, list(values), [float(v) for v in values.values()])
+
+    def metric_points(self, steps: list[int | None], epochs: list[float | None], names: list[str],
+                      values: list[float]) -> None:
+        n = len(names)
         if n and not self.skip.get(self.feeding):
             COUNTS.metric_points += n
             if self.watch is not None:
-                self.watch.metrics(step, epoch, values)
-            names = list(values)
-            self.metric_batcher.extend(
-                map(len, names),
-                ([step] * n, [epoch] * n, names, [float(v) for v in values.values()], [now_s()] * n),
-            )
+                self.watch.metric_points(steps, epochs, names, values)
+            self.metric_batcher.extend(map(len, names), (steps, epochs, names, values, [now_s()] * n))
 
     def progress(self, **reading: Any) -> None:
         """Sink.progress: its keywords are ev.Progress's fields (percent is derived here). A

@@ -61,14 +61,27 @@ class Watchdog:
             self._found(anomaly)
 
     # ---- what the attempt reports (Reporter) -----------------------------------------------
+    def metric_points(self, steps: list[int | None], epochs: list[float | None], names: list[str],
+                      values: list[float]) -> None:
+        """Points as the reporter takes them, column-wise. Checked value by value only when the
+        batch holds something to look at: a finite sum means no nan or inf (either would carry
+        into it), and no name starting with gpu_util means no simulated utilisation."""
+        if math.isfinite(sum(values)) and not any(n.startswith(SIMULATED_UTIL_METRIC) for n in set(names)):
+            return
+        for step, epoch, name, value in zip(steps, epochs, names, values, strict=True):
+            self._point(step, epoch, name, value)
+
     def metrics(self, step: int | None, epoch: float | None, values: Mapping[str, float]) -> None:
         for name, value in values.items():
-            if name == SIMULATED_UTIL_METRIC or name.startswith(SIMULATED_UTIL_METRIC + "."):
-                self._simulated(name, value)
-            if "nan" not in self.fired and not math.isfinite(value) and self.policy.watches_for_nan(name):
-                at = f" at step {step}" if step is not None else f" at epoch {epoch:g}" if epoch is not None else ""
-                self._fire(Anomaly("nan", self.policy.on_nan, f"{name} was {spelled(value)}{at}",
-                                   metric=name, step=step, value=spelled(value)))
+            self._point(step, epoch, name, value)
+
+    def _point(self, step: int | None, epoch: float | None, name: str, value: float) -> None:
+        if name == SIMULATED_UTIL_METRIC or name.startswith(SIMULATED_UTIL_METRIC + "."):
+            self._simulated(name, value)
+        if "nan" not in self.fired and not math.isfinite(value) and self.policy.watches_for_nan(name):
+            at = f" at step {step}" if step is not None else f" at epoch {epoch:g}" if epoch is not None else ""
+            self._fire(Anomaly("nan", self.policy.on_nan, f"{name} was {spelled(value)}{at}",
+                               metric=name, step=step, value=spelled(value)))
 
     def _simulated(self, name: str, value: float) -> None:
         if self._simulate_util is None or not math.isfinite(value):

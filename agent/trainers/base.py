@@ -46,6 +46,11 @@ class Sink(Protocol):
 
     def metrics(self, step: int | None, epoch: float | None, values: Mapping[str, float]) -> None: ...
 
+    def metric_points(self, steps: list[int | None], epochs: list[float | None], names: list[str],
+                      values: list[float]) -> None:
+        """Many points at once, column-wise (point i is steps[i], epochs[i], names[i], values[i]):
+        a parser that reads a whole chunk of reports hands them over in one call."""
+
     def progress(
         self,
         *,

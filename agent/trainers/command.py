@@ -10,6 +10,7 @@ Every other line is a log line whose level is read from common forms.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -35,6 +36,8 @@ class Report(msgspec.Struct, forbid_unknown_fields=False):
 
 
 _report_decoder = msgspec.json.Decoder(Report)
+_run_decoder = msgspec.json.Decoder(list[Report])
+PROGRESS_FIELDS = ("step", "total_steps", "epoch", "total_epochs")
 
 
 def decode_report(text: str) -> Report:
@@ -80,10 +83,54 @@ class CommandParser:
         if not (text.startswith(PREFIX) or "\n" + PREFIX in text):
             self._log(stream, lines, text, sink)
             return
-        # Reports among the lines: log the runs between them, in order.
+        # Runs of reports and runs of other lines, in order: the others are logged as they
+        # are, a run of reports is read at once (a trainer reporting every step prints little
+        # else, and one decode of the run costs a fraction of one per line).
+        for reports, same in itertools.groupby(lines, key=lambda line: line.startswith(PREFIX)):
+            run = list(same)
+            if reports:
+                self._reports(stream, run, sink)
+            else:
+                self._log(stream, run, "\n".join(run), sink)
+
+    def _reports(self, stream: str, lines: list[str], sink: Sink) -> None:
+        try:
+            reports = _run_decoder.decode("[" + ",".join(line[len(PREFIX):] for line in lines) + "]")
+        except msgspec.DecodeError:  # one of them is not a report (or holds a NaN): line by line
+            self._each_report(stream, lines, sink)
+            return
+        steps: list[int | None] = []
+        epochs: list[float | None] = []
+        names: list[str] = []
+        values: list[float] = []
+        for report in reports:
+            if n := len(report.metrics):
+                steps += [report.step] * n
+                epochs += [report.epoch] * n
+                names += report.metrics
+                values += report.metrics.values()
+            if report.checkpoint:
+                sink.checkpoint(report.checkpoint, report.step)
+            if report.message:
+                sink.logs("stdout", [report.message], ["INFO"], ["train"])
+        # The latest of each progress field, as reporting them one by one would leave it.
+        progress: dict[str, int | float] = {}
+        for report in reversed(reports):
+            for field in PROGRESS_FIELDS:
+                if field not in progress and (value := getattr(report, field)) is not None:
+                    progress[field] = value
+            if len(progress) == len(PROGRESS_FIELDS):
+                break
+        if progress:
+            sink.progress(**{field: progress.get(field) for field in PROGRESS_FIELDS})  # type: ignore[arg-type]
+        sink.metric_points(steps, epochs, names, values)
+
+    def _each_report(self, stream: str, lines: list[str], sink: Sink) -> None:
+        """Reports one by one; a line that is none is logged as a warning: the user sees what
+        was wrong."""
         run_start = 0
         for index, line in enumerate(lines):
-            if line.startswith(PREFIX) and self._report(line, sink):
+            if self._report(line, sink):
                 if index > run_start:
                     run = lines[run_start:index]
                     self._log(stream, run, "\n".join(run), sink, undecoded=True)
