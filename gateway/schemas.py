@@ -68,14 +68,18 @@ class MetricPoint(msgspec.Struct, array_like=False, kw_only=True):
     ts_s: float
 
 
-class MetricColumns(msgspec.Struct):
-    """One series as columns (`format=columns`): point i is (attempt[i], step[i], ...)."""
+class MetricColumns(msgspec.Struct, omit_defaults=True):
+    """One series as columns (`format=columns`): point i is (attempt[i], step[i], ...); the
+    fields a request's `fields` left out are absent."""
 
-    attempt: msgspec.Raw
-    step: msgspec.Raw
-    epoch: msgspec.Raw
-    value: msgspec.Raw
-    ts_s: msgspec.Raw
+    attempt: msgspec.Raw | None = None
+    step: msgspec.Raw | None = None
+    epoch: msgspec.Raw | None = None
+    value: msgspec.Raw | None = None
+    ts_s: msgspec.Raw | None = None
+
+
+METRIC_FIELDS = tuple(f.name for f in msgspec.structs.fields(MetricColumns))
 
 
 class MetricSeries(msgspec.Struct, kw_only=True):

@@ -40,6 +40,8 @@ from shared.jobstate import JobStatus
 PREFIX = "/api/v1/training"
 
 Limit = Annotated[int, Parameter(ge=1, le=10_000)]
+# Lines in one page of GET .../logs (next_after_seq pages on; logs.txt streams any length).
+MAX_LOG_LINES = 100_000
 # A whole series in one answer: 10M points of a long run is ~300 MB of JSON as columns.
 MAX_METRIC_POINTS = 10_000_000
 # Sequence numbers, steps and attempts fit DuckDB's BIGINT; beyond is not a number anyone means.
@@ -129,6 +131,8 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
                                         description="per series, its latest points")] = 1000,
         format: Annotated[str, Parameter(pattern="^(points|columns)$", description=(
             "points: a list of objects; columns: per series one array per field (several times faster)"))] = "points",
+        fields: Annotated[str | None, Parameter(description=(
+            "format=columns: which fields, a comma list of attempt, step, epoch, value, ts_s (default all)"))] = None,
         step_min: Step = None, step_max: Step = None,
         downsample: Annotated[int | None, Parameter(ge=1, le=100_000)] = None,
         attempt: Annotated[str | None, Parameter(pattern="^(all|[0-9]{1,7})$",
@@ -136,8 +140,13 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
     ) -> views.MetricSeries:
         state = svc().state(job_id)
         which = None if attempt == "all" else int(attempt) if attempt is not None else state.attempt
+        chosen = tuple(_csv(fields, "fields")) or views.METRIC_FIELDS
+        if unknown := [f for f in chosen if f not in views.METRIC_FIELDS]:
+            raise InvalidField(f"unknown field {unknown[0]!r}; fields are {', '.join(views.METRIC_FIELDS)}",
+                               field="fields")
         query = MetricQuery(names=_csv(name, "name") + _csv(metric, "metric"), by=type, limit=limit,
-                            step_min=step_min, step_max=step_max, downsample=downsample, attempt=which)
+                            step_min=step_min, step_max=step_max, downsample=downsample, attempt=which,
+                            fields=chosen)
         if format == "columns":
             columns, left_out = await svc().reader.metric_columns(job_id, query)
             return views.MetricSeries(job_id=job_id, type=type, series=columns, format=format, left_out=left_out)
@@ -157,8 +166,8 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
     @get(f"{PREFIX}/jobs/{{job_id:str}}/logs", guards=viewer)
     async def job_logs(
         job_id: str, type: str = "all", level: str | None = None,
-        tail: Annotated[int | None, Parameter(ge=1, le=10_000)] = None,
-        limit: Annotated[int | None, Parameter(ge=1, le=10_000, description="default: tail, else 1000")] = None,
+        tail: Annotated[int | None, Parameter(ge=1, le=MAX_LOG_LINES)] = None,
+        limit: Annotated[int | None, Parameter(ge=1, le=MAX_LOG_LINES, description="default: tail, else 1000")] = None,
         since: str | None = None,
         after_seq: Seq = None,
         q: Annotated[str | None, Parameter(max_length=200)] = None, attempt: Attempt = None,
@@ -172,7 +181,7 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
             tail = limit or 1000
         chosen = LogFilter(kind=kind, min_level=min_level, attempt=attempt, since_s=_since(since),
                            after_seq=after_seq, q=q)
-        lines = await svc().reader.logs(job_id, chosen, tail=tail, limit=limit or tail or 1000)
+        lines = await svc().logs(job_id, chosen, tail=tail, limit=limit or tail or 1000)
         return views.LogPage(job_id=job_id, lines=lines,
                              next_after_seq=lines[-1].seq if lines else after_seq)
 

@@ -164,7 +164,7 @@ def seed000_router(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard],
         svc().state(task_id)
         kind, min_level = log_filters(type, level)
         chosen = LogFilter(kind=kind, min_level=min_level, since_s=since_seconds(since))
-        lines = await svc().reader.logs(task_id, chosen, tail=tail, limit=limit)
+        lines = await svc().logs(task_id, chosen, tail=tail, limit=limit)
         return envelope({"task_id": task_id, "logs": [
             {"timestamp": ln.ts_s, "level": ln.level, "type": ln.kind, "message": ln.text} for ln in lines]})
 

@@ -4,6 +4,8 @@ batch, together with the stream sequence it reaches (a restart re-applies nothin
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
+from typing import Any
 
 import duckdb
 import msgspec
@@ -11,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gateway.projection.admission import decode_checked
-from gateway.projection.arrow import SMALL_BATCH_ROWS, Tables
+from gateway.projection.arrow import METRIC_COLUMNS, SMALL_BATCH_ROWS, Tables
 from gateway.projection.batch import PreparedBatch
 from gateway.projection.view import JobView
 from shared import events as ev
@@ -93,6 +95,22 @@ class BatchWriter:
             },
         )
 
+    def _write_metrics(self, con: duckdb.DuckDBPyConnection, batches: list[ev.MetricsRecorded]) -> None:
+        """A few points (a job reporting now and then) bound as parameters; more through Arrow."""
+        if sum(len(b.name) for b in batches) > SMALL_BATCH_ROWS:
+            self.tables.run_with(con, self.tables.metric_rows(batches),
+                                 f"INSERT INTO metrics ({', '.join(METRIC_COLUMNS)}) SELECT * FROM arrow_rows")
+            return
+        cols: dict[str, list] = {k: [] for k in METRIC_COLUMNS}
+        for b in batches:
+            n = len(b.name)
+            columns: tuple[Iterable[Any], ...] = (
+                [b.job_id] * n, [job_key(b.job_id)] * n, [b.attempt] * n, range(b.first_seq, b.first_seq + n),
+                b.step, b.epoch, b.name, b.values(), b.point_ts_s)
+            for name, values in zip(METRIC_COLUMNS, columns, strict=True):
+                cols[name].extend(values)
+        self.tables.insert(con, "metrics", cols)
+
     @staticmethod
     def _log_values(b: ev.LogBatch) -> tuple[list, ...]:
         return ([b.job_id] * b.count, [job_key(b.job_id)] * b.count, [b.attempt] * b.count,
@@ -117,9 +135,7 @@ class BatchWriter:
         events_cols: dict[str, list] = {
             k: [] for k in ("stream_seq", "job_id", "job_key", "attempt", "type", "ts_s", "data", "applied", "note")
         }
-        metric_cols: dict[str, list] = {
-            k: [] for k in ("job_id", "job_key", "attempt", "seq", "step", "epoch", "name", "value", "ts_s")
-        }
+        metric_batches: list[ev.MetricsRecorded] = []
         ckpt_cols: dict[str, list] = {k: [] for k in ("job_id", "attempt", "path", "step", "ts_s")}
         new_jobs: dict[str, list] = {}
         progress: dict[str, ev.JobProgress] = {}
@@ -147,20 +163,10 @@ class BatchWriter:
                 continue
             if item.applied:
                 if isinstance(event, ev.MetricsRecorded):  # points only: not a row of job_events
-                    n = len(event.name)
-                    metric_cols["job_id"].extend([event.job_id] * n)
-                    metric_cols["job_key"].extend([job_key(event.job_id)] * n)
-                    metric_cols["attempt"].extend([event.attempt] * n)
-                    metric_cols["seq"].extend(range(event.first_seq, event.first_seq + n))
-                    metric_cols["step"].extend(event.step)
-                    metric_cols["epoch"].extend(event.epoch)
-                    metric_cols["name"].extend(event.name)
-                    values = event.values()
-                    metric_cols["value"].extend(values)
+                    metric_batches.append(event)
                     if "loss" in event.name:  # the latest `loss` point (Prometheus, per running job)
-                        last = n - 1 - event.name[::-1].index("loss")
-                        self.view.latest_loss[event.job_id] = (event.attempt, values[last])
-                    metric_cols["ts_s"].extend(event.point_ts_s)
+                        last = len(event.name) - 1 - event.name[::-1].index("loss")
+                        self.view.latest_loss[event.job_id] = (event.attempt, event.values()[last])
                     continue
                 if isinstance(event, ev.JobSubmitted):
                     self._new_job_row(new_jobs, seq, event, batch.states[event.job_id])
@@ -179,7 +185,7 @@ class BatchWriter:
         self.tables.insert(con, "jobs", new_jobs)
         self._update_job_rows(con, [st for j, st in batch.states.items() if j not in batch.submit_seqs])
         self.tables.insert(con, "job_events", events_cols)
-        self.tables.insert(con, "metrics", metric_cols)
+        self._write_metrics(con, metric_batches)
         self.tables.insert(con, "checkpoints", ckpt_cols)
         self._write_exports(con, exports)
         for job_id in batch.deleted:

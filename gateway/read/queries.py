@@ -85,10 +85,11 @@ class MetricQuery:
     step_max: int | None = None
     downsample: int | None = None  # at most so many points per series, each a bucket's mean
     attempt: int | None = None  # None: every attempt's series in turn
+    fields: tuple[str, ...] = ("attempt", "step", "epoch", "value", "ts_s")  # of a columns answer
 
-    def sql(self, job_id: str) -> tuple[str, list[Any]]:
-        """A query of (name, attempt, step, epoch, value, ts_s, k: the order within a series,
-        total: the series' points before the limit), the latest `limit` of each series."""
+    def points(self, job_id: str) -> tuple[str, list[Any]]:
+        """A query of the points asked for: (name, attempt, step, epoch, value, ts_s, k: the
+        order within a series), before any limit."""
         where = ["job_key = ?", "job_id = ?"]
         params: list[Any] = [job_key(job_id), job_id]
         if self.names:
@@ -116,12 +117,19 @@ class MetricQuery:
         else:
             sql = f"SELECT name, attempt, step, epoch, value, ts_s, seq AS k FROM metrics WHERE {cond}"
         if self.downsample:
-            # Equal-width buckets over each series' order; each bucket keeps its mean value.
-            sql = (f"SELECT name, attempt, max(step) AS step, max(epoch) AS epoch, avg(value) AS value, "
-                   f"max(ts_s) AS ts_s, min(k) AS k FROM ("
-                   f"SELECT *, ntile(?) OVER (PARTITION BY name, attempt ORDER BY k) AS bucket FROM ({sql})) "
-                   f"GROUP BY name, attempt, bucket")
-            params = [self.downsample, *params]
+            # Equal-width buckets over each series' span of its order key (its arrival, or its
+            # epochs), each the mean of its points: a scan and a grouping, no sort of the points.
+            sql = (f"WITH b AS ({sql}), r AS (SELECT name, attempt, min(k) AS lo, max(k) AS hi FROM b GROUP BY ALL) "
+                   f"SELECT name, attempt, max(step) AS step, max(epoch) AS epoch, avg(value) AS value, "
+                   f"max(ts_s) AS ts_s, min(k) AS k FROM b JOIN r USING (name, attempt) GROUP BY name, attempt, "
+                   f"CASE WHEN hi = lo THEN 0 ELSE least(floor((k - lo) * ? / (hi - lo)), ? - 1) END")
+            params = [*params, self.downsample, self.downsample]
+        return sql, params
+
+    def sql(self, job_id: str) -> tuple[str, list[Any]]:
+        """`points` with each series cut to its latest `limit` points; `total`: its points
+        before the cut."""
+        sql, params = self.points(job_id)
         sql = (f"SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY name ORDER BY attempt DESC, k DESC) AS rn, "
                f"count(*) OVER (PARTITION BY name) AS total FROM ({sql})) WHERE rn <= ?")
         return sql, [*params, self.limit]
@@ -288,16 +296,22 @@ class Reader:
                         if totals[name] > len(points)}
 
     async def metric_columns(self, job_id: str, query: MetricQuery) -> tuple[dict[str, views.MetricColumns], LeftOut]:
-        """The same as columns, one JSON array per field, built by DuckDB (no Python object per
-        point: 100k points in a few milliseconds). JSON has no nan or inf: such a value is null."""
-        sql, params = query.sql(job_id)
-        order = "ORDER BY attempt, k"
-        fields = ", ".join(f"to_json(list({f} {order}))" for f in (
-            "attempt", "step", "epoch", "CASE WHEN isfinite(value) THEN value END", "ts_s"))
+        """The same as columns: one JSON array per field, built by DuckDB, with no Python object
+        per point. JSON has no nan or inf: such a value is null."""
+        sql, params = query.points(job_id)
+        # One sort per series (of structs, keyed by attempt then order), then a JSON array per
+        # field: a sort inside each field's list() would sort the points five times.
+        point = ("{'a': attempt, 'k': k, 's': step, 'e': epoch, 'v': CASE WHEN isfinite(value) THEN value END, "
+                 "'t': ts_s}")
+        wanted = [f for f in views.METRIC_FIELDS if f in query.fields]
+        fields = ", ".join(f"to_json(list_transform(p, lambda x: x.{f[0]}))" for f in wanted)
         rows = await self.run(lambda c: c.execute(
-            f"SELECT name, any_value(total), count(*), {fields} FROM ({sql}) GROUP BY name ORDER BY name",
-            params).fetchall())
-        series = {r[0]: views.MetricColumns(*(msgspec.Raw(v.encode()) for v in r[3:])) for r in rows}
+            f"SELECT name, total, len(p), {fields} FROM ("
+            f"SELECT name, total, list_slice(l, greatest(total - ?, 0) + 1, total) AS p FROM ("
+            f"SELECT name, count(*) AS total, list_sort(list({point})) AS l FROM ({sql}) GROUP BY name)) ORDER BY name",
+            [query.limit, *params]).fetchall())
+        series = {r[0]: views.MetricColumns(**{f: msgspec.Raw(v.encode()) for f, v in zip(wanted, r[3:], strict=True)})
+                  for r in rows}
         return series, {r[0]: r[1] - r[2] for r in rows if r[1] > r[2]}
 
     async def job_gpus(self, job_id: str, *, attempt: int | None, points: int) -> list[views.JobGpuSeries]:
@@ -321,8 +335,17 @@ class Reader:
                 for (at, host, gpu), samples in series.items()]
 
     # ---- logs ------------------------------------------------------------------------------
-    async def logs(self, job_id: str, chosen: LogFilter, *, tail: int | None, limit: int) -> list[views.LogLine]:
+    async def logs(self, job_id: str, chosen: LogFilter, *, tail: int | None, limit: int,
+                   latest: tuple[int, int] | None = None) -> list[views.LogLine]:
+        """A page of lines: the first `limit` that `chosen` keeps, or its last `tail`.
+        `latest`: (the job's attempt, its last stored line), which lets a tail look at the end
+        of the log first (see _tail_window)."""
         cond, params = chosen.where(job_id)
+        if tail and latest and chosen.after_seq is None and chosen.since_s is None \
+                and chosen.attempt in (None, latest[0]):
+            found = await self._tail_window(cond, params, min(tail, limit), *latest)
+            if found is not None:
+                return found
         if tail:
             sql = (f"SELECT * FROM (SELECT seq, attempt, ts_s, stream, level, kind, text FROM logs "
                    f"WHERE {cond} ORDER BY attempt DESC, seq DESC LIMIT ?) ORDER BY attempt, seq")
@@ -334,6 +357,24 @@ class Reader:
         rows = await self.run(lambda c: c.execute(sql, params).fetchall())
         return [views.LogLine(seq=r[0], attempt=r[1], ts_s=r[2], stream=r[3], level=r[4], kind=r[5], text=r[6])
                 for r in rows]
+
+    async def _tail_window(self, cond: str, params: list[Any], n: int, attempt: int,
+                           last: int) -> list[views.LogLine] | None:
+        """The last `n` lines among the latest seqs of the attempt, in windows growing 16x until
+        they hold `n` (None once a window would hold the whole attempt: then the plain query).
+        A tail then reads the end of a long log, not all of it: ORDER BY seq DESC LIMIT n alone
+        reads every line of the job, which on a 10M-line table took 0.25 s, a window ~10 ms."""
+        window = max(64 * n, 4096)
+        while last - window >= 0:
+            sql = (f"SELECT * FROM (SELECT seq, attempt, ts_s, stream, level, kind, text FROM logs WHERE {cond} "
+                   f"AND attempt = ? AND seq > ? ORDER BY seq DESC LIMIT ?) ORDER BY seq")
+            args = [*params, attempt, last - window, n]
+            rows = await self.run(lambda c: c.execute(sql, args).fetchall())  # noqa: B023 (awaited here)
+            if len(rows) >= n:
+                return [views.LogLine(seq=r[0], attempt=r[1], ts_s=r[2], stream=r[3], level=r[4], kind=r[5],
+                                      text=r[6]) for r in rows]
+            window *= 16
+        return None
 
     async def log_text(self, job_id: str, chosen: LogFilter, tail: int | None) -> AsyncIterator[bytes]:
         """The log's text, a line each, in pages (constant memory however long the log): all of

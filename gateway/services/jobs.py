@@ -21,7 +21,7 @@ from gateway.errors import (
     refuse_unless_allowed,
 )
 from gateway.projection.projector import Projector
-from gateway.read.queries import Reader
+from gateway.read.queries import LogFilter, Reader
 from gateway.scheduling.scheduler import LeaderUnavailable, Scheduler
 from gateway.services.cache import VersionedCache
 from gateway.services.cluster import ClusterService
@@ -234,6 +234,12 @@ class JobService:
         """Who submitted the job (its token's name); "" if unknown."""
         needs = self.projector.needs.get(job_id)
         return needs.submitted_by if needs else ""
+
+    async def logs(self, job_id: str, chosen: LogFilter, *, tail: int | None, limit: int) -> list[views.LogLine]:
+        """A page of the job's log (Reader.logs), told where its log ends so a tail is quick."""
+        attempt = self.state(job_id).attempt
+        latest = (attempt, self.projector.live_logs.stored_through(job_id, attempt))
+        return await self.reader.logs(job_id, chosen, tail=tail, limit=limit, latest=latest)
 
     async def list_jobs(self, **filters: object) -> views.JobList:
         """A list page; the same page is computed once per change of the job stream."""
