@@ -28,6 +28,7 @@ EnvValue = Annotated[str, Meta(max_length=MAX_ARG_BYTES)]
 Text = Annotated[str, Meta(max_length=MAX_TEXT)]
 HostName = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 GraceSeconds = Annotated[float, Meta(ge=0, le=3600)]
+JobIdText = Annotated[str, Meta(pattern=r"^job_[0-9a-z_]{1,64}$")]
 
 
 class JobRequestBase(
@@ -60,6 +61,10 @@ class JobRequestBase(
     idle_gpu_util_pct: Percent | None = None
     idle_timeout_s: Seconds | None = None
     on_idle: Action | None = None
+    # Jobs this one waits for (gateway/scheduling/dependencies.py): until each has succeeded, or
+    # with depends_mode "any_end" until each has ended. Only jobs that exist at submit.
+    depends_on: Annotated[list[JobIdText], Meta(max_length=64)] = []
+    depends_mode: Literal["success", "any_end"] = "success"
     # A pinned GPU that is busy: wait in the queue, or refuse the request (409, seed 000's way).
     if_busy: Literal["queue", "reject"] = "queue"
     # Told when the job ends: POSTed JSON, signed with HMAC-SHA256 (README: Webhooks).

@@ -168,6 +168,10 @@ def cmd_submit(gw: Gateway, args: argparse.Namespace) -> None:
         body["gpu_ids"] = [int(i) for i in args.gpu_ids.split(",") if i.strip()]
     if args.hold:
         body["hold"] = True
+    if args.after:
+        body["depends_on"] = args.after
+        if args.after_any:
+            body["depends_mode"] = "any_end"
     if args.env:
         body["env"] = {**body.get("env", {}), **dict(_key_value(item) for item in args.env)}
     if args.argv:

@@ -38,6 +38,10 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cwd", default=None,
                    help="where it runs (default: this directory when the gateway is on this machine)")
     p.add_argument("--webhook", dest="webhook_url", default=None, metavar="URL", help="POST its events here")
+    p.add_argument("--after", action="append", default=[], metavar="JOB",
+                   help="start only once this job has succeeded (repeat; like Slurm's --dependency=afterok)")
+    p.add_argument("--after-any", action="store_true",
+                   help="with --after: once those jobs have ended, whatever their outcome (afterany)")
     p.add_argument("--on-nan", choices=("notify", "stop"), default=None,
                    help="a nan/inf loss: tell (an anomaly event, the webhook) or also stop it, failed")
     p.add_argument("--stall-timeout", dest="stall_timeout_s", type=float, default=None, metavar="SECONDS",

@@ -29,6 +29,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from gateway.projection.projector import Projector
+from gateway.scheduling.dependencies import dependency_verdicts
 from gateway.scheduling.lease import SchedulerLease
 from gateway.scheduling.placement import Assignment, HostView, QueuedJob, plan
 from gateway.writer import EventWriter
@@ -75,6 +76,7 @@ class Scheduler:
         self._lost_sent: set[tuple[str, int]] = set()
         self._stops_sent: set[tuple[str, int]] = set()
         self._fenced: dict[tuple[str, str, int], float] = {}
+        self._cancelled: set[tuple[str, int]] = set()  # (job, attempt) ended for unmeetable dependencies
         self._resume_needed = False
         self._leader_since = 0.0
         self._preview: tuple[tuple, tuple[list[QueuedJob], dict[str, str], dict[str, HostView]]] | None = None
@@ -196,8 +198,10 @@ class Scheduler:
         if self._preview is not None and self._preview[0] == key:
             return self._preview[1]
         queue, hosts = self.snapshot()
-        _, waiting = plan(queue, hosts)
         now, states = now_s(), self.projector.live_states
+        ready, blocked, doomed = dependency_verdicts(queue, states)
+        _, waiting = plan(ready, hosts)
+        waiting |= blocked | {job: f"{why}: it will not run (ended at the next pass)" for job, why in doomed.items()}
         for q in self.queued(backing_off=True):
             state = states[q.job_id]
             left = (state.retry_after_s or now) - now
@@ -233,6 +237,7 @@ class Scheduler:
         self._inflight.clear()
         self._lost_sent.clear()
         self._fenced.clear()
+        self._cancelled.clear()
         self._resume_needed = leader
         if leader:
             self._leader_since = now_s()
@@ -262,7 +267,10 @@ class Scheduler:
             self.waiting = {}
             return []
         started = time.perf_counter()
-        assignments, self.waiting = plan(queue, hosts)
+        ready, blocked, doomed = dependency_verdicts(queue, self.projector.live_states)
+        assignments, self.waiting = plan(ready, hosts)
+        self.waiting |= blocked
+        await self._cancel_doomed(doomed)
         elapsed_ms = (time.perf_counter() - started) * 1e3
         if elapsed_ms > 20:
             log.warning("scheduling pass over %d jobs / %d hosts took %.1f ms", len(queue), len(hosts), elapsed_ms)
@@ -270,6 +278,17 @@ class Scheduler:
             self._inflight[a.job_id] = a
             await self._dispatch(a)
         return assignments
+
+    async def _cancel_doomed(self, doomed: dict[str, str]) -> None:
+        """End the queued jobs whose dependencies can no longer be met (once each: until the
+        projection shows them stopped, a later pass would see them queued still)."""
+        for job_id, why in doomed.items():
+            state = self.projector.live_states[job_id]
+            if (job_id, state.attempt) in self._cancelled:
+                continue
+            self._cancelled.add((job_id, state.attempt))
+            await self.writer.publish(ev.JobCancelled(job_id=job_id, attempt=state.attempt, ts_s=now_s(),
+                                                      reason=f"not run: {why}"))
 
     def _start_command(self, a: Assignment, ts: float) -> StartJob:
         state = self.projector.live_states.get(a.job_id)

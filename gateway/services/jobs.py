@@ -115,6 +115,7 @@ class JobService:
         check_request(spec, role)
         if spec.webhook_url:
             await self._check_webhook(spec.webhook_url)
+        self._check_dependencies(spec)
         spec = self.watch.filled_in(self.paths.check(spec))
         self._refuse_if_pinned_gpus_busy(spec)
         job_id = new_job_id()
@@ -129,6 +130,14 @@ class JobService:
             estimated_wait_time=_wait_words(wait, self.scheduler.paused) if position else None,
             message=_submitted_words(job_id, state, position),
         )
+
+    def _check_dependencies(self, spec: JobRequest) -> None:
+        """A job may wait only for jobs that exist (so no cycle can form), each named once."""
+        for i, dep in enumerate(spec.depends_on):
+            if dep not in self.projector.live_states:
+                raise InvalidField(f"depends_on[{i}]: no job {dep}", field=f"depends_on[{i}]")
+            if dep in spec.depends_on[:i]:
+                raise InvalidField(f"depends_on[{i}]: {dep} is named twice", field=f"depends_on[{i}]")
 
     async def stop(self, job_id: str, *, force: bool, grace_s: float | None, user: str = "") -> views.StopResponse:
         state = self.state(job_id)
