@@ -167,6 +167,7 @@ class SubmitResponse(msgspec.Struct, kw_only=True):
     queue_position: int | None = None
     estimated_wait_s: float | None = None
     estimated_wait_time: str | None = None  # seed 002's field: the estimate in words
+    jobs: list[str] = []  # an array's or sweep's jobs, in index order (job_id names them all)
 
 
 class ExportResponse(msgspec.Struct, kw_only=True):

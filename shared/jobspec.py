@@ -31,6 +31,14 @@ GraceSeconds = Annotated[float, Meta(ge=0, le=3600)]
 JobIdText = Annotated[str, Meta(pattern=r"^job_[0-9a-z_]{1,64}$")]
 
 
+class ArraySpec(msgspec.Struct, forbid_unknown_fields=True):
+    count: Annotated[int, Meta(ge=1, le=1000)]
+
+
+SweepKey = Annotated[str, Meta(pattern=r"^[A-Za-z_][\w.-]{0,127}$")]
+SweepValues = Annotated[list[Any], Meta(min_length=1, max_length=1000)]
+
+
 class JobRequestBase(
     msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="trainer"
 ):
@@ -65,6 +73,14 @@ class JobRequestBase(
     # with depends_mode "any_end" until each has ended. Only jobs that exist at submit.
     depends_on: Annotated[list[JobIdText], Meta(max_length=64)] = []
     depends_mode: Literal["success", "any_end"] = "success"
+    # Many jobs from one request (gateway/scheduling/arrays.py): N copies, or one per combination
+    # of the sweep's values; `max_parallel` of them at once. The children carry array_id (the
+    # parent's id, which lists and stops them all) and array_index, set by the gateway only.
+    array: ArraySpec | None = None
+    sweep: Annotated[dict[SweepKey, SweepValues], Meta(max_length=16)] = {}
+    max_parallel: Annotated[int, Meta(ge=1, le=1000)] | None = None
+    array_id: JobIdText | None = None
+    array_index: Annotated[int, Meta(ge=0)] | None = None
     # A pinned GPU that is busy: wait in the queue, or refuse the request (409, seed 000's way).
     if_busy: Literal["queue", "reject"] = "queue"
     # Told when the job ends: POSTed JSON, signed with HMAC-SHA256 (README: Webhooks).

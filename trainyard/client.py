@@ -168,6 +168,12 @@ def cmd_submit(gw: Gateway, args: argparse.Namespace) -> None:
         body["gpu_ids"] = [int(i) for i in args.gpu_ids.split(",") if i.strip()]
     if args.hold:
         body["hold"] = True
+    if args.array is not None:
+        body["array"] = {"count": args.array}
+    if args.sweep:
+        body["sweep"] = {**body.get("sweep", {}), **dict(_sweep_values(item) for item in args.sweep)}
+    if args.max_parallel is not None:
+        body["max_parallel"] = args.max_parallel
     if args.after:
         body["depends_on"] = args.after
         if args.after_any:
@@ -194,7 +200,21 @@ def cmd_submit(gw: Gateway, args: argparse.Namespace) -> None:
         print(f"trainyard submit: note: {body.pop('cwd')} is outside the allowed roots; the job runs in "
               "its run dir (give --cwd, or submit from under an allowed root)", file=sys.stderr)
         made = gw.call("POST", f"{API}/jobs", json=body)
-    _print(made, args.json, lambda m: print(f"{m['job_id']}  {m['status']}  {m['message']}"))
+    _print(made, args.json, lambda m: print(f"{m['job_id']}  {m['status']}  {m['message']}"
+                                            + "".join(f"\n  {j}" for j in m.get("jobs") or [])))
+
+
+def _sweep_values(item: str) -> tuple[str, list[Any]]:
+    """`lr=1e-4,3e-4` -> ("lr", [0.0001, 0.0003]): each value read as JSON where it is one
+    (numbers, true), else kept as text."""
+    key, values = _key_value(item)
+    parsed: list[Any] = []
+    for text in values.split(","):
+        try:
+            parsed.append(json.loads(text))
+        except ValueError:
+            parsed.append(text)
+    return key, parsed
 
 
 def _key_value(item: str) -> tuple[str, str]:
@@ -212,7 +232,7 @@ def _is_local(url: str) -> bool:
 
 def cmd_list(gw: Gateway, args: argparse.Namespace) -> None:
     params = {k: v for k, v in (("status", args.status), ("limit", args.limit), ("trainer", args.trainer),
-                                ("submitted_by", "me" if args.mine else args.user)) if v}
+                                ("submitted_by", "me" if args.mine else args.user), ("array", args.array)) if v}
     page = gw.call("GET", f"{API}/jobs", params=params)
     _print(page, args.json, lambda p: _table(p["jobs"], [
         ("job_id", "job"), ("name", "name"), ("trainer", "trainer"), ("status", "status"),

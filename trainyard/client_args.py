@@ -38,6 +38,12 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cwd", default=None,
                    help="where it runs (default: this directory when the gateway is on this machine)")
     p.add_argument("--webhook", dest="webhook_url", default=None, metavar="URL", help="POST its events here")
+    p.add_argument("--array", type=int, default=None, metavar="N",
+                   help="N copies of the job, each with TRAINYARD_ARRAY_INDEX (like Slurm's --array)")
+    p.add_argument("--sweep", action="append", default=[], metavar="NAME=V1,V2",
+                   help="one job per combination of the values (repeat for a grid); numbers as numbers")
+    p.add_argument("--max-parallel", dest="max_parallel", type=int, default=None, metavar="N",
+                   help="of an array or sweep, at most N at once")
     p.add_argument("--after", action="append", default=[], metavar="JOB",
                    help="start only once this job has succeeded (repeat; like Slurm's --dependency=afterok)")
     p.add_argument("--after-any", action="store_true",
@@ -57,6 +63,7 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     p.add_argument("--mine", action="store_true", help="only the jobs this token submitted")
     p.add_argument("--user", default=None, help="only the jobs this token name submitted")
+    p.add_argument("--array", default=None, metavar="ID", help="only the jobs of this array or sweep")
     command("show", "a job's detail", job=True)
     p = command("logs", "a job's whole log, streamed (-f follows it until the job ends)", job=True)
     p.add_argument("-f", "--follow", action="store_true", help="print new lines as they come, until the job ends")

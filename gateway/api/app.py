@@ -100,6 +100,7 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
         priority: Annotated[int | None, Parameter(ge=0, le=10)] = None,
         cursor: Annotated[str | None, Parameter(pattern=r"^c\d{1,19}$")] = None,
         submitted_by: Annotated[str | None, Parameter(max_length=64, description="a token's name; me: yours")] = None,
+        array: Annotated[str | None, Parameter(max_length=80, description="the jobs of this array or sweep")] = None,
     ) -> views.JobList:
         if submitted_by == "me":
             submitted_by = caller_name(request)
@@ -109,7 +110,8 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
             raise InvalidField(f"unknown status {unknown[0]!r}; one of: {', '.join(JobStatus)}", field="status")
         return await svc().list_jobs(status=statuses, trainer=trainer, host=host, q=q,
                                      limit=limit, offset=offset, gpu_id=gpu_id, priority=priority,
-                                     before_seq=int(cursor[1:]) if cursor else None, submitted_by=submitted_by)
+                                     before_seq=int(cursor[1:]) if cursor else None, submitted_by=submitted_by,
+                                     array=array)
 
     @get(f"{PREFIX}/jobs/{{job_id:str}}", guards=viewer)
     async def job_detail(job_id: str, request: Request) -> views.JobDetail:
@@ -208,6 +210,9 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
                                            required=False))
     async def stop_job(job_id: str, request: Request) -> views.StopResponse:
         stop = decode_body(_stop_decoder, await request.body(), StopRequest())
+        if members := svc().array_members(job_id):  # the id of an array or sweep: all of its jobs
+            return await svc().stop_array(job_id, members, force=stop.force, grace_s=stop.grace_s,
+                                          role=caller_role(request), user=caller_name(request))
         return await svc().stop(job_id, force=stop.force, grace_s=stop.grace_s, user=owner(job_id, request))
 
     @post(f"{PREFIX}/jobs/{{job_id:str}}/start", guards=operator, status_code=200)

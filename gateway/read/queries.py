@@ -162,9 +162,12 @@ class Reader:
     async def list_jobs(self, *, status: list[str], trainer: str | None, host: str | None,
                         q: str | None, limit: int, offset: int, gpu_id: int | None = None,
                         priority: int | None = None, before_seq: int | None = None,
-                        submitted_by: str | None = None) -> views.JobList:
+                        submitted_by: str | None = None, array: str | None = None) -> views.JobList:
         where: list[str] = ["TRUE"]
         params: list[Any] = []
+        if array is not None:
+            where.append("json_extract_string(spec, '$.array_id') = ?")
+            params.append(array)
         if submitted_by is not None:
             where.append("submitted_by = ?")
             params.append(submitted_by)

@@ -29,6 +29,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from gateway.projection.projector import Projector
+from gateway.scheduling.arrays import parallel_limits
 from gateway.scheduling.dependencies import dependency_verdicts
 from gateway.scheduling.lease import SchedulerLease
 from gateway.scheduling.placement import Assignment, HostView, QueuedJob, plan
@@ -199,7 +200,7 @@ class Scheduler:
             return self._preview[1]
         queue, hosts = self.snapshot()
         now, states = now_s(), self.projector.live_states
-        ready, blocked, doomed = dependency_verdicts(queue, states)
+        ready, blocked, doomed = self._gates(queue)
         _, waiting = plan(ready, hosts)
         waiting |= blocked | {job: f"{why}: it will not run (ended at the next pass)" for job, why in doomed.items()}
         for q in self.queued(backing_off=True):
@@ -267,7 +268,7 @@ class Scheduler:
             self.waiting = {}
             return []
         started = time.perf_counter()
-        ready, blocked, doomed = dependency_verdicts(queue, self.projector.live_states)
+        ready, blocked, doomed = self._gates(queue)
         assignments, self.waiting = plan(ready, hosts)
         self.waiting |= blocked
         await self._cancel_doomed(doomed)
@@ -278,6 +279,14 @@ class Scheduler:
             self._inflight[a.job_id] = a
             await self._dispatch(a)
         return assignments
+
+    def _gates(self, queue: list[QueuedJob]) -> tuple[list[QueuedJob], dict[str, str], dict[str, str]]:
+        """What keeps queued jobs from placement before GPUs do: their dependencies, then their
+        array's max_parallel. (ready in order, job -> why it waits, job -> why it never runs)."""
+        states = self.projector.live_states
+        ready, blocked, doomed = dependency_verdicts(queue, states)
+        ready, capped = parallel_limits(ready, states, self.projector.needs)
+        return ready, blocked | capped, doomed
 
     async def _cancel_doomed(self, doomed: dict[str, str]) -> None:
         """End the queued jobs whose dependencies can no longer be met (once each: until the
