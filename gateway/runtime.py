@@ -20,6 +20,7 @@ from gateway.read.sql import SqlRunner
 from gateway.scheduling.scheduler import Scheduler
 from gateway.services.cluster import ClusterService
 from gateway.services.jobs import JobService
+from gateway.services.quotas import QuotaService
 from gateway.webhook_policy import WebhookPolicy
 from gateway.webhooks import WebhookNotifier, load_secret
 from gateway.writer import EventWriter, JetStreamWrites
@@ -75,7 +76,7 @@ class GatewayRuntime:
         self.scheduler = Scheduler(
             self.nc, self.js, self.projector, writer, replica=s.replica, host_timeout_s=s.host_timeout_s,
             host_lost_grace_s=s.host_lost_grace_s, interval_s=s.scheduler_interval_s,
-            lease_ttl_s=s.scheduler_lease_ttl_s,
+            lease_ttl_s=s.scheduler_lease_ttl_s, fair_share_half_life_s=s.fair_share_half_life_s,
         )
         await self.scheduler.start()
         self._consumers = asyncio.create_task(self._provide_command_consumers(), name="command-consumers")
@@ -84,6 +85,7 @@ class GatewayRuntime:
                                         lambda: self.scheduler.is_leader, webhook_policy)
         self.reader = Reader(self.con)
         self.sql = SqlRunner(self.con)
+        self.quotas = QuotaService(writer, self.projector)
         self.cluster = ClusterService(writer, self.projector, self.scheduler, self.reader, replica=s.replica)
         self.service = JobService(writer, self.projector, self.scheduler, self.cluster, self.reader,
                                   allowed_roots=self.allowed_roots, webhook_policy=webhook_policy,

@@ -50,6 +50,9 @@ class GatewaySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=False)
     # Hosts and networks (CIDR) webhooks may reach besides public addresses, e.g. an internal
     # chat bridge: ["10.1.2.3/32", "hooks.internal"]. In the environment: comma-separated.
     webhook_allow: list[str] = []
+    # Fair share: within a priority, whose job goes next, by recent GPU-hours that halve in
+    # weight every this many seconds (Slurm's PriorityDecayHalfLife; 0: submit order only).
+    fair_share_half_life_s: float = 7 * 86400.0
     # What the agents' watchdogs look for in a job that does not say (`[gateway.watch]` in the
     # TOML file: nan_metrics, on_nan, stall_timeout_s, on_stall, idle_gpu_util_pct,
     # idle_timeout_s, on_idle; shared/watch.py has the defaults).

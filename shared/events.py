@@ -404,7 +404,16 @@ class SchedulerResumed(SchedulerControl, tag="resumed"):
     pass
 
 
-AnyControl = SchedulerPaused | SchedulerResumed
+class QuotaSet(SchedulerControl, tag="quota_set"):
+    """An admin's limits on a user (a token's name) or a project; both None lifts them."""
+
+    kind: Literal["user", "project"]
+    name: str
+    max_gpus: int | None = None
+    max_running_jobs: int | None = None
+
+
+AnyControl = SchedulerPaused | SchedulerResumed | QuotaSet
 
 
 def tag_of(event_type: type[msgspec.Struct]) -> str:

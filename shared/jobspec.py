@@ -69,6 +69,8 @@ class JobRequestBase(
     idle_gpu_util_pct: Percent | None = None
     idle_timeout_s: Seconds | None = None
     on_idle: Action | None = None
+    # The project it counts against (quotas, fair share); its submitter counts too.
+    project: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][\w.-]{0,63}$")] | None = None
     # Jobs this one waits for (gateway/scheduling/dependencies.py): until each has succeeded, or
     # with depends_mode "any_end" until each has ended. Only jobs that exist at submit.
     depends_on: Annotated[list[JobIdText], Meta(max_length=64)] = []

@@ -159,7 +159,7 @@ def cmd_submit(gw: Gateway, args: argparse.Namespace) -> None:
     if args.file:
         text = Path(args.file).read_bytes()
         body = tomllib.loads(text.decode()) if args.file.endswith(".toml") else json.loads(text)
-    for key in ("trainer", "name", "priority", "gpus", "host", "max_retries", "webhook_url", "max_runtime_s",
+    for key in ("trainer", "name", "priority", "gpus", "host", "max_retries", "webhook_url", "max_runtime_s", "project",
                 "on_nan", "stall_timeout_s", "on_stall", "idle_timeout_s", "on_idle"):
         value = getattr(args, key)
         if value is not None:
@@ -324,6 +324,21 @@ def cmd_export(gw: Gateway, args: argparse.Namespace) -> None:
         raise ClientError(f"export {export['export_id']} failed: {export.get('reason') or 'see the job events'}")
 
 
+def cmd_quota(gw: Gateway, args: argparse.Namespace) -> None:
+    if args.action == "set":
+        if not (args.kind and args.name):
+            raise ClientError("quota set KIND NAME: KIND is user or project, NAME a token name or project")
+        body = {"max_gpus": args.max_gpus, "max_running_jobs": args.max_running_jobs}
+        made = gw.call("PUT", f"{API}/quotas/{args.kind}/{args.name}", json=body)
+        _print(made, args.json, lambda q: _table([q], QUOTA_COLUMNS))
+        return
+    _print(gw.call("GET", f"{API}/quotas"), args.json, lambda qs: _table(qs, QUOTA_COLUMNS, title="quotas"))
+
+
+QUOTA_COLUMNS = [("kind", "kind"), ("name", "name"), ("max_gpus", "max GPUs"), ("gpus_in_use", "GPUs in use"),
+                 ("max_running_jobs", "max jobs"), ("running_jobs", "running")]
+
+
 def cmd_queue(gw: Gateway, args: argparse.Namespace) -> None:
     q = gw.call("GET", f"{API}/queue")
     _print(q, args.json, lambda q: _table(q["jobs"], [
@@ -376,7 +391,7 @@ def cmd_sql(gw: Gateway, args: argparse.Namespace) -> None:
 COMMANDS = {
     "submit": cmd_submit, "list": cmd_list, "show": cmd_show, "logs": cmd_logs,
     "progress": cmd_progress, "stop": cmd_stop, "resume": cmd_resume, "export": cmd_export,
-    "queue": cmd_queue, "gpus": cmd_gpus, "hosts": cmd_hosts, "events": cmd_events, "sql": cmd_sql,
+    "queue": cmd_queue, "quota": cmd_quota, "gpus": cmd_gpus, "hosts": cmd_hosts, "events": cmd_events, "sql": cmd_sql,
 }
 
 

@@ -44,6 +44,7 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
                    help="one job per combination of the values (repeat for a grid); numbers as numbers")
     p.add_argument("--max-parallel", dest="max_parallel", type=int, default=None, metavar="N",
                    help="of an array or sweep, at most N at once")
+    p.add_argument("--project", default=None, help="the project it counts against (quotas, fair share)")
     p.add_argument("--after", action="append", default=[], metavar="JOB",
                    help="start only once this job has succeeded (repeat; like Slurm's --dependency=afterok)")
     p.add_argument("--after-any", action="store_true",
@@ -64,6 +65,13 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mine", action="store_true", help="only the jobs this token submitted")
     p.add_argument("--user", default=None, help="only the jobs this token name submitted")
     p.add_argument("--array", default=None, metavar="ID", help="only the jobs of this array or sweep")
+    p = command("quota", "show the quotas, or set one: quota set user alice --max-gpus 4 (admin)")
+    p.add_argument("action", nargs="?", choices=("list", "set"), default="list")
+    p.add_argument("kind", nargs="?", choices=("user", "project"), help="with set: whose quota")
+    p.add_argument("name", nargs="?", help="with set: the token name or project")
+    p.add_argument("--max-gpus", dest="max_gpus", type=int, default=None, help="GPUs held at once (omit: no limit)")
+    p.add_argument("--max-running-jobs", dest="max_running_jobs", type=int, default=None,
+                   help="jobs running at once (omit: no limit)")
     command("show", "a job's detail", job=True)
     p = command("logs", "a job's whole log, streamed (-f follows it until the job ends)", job=True)
     p.add_argument("-f", "--follow", action="store_true", help="print new lines as they come, until the job ends")

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from litestar import Request, delete, get, post
+import re
+
+import msgspec
+from litestar import Request, delete, get, post, put
 from litestar.handlers import HTTPRouteHandler
 from litestar.types import Guard
 
 from gateway import schemas as views
 from gateway.api.auth import caller_name, caller_role
+from gateway.errors import InvalidField, decode_body
 from gateway.runtime import GatewayRuntime
+from gateway.services.quotas import QuotaRequest, QuotaView
+
+QUOTA_NAME = re.compile(r"^[A-Za-z0-9][\w.-]{0,63}$")
+_quota_decoder = msgspec.json.Decoder(QuotaRequest)
 
 
 def cluster_routes(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard],
@@ -63,5 +71,21 @@ def cluster_routes(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard],
     async def processor_status() -> views.ProcessorStatus:
         return cluster().processor_status()
 
+    @put(f"{prefix}/quotas/{{kind:str}}/{{name:str}}", guards=admin, status_code=200)
+    async def set_quota(kind: str, name: str, request: Request) -> QuotaView:
+        """Limit a user's (a token's name) or a project's GPUs and running jobs; null lifts one.
+        A job over its owner's quota waits, saying so."""
+        if kind not in ("user", "project"):
+            raise InvalidField(f"kind must be user or project, not {kind!r}", field="kind")
+        if not QUOTA_NAME.match(name):
+            raise InvalidField("a name is 1-64 letters, digits, '.', '_' or '-'", field="name")
+        limits = decode_body(_quota_decoder, await request.body(), QuotaRequest())
+        return await runtime.quotas.set(kind, name, limits, caller_name(request))  # type: ignore[arg-type]
+
+    @get(f"{prefix}/quotas", guards=viewer)
+    async def list_quotas() -> list[QuotaView]:
+        """Every quota, with what its user or project holds now."""
+        return runtime.quotas.list()
+
     return [gpus, hosts, system_status, queue, queue_process, queue_remove, queue_job_status,
-            processor_start, processor_stop, processor_status]
+            processor_start, processor_stop, processor_status, set_quota, list_quotas]

@@ -197,8 +197,9 @@ class Projector(JobView):
 
     def _announce(self, batch: PreparedBatch) -> None:
         """Make the evolved states live for the scheduler before the batch is written."""
+        for _, control in batch.controls:
+            self.note_control(control)
         if batch.controls:
-            self.scheduler_paused = isinstance(batch.controls[-1][1], ev.SchedulerPaused)
             batch.jobs_changed = True
         self.needs.update(batch.needs)
         self.live_states.update(batch.states)

@@ -89,7 +89,7 @@ CREATE VIEW IF NOT EXISTS job_gpu_samples AS
     FROM gpu_samples WHERE job_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS scheduler_events (
     stream_seq UBIGINT NOT NULL, type VARCHAR NOT NULL, ts_s DOUBLE NOT NULL,
-    by_role VARCHAR, reason VARCHAR
+    by_role VARCHAR, reason VARCHAR, data VARCHAR
 );
 CREATE TABLE IF NOT EXISTS exports (
     export_id VARCHAR NOT NULL, job_id VARCHAR NOT NULL, attempt INTEGER NOT NULL,

@@ -17,6 +17,7 @@ import msgspec
 from gateway.projection.admission import AttemptHosts
 from gateway.projection.live_logs import LiveLogs
 from gateway.scheduling.placement import JobNeeds
+from gateway.scheduling.quotas import Quota
 from shared import events as ev
 from shared import subjects
 from shared.jobspec import JobRequest
@@ -32,6 +33,7 @@ class JobView:
         # job -> attempt -> the host it was placed on: who may report on it (admission.py).
         self.attempt_hosts: AttemptHosts = {}
         self.scheduler_paused = False  # the queue processor, as the last control event left it
+        self.quotas: dict[tuple[str, str], Quota] = {}  # (user|project, name) -> its limits
         # Per job: the job-stream sequence of its last applied event (answers cached by it).
         self.job_versions: dict[str, int] = {}
         # (job, webhook event) delivered or given up on: never sent again, also after a restart.
@@ -111,10 +113,9 @@ class JobView:
                 "SELECT job_id, attempt, max(seq) FROM logs GROUP BY job_id, attempt").fetchall():
             stored.setdefault(job_id, {})[attempt] = last
         self.live_logs = LiveLogs(stored)
-        last = self.con.execute(
-            "SELECT type FROM scheduler_events ORDER BY stream_seq DESC LIMIT 1"
-        ).fetchall()
-        self.scheduler_paused = bool(last) and last[0][0] == "paused"
+        for (data,) in self.con.execute(
+                "SELECT data FROM scheduler_events WHERE data IS NOT NULL ORDER BY stream_seq").fetchall():
+            self.note_control(ev.decode_control(data.encode()))
         self.percent = dict(self.con.execute(
             "SELECT job_id, percent FROM progress WHERE percent IS NOT NULL").fetchall())
         self.webhooks_settled = {(r[0], r[1]) for r in self.con.execute(
@@ -154,6 +155,17 @@ class JobView:
             )
             for r in rows
         ]
+
+    def note_control(self, control: ev.AnyControl) -> None:
+        """The queue processor's state, and the quotas (gateway/scheduling/quotas.py)."""
+        if isinstance(control, ev.QuotaSet):
+            key = (control.kind, control.name)
+            if control.max_gpus is None and control.max_running_jobs is None:
+                self.quotas.pop(key, None)
+            else:
+                self.quotas[key] = Quota(control.max_gpus, control.max_running_jobs)
+        else:
+            self.scheduler_paused = isinstance(control, ev.SchedulerPaused)
 
     def note_gpu_use(self, beat: ev.HostHeartbeat) -> None:
         utilisation = {g.index: g.utilization_pct for g in beat.gpus}

@@ -145,6 +145,7 @@ class BatchWriter:
             self.tables.insert(con, "scheduler_events", {
                 "stream_seq": [seq for seq, _ in c], "type": [ev.tag_of(type(e)) for _, e in c],
                 "ts_s": [e.ts_s for _, e in c], "by_role": [e.by for _, e in c], "reason": [e.reason for _, e in c],
+                "data": [ev.encode(e).decode() for _, e in c],
             })
         for item in batch.jobs:
             if item.note == "control":

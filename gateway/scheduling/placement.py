@@ -47,6 +47,14 @@ class QueuedJob:
     attempt: int  # the attempt the job is on now; placing it starts attempt + 1
     needs: JobNeeds
     avoid_host: str | None = None  # its agent just refused it: try elsewhere first
+    # Its place among jobs of its priority, where fair share orders them (gateway/scheduling/
+    # quotas.py); empty: submit order alone.
+    fair: tuple[float, ...] = ()
+
+
+def queue_order(q: QueuedJob) -> tuple[int, tuple[float, ...], int]:
+    """The order the queue is considered in: priority, then fair share, then submit order."""
+    return (-q.needs.priority, q.fair, q.needs.submit_seq)
 
 
 @dataclass
@@ -170,7 +178,7 @@ class _Pool:
 def plan(queue: list[QueuedJob], hosts: dict[str, HostView]) -> tuple[list[Assignment], dict[str, str]]:
     """Assignments for this pass and, for each job left waiting, the reason. Mutates `hosts`'
     busy sets and running counts to include the assignments."""
-    ordered = sorted(queue, key=lambda q: (-q.needs.priority, q.needs.submit_seq))
+    ordered = sorted(queue, key=queue_order)
     pool = _Pool(hosts)
     assignments: list[Assignment] = []
     waiting: dict[str, str] = {}
@@ -279,7 +287,7 @@ def estimate_starts(
         for g in view.gpu_memory_mb:
             free_at[(h, g)] = busy_until.get((h, g)) if g in view.busy else now
     starts: dict[str, float] = {}
-    for q in sorted(queue, key=lambda q: (-q.needs.priority, q.needs.submit_seq)):
+    for q in sorted(queue, key=queue_order):
         needs = q.needs
         best: tuple[float, str, list[int]] | None = None
         for h, view in hosts.items():

@@ -29,8 +29,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from gateway.projection.projector import Projector
-from gateway.scheduling.arrays import parallel_limits
-from gateway.scheduling.dependencies import dependency_verdicts
+from gateway.scheduling.gates import QueueGates
 from gateway.scheduling.lease import SchedulerLease
 from gateway.scheduling.placement import Assignment, HostView, QueuedJob, plan
 from gateway.writer import EventWriter
@@ -61,7 +60,7 @@ class PassResult(msgspec.Struct):
 class Scheduler:
     def __init__(self, nc: Client, js: JetStreamContext, projector: Projector, writer: EventWriter, *,
                  replica: str, host_timeout_s: float, host_lost_grace_s: float, interval_s: float,
-                 lease_ttl_s: float) -> None:
+                 lease_ttl_s: float, fair_share_half_life_s: float = 0.0) -> None:
         self.nc = nc
         self.js = js
         self.projector = projector
@@ -77,6 +76,7 @@ class Scheduler:
         self._lost_sent: set[tuple[str, int]] = set()
         self._stops_sent: set[tuple[str, int]] = set()
         self._fenced: dict[tuple[str, str, int], float] = {}
+        self.gates = QueueGates(projector, fair_share_half_life_s)
         self._cancelled: set[tuple[str, int]] = set()  # (job, attempt) ended for unmeetable dependencies
         self._resume_needed = False
         self._leader_since = 0.0
@@ -121,8 +121,7 @@ class Scheduler:
             if s.status is JobStatus.QUEUED and j not in self._inflight
             and ((s.retry_after_s or 0.0) > now) == backing_off
         ]
-        jobs.sort(key=lambda q: (-q.needs.priority, q.needs.submit_seq))
-        return jobs
+        return self.gates.ordered(jobs, now)
 
     def queue_position(self, job_id: str) -> int | None:
         """1-based place in the order the scheduler will consider queued jobs."""
@@ -200,7 +199,7 @@ class Scheduler:
             return self._preview[1]
         queue, hosts = self.snapshot()
         now, states = now_s(), self.projector.live_states
-        ready, blocked, doomed = self._gates(queue)
+        ready, blocked, doomed = self.gates.verdicts(queue)
         _, waiting = plan(ready, hosts)
         waiting |= blocked | {job: f"{why}: it will not run (ended at the next pass)" for job, why in doomed.items()}
         for q in self.queued(backing_off=True):
@@ -268,7 +267,7 @@ class Scheduler:
             self.waiting = {}
             return []
         started = time.perf_counter()
-        ready, blocked, doomed = self._gates(queue)
+        ready, blocked, doomed = self.gates.verdicts(queue)
         assignments, self.waiting = plan(ready, hosts)
         self.waiting |= blocked
         await self._cancel_doomed(doomed)
@@ -279,14 +278,6 @@ class Scheduler:
             self._inflight[a.job_id] = a
             await self._dispatch(a)
         return assignments
-
-    def _gates(self, queue: list[QueuedJob]) -> tuple[list[QueuedJob], dict[str, str], dict[str, str]]:
-        """What keeps queued jobs from placement before GPUs do: their dependencies, then their
-        array's max_parallel. (ready in order, job -> why it waits, job -> why it never runs)."""
-        states = self.projector.live_states
-        ready, blocked, doomed = dependency_verdicts(queue, states)
-        ready, capped = parallel_limits(ready, states, self.projector.needs)
-        return ready, blocked | capped, doomed
 
     async def _cancel_doomed(self, doomed: dict[str, str]) -> None:
         """End the queued jobs whose dependencies can no longer be met (once each: until the

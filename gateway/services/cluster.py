@@ -13,7 +13,6 @@ from gateway import schemas as views
 from gateway.errors import Unavailable, refuse_unless_allowed
 from gateway.projection.projector import Projector
 from gateway.read.queries import Reader
-from gateway.scheduling.dependencies import dependency_verdicts
 from gateway.scheduling.placement import estimate_starts
 from gateway.scheduling.scheduler import LeaderUnavailable, Scheduler
 from gateway.services.lookup import shown_state
@@ -109,7 +108,7 @@ class ClusterService:
         expected = {q.job_id: statistics.median(durations[t]) for q in queue
                     if (t := needs[q.job_id].spec.trainer) in durations}
         # A job waiting for other jobs gets no estimate: when they end is not known here.
-        ready, _, _ = dependency_verdicts(queue, states)
+        ready, _, _ = self.scheduler.gates.verdicts(queue)
         starts = estimate_starts(ready, hosts, busy_until, expected, now)
         return {job_id: round(max(0.0, t - now), 1) for job_id, t in starts.items()}
 
