@@ -66,7 +66,8 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--user", default=None, help="only the jobs this token name submitted")
     p.add_argument("--array", default=None, metavar="ID", help="only the jobs of this array or sweep")
     p = command("quota", "show the quotas, or set one: quota set user alice --max-gpus 4 (admin)")
-    p.add_argument("action", nargs="?", choices=("list", "set"), default="list")
+    p.add_argument("action", nargs="?", choices=("list", "set"), default="list",
+                   help="list (the default) or set")
     p.add_argument("kind", nargs="?", choices=("user", "project"), help="with set: whose quota")
     p.add_argument("name", nargs="?", help="with set: the token name or project")
     p.add_argument("--max-gpus", dest="max_gpus", type=int, default=None, help="GPUs held at once (omit: no limit)")
