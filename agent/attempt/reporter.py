@@ -124,7 +124,8 @@ class Reporter:
                 fits = bisect.bisect_right(list(itertools.accumulate(map(len, texts))), room)
                 texts, levels, kinds, cut = texts[:fits], levels[:fits], kinds[:fits], True
         n = len(texts)
-        COUNTS.lines_read += n
+        if stream != "system":
+            COUNTS.lines_read += n
         self.rows[stream] = self.rows.get(stream, 0) + n
         ts = now_s()
         self.log_batcher.extend(map(len, texts), ([ts] * n, [stream] * n, levels, kinds, texts))

@@ -1,6 +1,7 @@
 """Stopping an attempt and releasing its GPUs: the trainer's own way first if it has one,
 SIGTERM to the process group, SIGKILL to everything recorded after the grace period, and the
-GPUs freed only once every process of the attempt is verifiably gone."""
+GPUs freed only once every process of the attempt is verifiably gone. Then how it ended:
+succeeded, failed (a time limit or the watchdog's stop fails it), stopped, or lost."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from agent.attempt.watchdog import Anomaly
 from agent.process import tree as process
 from agent.publisher import publish
 from agent.trainers import LaunchContext, StopsGracefully
-from agent.trainers.base import AnyAdapter
+from agent.trainers.base import AnyAdapter, OutputParser
 from shared import events as ev
 from shared.clock import now_s
 from shared.commands import StartJob
@@ -26,7 +27,7 @@ RELEASE_WAIT_S = 10.0
 
 
 class ProcessTreeControl:
-    """The stop and release half of a TrainerRun (run.py): what it needs of the run is declared here."""
+    """The stop, release and end of a TrainerRun (run.py): what it needs of the run is declared here."""
 
     js: JetStreamContext
     host: str
@@ -43,6 +44,7 @@ class ProcessTreeControl:
     killed: bool
     fail_reason: str  # set when this stop makes the attempt fail (a time limit, the watchdog)
     released: bool
+    returncode: int | None
     # Tasks that outlive the run (the watch on processes that survived SIGKILL): held here so
     # that they are neither garbage-collected nor missed at shutdown (Supervisor.shutdown).
     lingering: set[asyncio.Task[None]]
@@ -190,3 +192,44 @@ class ProcessTreeControl:
         note = ev.AgentNote(job_id=self.job_id, attempt=self.attempt, ts_s=now_s(), host=self.host,
                             what=what, detail=detail)
         await publish(self.js, note, host=self.host, unique=what)
+
+    # ---- how it ended ---------------------------------------------------------------------------
+    async def _report_lost(self) -> None:
+        reason = ("its exit status is unknown: the trainer ended while no agent watched it and its "
+                  "keeper did not record it")
+        self.reporter.system(reason, "ERROR")
+        await self.reporter.drained()
+        await publish(self.js, ev.JobLost(job_id=self.job_id, attempt=self.attempt, ts_s=now_s(),
+                                       host=self.host, reason=reason), host=self.host)
+        self._save_state(reported=True)
+
+    async def _report_exit(
+        self, exit_code: int | None, sig: int | None, words: str, parser: OutputParser | None = None
+    ) -> None:
+        if self.fail_reason:
+            outcome, reason = "failed", f"{self.fail_reason} ({words})"
+        elif self.stop_requested:
+            outcome, reason = "stopped", f"stopped on request ({words})"
+        else:
+            ok, why = self.adapter.succeeded(exit_code, parser)
+            outcome, reason = ("succeeded", "") if ok else ("failed", why or words)
+            if sig is not None and not ok:
+                reason = words
+            if ok:
+                self.reporter.progress_complete()
+        self.reporter.system(f"{words}; {outcome}", "INFO" if outcome != "failed" else "ERROR")
+        if self.root is None:
+            self.released = True  # never started
+        await self.reporter.drained()
+        await publish(
+            self.js,
+            ev.JobExited(
+                job_id=self.job_id, attempt=self.attempt, ts_s=now_s(), outcome=outcome,  # type: ignore[arg-type]
+                exit_code=exit_code, signal=sig, reason=reason,
+                last_lines=list(self.reporter.last_lines) if outcome == "failed" else [],
+                log_stream_seq=self.reporter.log_batcher.last_stream_seq,
+            ),
+            host=self.host,
+        )
+        if self.root is not None:
+            self._save_state(reported=True)

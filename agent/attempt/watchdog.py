@@ -71,10 +71,6 @@ class Watchdog:
         for step, epoch, name, value in zip(steps, epochs, names, values, strict=True):
             self._point(step, epoch, name, value)
 
-    def metrics(self, step: int | None, epoch: float | None, values: Mapping[str, float]) -> None:
-        for name, value in values.items():
-            self._point(step, epoch, name, value)
-
     def _point(self, step: int | None, epoch: float | None, name: str, value: float) -> None:
         if name == SIMULATED_UTIL_METRIC or name.startswith(SIMULATED_UTIL_METRIC + "."):
             self._simulated(name, value)

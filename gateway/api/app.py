@@ -31,7 +31,8 @@ from gateway.api.params import since_seconds as _since
 from gateway.api.prometheus import PrometheusEndpoint
 from gateway.api.seed000 import seed000_router
 from gateway.errors import InvalidField, ServiceError, decode_body
-from gateway.read.queries import LogFilter, MetricQuery
+from gateway.read.metric_query import MetricQuery
+from gateway.read.queries import LogFilter
 from gateway.read.sql import SqlRequest, encode_result
 from gateway.runtime import GatewayRuntime
 from shared.jobspec import JobRequest

@@ -24,7 +24,8 @@ from gateway.api.openapi import body_operation
 from gateway.api.params import csv_list as _csv
 from gateway.api.params import log_filters, since_seconds
 from gateway.errors import InvalidField, ServiceError, decode_body
-from gateway.read.queries import LogFilter, MetricQuery
+from gateway.read.metric_query import MetricQuery
+from gateway.read.queries import LogFilter
 from gateway.runtime import GatewayRuntime
 from shared.jobstate import JobStatus
 

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gateway.projection.admission import decode_checked
-from gateway.projection.arrow import METRIC_COLUMNS, SMALL_BATCH_ROWS, Tables
+from gateway.projection.arrow import LOG_COLUMNS, METRIC_COLUMNS, SMALL_BATCH_ROWS, Tables
 from gateway.projection.batch import PreparedBatch
 from gateway.projection.view import JobView
 from shared import events as ev
@@ -26,7 +26,6 @@ _spec_encoder = msgspec.json.Encoder()
 # What a deleted job leaves behind: nothing but its rows in job_events.
 _JOB_TABLES = ("jobs", "progress", "checkpoints", "exports")
 _JOB_KEYED_TABLES = ("logs", "metrics")
-LOG_COLUMNS = ("job_id", "job_key", "attempt", "seq", "ts_s", "stream", "level", "kind", "text")
 # Up to this many moved jobs, each is an UPDATE of the columns that changed (_update_job_rows).
 FEW_ROWS = 3
 

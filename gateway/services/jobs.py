@@ -23,7 +23,7 @@ from gateway.errors import (
 from gateway.projection.projector import Projector
 from gateway.read.queries import LogFilter, Reader
 from gateway.scheduling.scheduler import LeaderUnavailable, Scheduler
-from gateway.services.arrays import array_children, refuse_array_fields
+from gateway.services.arrays import ArrayJobs, refuse_array_fields
 from gateway.services.cache import VersionedCache
 from gateway.services.cluster import ClusterService
 from gateway.services.lookup import shown_state
@@ -75,7 +75,7 @@ def _wait_words(seconds: float | None, paused: bool) -> str:
     return f"about {seconds / 60:.0f} min" if seconds < 5400 else f"about {seconds / 3600:.1f} h"
 
 
-class JobService:
+class JobService(ArrayJobs):
     def __init__(self, writer: EventWriter, projector: Projector, scheduler: Scheduler,
                  cluster: ClusterService, reader: Reader, *, allowed_roots: list[str],
                  webhook_policy: WebhookPolicy, ryw_timeout_s: float,
@@ -134,50 +134,6 @@ class JobService:
             estimated_wait_time=_wait_words(wait, self.scheduler.paused) if position else None,
             message=_submitted_words(job_id, state, position),
         )
-
-    async def _submit_array(self, spec: JobRequest, role: str, user: str) -> views.SubmitResponse:
-        """One job per child of the array or sweep; the parent's id names them all."""
-        parent = self._fresh_id()
-        children = array_children(spec, parent, role, self.paths)
-        ids: list[str] = []
-        for i, child in enumerate(children):
-            ids.append(job_id := self._fresh_id(ids))
-            event = ev.JobSubmitted(job_id=job_id, attempt=0, ts_s=now_s(), spec=self.watch.filled_in(child),
-                                    submitted_by=user)
-            last = i == len(children) - 1  # the answer shows them all once the last is projected
-            await (self.writer.publish_and_wait(event) if last else self.writer.publish(event))
-        return views.SubmitResponse(
-            job_id=parent, status="queued", jobs=ids,
-            message=f"{'sweep' if spec.sweep else 'array'} of {len(ids)} jobs accepted; "
-                    f"list them with GET /jobs?array={parent}, stop them all with POST /jobs/{parent}/stop")
-
-    def array_members(self, array_id: str) -> list[str]:
-        """The jobs of the array or sweep `array_id` names, in index order ([] if it names none)."""
-        if array_id in self.projector.live_states:
-            return []
-        found = [(n.spec.array_index or 0, j) for j, n in self.projector.needs.items() if n.spec.array_id == array_id]
-        return [j for _, j in sorted(found)]
-
-    async def stop_array(self, array_id: str, members: list[str], *, force: bool, grace_s: float | None,
-                         role: str, user: str) -> views.StopResponse:
-        """Stop every job of the array that has not ended (each as its own stop)."""
-        for job_id in members:
-            self.check_owner(job_id, role, user)
-        live = [j for j in members if not self.state(j).is_terminal]
-        for job_id in live:
-            try:
-                await self.stop(job_id, force=force, grace_s=grace_s, user=user)
-            except Conflict:
-                pass  # it ended meanwhile
-        return views.StopResponse(job_id=array_id, status="stopping" if live else "ended",
-                                  message=f"stop sent to {len(live)} of the array's {len(members)} jobs")
-
-    def _fresh_id(self, taken: list[str] | None = None) -> str:
-        """A new job id (ids of one second differ in 24 random bits: an array of 1,000 would
-        draw the same one about 3 % of the time)."""
-        while (job_id := new_job_id()) in self.projector.live_states or job_id in (taken or ()):
-            pass
-        return job_id
 
     def _check_dependencies(self, spec: JobRequest) -> None:
         """A job may wait only for jobs that exist (so no cycle can form), each named once."""

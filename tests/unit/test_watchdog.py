@@ -26,18 +26,24 @@ def dog(policy: WatchPolicy | None = None, gpus: tuple[int, ...] = (0, 1)) -> tu
     return Watchdog(policy or WatchPolicy(), list(gpus), found.append, clock=clock), found, clock
 
 
+def points(w: Watchdog, step: int | None, epoch: float | None, values: dict[str, float]) -> None:
+    """One report's points, as the reporter hands them over (column-wise)."""
+    n = len(values)
+    w.metric_points([step] * n, [epoch] * n, list(values), list(values.values()))
+
+
 def test_nan_in_a_watched_metric_fires_once_with_its_step() -> None:
     w, found, _ = dog(WatchPolicy(on_nan="stop"))
-    w.metrics(1, 0.1, {"loss": 1.0, "grad_norm": math.nan})  # grad_norm is not watched
+    points(w, 1, 0.1, {"loss": 1.0, "grad_norm": math.nan})  # grad_norm is not watched
     assert found == []
-    w.metrics(7, 0.2, {"eval_loss": math.inf})
-    w.metrics(8, 0.3, {"loss": math.nan})
+    points(w, 7, 0.2, {"eval_loss": math.inf})
+    points(w, 8, 0.3, {"loss": math.nan})
     assert found == [Anomaly("nan", "stop", "eval_loss was inf at step 7", metric="eval_loss", step=7, value="inf")]
 
 
 def test_nan_without_a_step_names_the_epoch_and_patterns_are_case_blind() -> None:
     w, found, _ = dog(WatchPolicy(nan_metrics=("ACC",)))
-    w.metrics(None, 2.5, {"loss": math.nan, "val_accuracy": -math.inf})
+    points(w, None, 2.5, {"loss": math.nan, "val_accuracy": -math.inf})
     assert [a.detail for a in found] == ["val_accuracy was -inf at epoch 2.5"]
 
 
@@ -93,8 +99,8 @@ def test_idle_gpus_are_those_below_the_threshold_for_the_whole_timeout() -> None
 def test_a_simulated_gpus_utilisation_comes_from_the_gpu_util_metric() -> None:
     set_to: list[tuple[int, float | None]] = []
     w = Watchdog(WatchPolicy(), [4, 6], lambda a: None, simulate_util=lambda g, p: set_to.append((g, p)))
-    w.metrics(None, None, {"gpu_util": 50.0})
-    w.metrics(None, None, {"gpu_util.1": 7.0, "gpu_util.9": 1.0, "gpu_util.x": 1.0})
+    points(w, None, None, {"gpu_util": 50.0})
+    points(w, None, None, {"gpu_util.1": 7.0, "gpu_util.9": 1.0, "gpu_util.x": 1.0})
     assert set_to == [(4, 50.0), (6, 50.0), (6, 7.0)]
 
 
