@@ -86,8 +86,9 @@ def lines_vs_bare(api: httpx.Client, lines: int, tmp: Path) -> tuple[float, floa
         time.sleep(0.02)  # as a dashboard polls; faster polling would load the gateway it measures
 
 
-def big_log_tail(rows: int, runs: int) -> tuple[float, float]:
-    """(p50 ms of tail=100 with level>=WARNING, p50 ms of tail=100 unfiltered) on a `logs`
+def big_log_tail(rows: int, runs: int) -> tuple[float, float, float]:
+    """(p50 ms of tail=100 with level>=WARNING, of tail=100 unfiltered, of the text download's
+    tail=100: `trainyard logs --tail 100`) on a `logs`
     table of `rows` lines: one job holds half of them (1 line in 200 a warning), 99 others the
     rest, interleaved as agents write them."""
     tmp = Path(tempfile.mkdtemp(prefix="ty-bigtail-"))
@@ -112,8 +113,18 @@ def big_log_tail(rows: int, runs: int) -> tuple[float, float]:
             assert len(lines) == 100
         return statistics.median(times[2:]) * 1e3
 
+    async def text() -> float:
+        times = []
+        for _ in range(runs + 2):
+            t0 = time.perf_counter()
+            body = b"".join([b async for b in reader.log_text(big, LogFilter(), 100, latest=(1, rows // 2 - 1))])
+            times.append(time.perf_counter() - t0)
+            assert body.count(b"\n") == 100
+        return statistics.median(times[2:]) * 1e3
+
     try:
-        return asyncio.run(timed(LogFilter(min_level="WARNING"))), asyncio.run(timed(LogFilter()))
+        return (asyncio.run(timed(LogFilter(min_level="WARNING"))), asyncio.run(timed(LogFilter())),
+                asyncio.run(text()))
     finally:
         reader.close()
         con.close()
@@ -144,7 +155,7 @@ def main() -> None:
         down = request_ms(api, path, {"name": "loss", "limit": 100_000, "downsample": 1000, "format": "columns"},
                           args.runs, whole)
         lines_s, bare_s = lines_vs_bare(api, 100_000, b.tmp)
-    tail_level, tail_plain = big_log_tail(args.log_rows, args.runs)
+    tail_level, tail_plain, tail_text = big_log_tail(args.log_rows, args.runs)
     rows = [
         ("(a) 100k metric points printed -> queryable", f"{hundred_k:,.0f} points/s",
          f"{hundred_k / MLFLOW_LOG_BATCH_POINTS_S:.1f}x MLflow log_batch; goal >= 25x"),
@@ -159,6 +170,7 @@ def main() -> None:
          f"bare trainer to a file {bare_s * 1e3:.0f} ms: overhead {100 * (lines_s / bare_s - 1):.0f} %; goal <= 20 %"),
         (f"(d) tail=100 level>=WARNING, {args.log_rows:,}-line table", f"{tail_level:.1f} ms", "goal <= 20 ms"),
         (f"(d) tail=100, {args.log_rows:,}-line table", f"{tail_plain:.1f} ms", ""),
+        (f"(d) logs.txt tail=100, {args.log_rows:,}-line table", f"{tail_text:.1f} ms", "trainyard logs --tail 100"),
     ]
     print_table(rows, 20)
 

@@ -198,7 +198,7 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
         svc().state(job_id)
         kind, min_level = log_filters(type, level)
         chosen = LogFilter(kind=kind, min_level=min_level, attempt=attempt)
-        return Stream(svc().reader.log_text(job_id, chosen, tail), media_type="text/plain; charset=utf-8")
+        return Stream(svc().log_text(job_id, chosen, tail), media_type="text/plain; charset=utf-8")
 
     @get(f"{PREFIX}/jobs/{{job_id:str}}/events", guards=viewer)
     async def job_events(job_id: str, request: Request, limit: Limit = 1000,

@@ -35,6 +35,7 @@ _JOB_COLUMNS = (
 
 
 TEXT_PAGE_ROWS = 20_000  # lines per query of a streamed text log
+MAX_WINDOWED_TAIL = 100_000  # a longer tail reads the plain way (a window's rows are fetched whole)
 
 
 @dataclass(frozen=True)
@@ -300,28 +301,44 @@ class Reader:
 
     async def _tail_window(self, cond: str, params: list[Any], n: int, attempt: int,
                            last: int) -> list[views.LogLine] | None:
-        """The last `n` lines among the latest seqs of the attempt, in windows growing 16x until
-        they hold `n` (None once a window would hold the whole attempt: then the plain query).
-        A tail then reads the end of a long log, not all of it: ORDER BY seq DESC LIMIT n alone
-        reads every line of the job, which on a 10M-line table took 0.25 s, a window ~10 ms."""
+        """The last `n` lines (see _from_the_end), or None."""
+        rows = await self._from_the_end(cond, params, n, attempt, last, "seq, attempt, ts_s, stream, level, kind, text")
+        if rows is None:
+            return None
+        return [views.LogLine(seq=r[0], attempt=r[1], ts_s=r[2], stream=r[3], level=r[4], kind=r[5], text=r[6])
+                for r in reversed(rows)]
+
+    async def _from_the_end(self, cond: str, params: list[Any], n: int, attempt: int, last: int,
+                            columns: str) -> list[tuple] | None:
+        """`columns` of the attempt's last `n` lines that `cond` keeps, newest first, found in
+        windows of its latest seqs growing 16x until they hold `n` (None once a window would
+        hold the whole attempt, or `n` is huge: then the plain query). A tail then reads the end
+        of a long log, not all of it: ORDER BY seq DESC LIMIT n alone reads every line of the
+        job, which on a 10M-line table took 0.25 s, a window ~10 ms."""
+        if n > MAX_WINDOWED_TAIL:
+            return None
         window = max(64 * n, 4096)
         while last - window >= 0:
-            sql = (f"SELECT * FROM (SELECT seq, attempt, ts_s, stream, level, kind, text FROM logs WHERE {cond} "
-                   f"AND attempt = ? AND seq > ? ORDER BY seq DESC LIMIT ?) ORDER BY seq")
+            sql = f"SELECT {columns} FROM logs WHERE {cond} AND attempt = ? AND seq > ? ORDER BY seq DESC LIMIT ?"
             args = [*params, attempt, last - window, n]
             rows = await self.run(lambda c: c.execute(sql, args).fetchall())  # noqa: B023 (awaited here)
             if len(rows) >= n:
-                return [views.LogLine(seq=r[0], attempt=r[1], ts_s=r[2], stream=r[3], level=r[4], kind=r[5],
-                                      text=r[6]) for r in rows]
+                return rows
             window *= 16
         return None
 
-    async def log_text(self, job_id: str, chosen: LogFilter, tail: int | None) -> AsyncIterator[bytes]:
+    async def log_text(self, job_id: str, chosen: LogFilter, tail: int | None,
+                       latest: tuple[int, int] | None = None) -> AsyncIterator[bytes]:
         """The log's text, a line each, in pages (constant memory however long the log): all of
-        it, or its last `tail` lines."""
+        it, or its last `tail` lines (`latest` as for `logs`)."""
         cond, params = chosen.where(job_id)
         key = (-1, -1)  # (attempt, seq) of the last line sent
-        if tail:
+        found = None
+        if tail and latest and chosen.attempt in (None, latest[0]):
+            found = await self._from_the_end(cond, params, tail, *latest, "attempt, seq")
+        if found:
+            key = (found[-1][0], found[-1][1] - 1)
+        elif tail:
             first = await self.run(lambda c: c.execute(
                 f"SELECT attempt, seq FROM logs WHERE {cond} ORDER BY attempt DESC, seq DESC LIMIT 1 OFFSET ?",
                 [*params, tail - 1]).fetchall())

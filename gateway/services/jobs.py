@@ -7,6 +7,7 @@ them, so a client that submits and immediately reads sees its own write.
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 
 import msgspec
 
@@ -250,9 +251,16 @@ class JobService(ArrayJobs):
 
     async def logs(self, job_id: str, chosen: LogFilter, *, tail: int | None, limit: int) -> list[views.LogLine]:
         """A page of the job's log (Reader.logs), told where its log ends so a tail is quick."""
+        return await self.reader.logs(job_id, chosen, tail=tail, limit=limit, latest=self._log_end(job_id))
+
+    def log_text(self, job_id: str, chosen: LogFilter, tail: int | None) -> AsyncIterator[bytes]:
+        """The job's log as text (Reader.log_text), told where its log ends so a tail is quick."""
+        return self.reader.log_text(job_id, chosen, tail, latest=self._log_end(job_id))
+
+    def _log_end(self, job_id: str) -> tuple[int, int]:
+        """(the job's attempt, its last line in DuckDB)."""
         attempt = self.state(job_id).attempt
-        latest = (attempt, self.projector.live_logs.stored_through(job_id, attempt))
-        return await self.reader.logs(job_id, chosen, tail=tail, limit=limit, latest=latest)
+        return attempt, self.projector.live_logs.stored_through(job_id, attempt)
 
     async def list_jobs(self, **filters: object) -> views.JobList:
         """A list page; the same page is computed once per change of the job stream."""

@@ -71,6 +71,9 @@ async def test_a_tail_read_from_the_end_of_a_long_log_is_the_tail(tmp_path) -> N
                 last = 199_999 if latest == 1 else 29
                 windowed = await reader.logs(job, chosen, tail=tail, limit=tail, latest=(latest, last))
                 assert windowed == plain, (chosen, tail)
+                text = b"".join([b async for b in reader.log_text(job, chosen, tail)])
+                text_windowed = b"".join([b async for b in reader.log_text(job, chosen, tail, latest=(latest, last))])
+                assert text_windowed == text == "".join(f"{ln.text}\n" for ln in plain).encode(), (chosen, tail)
         quick = await reader.logs(job, LogFilter(attempt=1, min_level="ERROR"), tail=3, limit=3, latest=(1, 199_999))
         assert [ln.seq for ln in quick] == [197_406, 198_403, 199_400]
     finally:
