@@ -4,6 +4,7 @@ A line `@trainyard {json}` is read as a report, never logged:
 
     @trainyard {"step": 10, "total_steps": 100, "epoch": 1, "metrics": {"loss": 0.42}}
     @trainyard {"checkpoint": "ckpt/step-10", "step": 10}
+    @trainyard {"gpu_util": 0}
 
 Every other line is a log line whose level is read from common forms.
 """
@@ -33,6 +34,14 @@ class Report(msgspec.Struct, forbid_unknown_fields=False):
     metrics: dict[str, float] = {}
     checkpoint: str | None = None
     message: str | None = None
+    # The GPU utilisation (percent) the trainer reports of itself, e.g. `{"gpu_util": 0}`: a
+    # metric like any other, and on simulated GPUs their utilisation (the idle-GPU watchdog).
+    gpu_util: float | None = None
+
+    def points(self) -> dict[str, float]:
+        if self.gpu_util is None:
+            return self.metrics
+        return {**self.metrics, "gpu_util": self.gpu_util}
 
 
 _report_decoder = msgspec.json.Decoder(Report)
@@ -104,11 +113,11 @@ class CommandParser:
         names: list[str] = []
         values: list[float] = []
         for report in reports:
-            if n := len(report.metrics):
+            if n := len(points := report.points()):
                 steps += [report.step] * n
                 epochs += [report.epoch] * n
-                names += report.metrics
-                values += report.metrics.values()
+                names += points
+                values += points.values()
             if report.checkpoint:
                 sink.checkpoint(report.checkpoint, report.step)
             if report.message:
@@ -163,7 +172,7 @@ class CommandParser:
                 epoch=report.epoch,
                 total_epochs=report.total_epochs,
             )
-        sink.metrics(report.step, report.epoch, report.metrics)
+        sink.metrics(report.step, report.epoch, report.points())
         if report.checkpoint:
             sink.checkpoint(report.checkpoint, report.step)
         if report.message:

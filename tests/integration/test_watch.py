@@ -201,10 +201,12 @@ def test_an_idle_gpu_of_a_job_is_found_and_its_gpu_history_kept(gpu_rig: Rig) ->
 
 def test_gpus_in_use_are_not_idle(gpu_rig: Rig) -> None:
     api: Api = gpu_rig.api
-    busy = ("import time\nprint('@trainyard {\"metrics\": {\"gpu_util\": 97}}', flush=True)\ntime.sleep(3)\n")
+    busy = ("import time\nprint('@trainyard {\"gpu_util\": 97}', flush=True)\ntime.sleep(3)\n")
     job = api.submit([sys.executable, "-c", busy], gpus=1, idle_timeout_s=1, on_idle="stop")
     assert api.wait(job)["status"] == "succeeded"
     assert anomalies(api, job) == []
+    used = api.client.get(f"/jobs/{job}/gpus").json()
+    assert used["mean_utilization_pct"] == 97.0, used  # the top-level gpu_util set it
 
 
 def test_the_cli_sets_the_watch_and_shows_what_it_found(cluster: Cluster) -> None:

@@ -56,3 +56,9 @@ def test_a_run_holding_a_bad_report_is_read_line_by_line_and_the_bad_one_shown()
     assert math.isnan(sink.points[1][3])  # Python json's NaN is read, not lost
     assert sink.lines == [('@trainyard {"step": oops}', "WARNING")]
     assert [c["step"] for c in sink.progress_calls] == [1, 2]
+
+
+def test_a_top_level_gpu_util_is_a_point_too() -> None:
+    sink = Sink()
+    CommandParser().feed("stdout", ['@trainyard {"gpu_util": 3}', '@trainyard {"step": 1, "gpu_util": 80}'], None, sink)
+    assert sink.points == [(None, None, "gpu_util", 3.0), (1, None, "gpu_util", 80.0)]
