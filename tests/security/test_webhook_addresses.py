@@ -6,6 +6,7 @@ opens what a deployment trusts."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -36,6 +37,12 @@ def strict_gateway(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -
                                env={"TRAINYARD_WEBHOOK_ALLOW": ""})
     try:
         wait_for_health(f"http://127.0.0.1:{port}", proc)
+        # A new replica replays the session's job stream first; until it has, a job count moves
+        # by itself (the tests compare counts before and after a refused submit).
+        deadline = time.monotonic() + 60
+        while httpx.get(f"http://127.0.0.1:{port}/health").json()["projector"] != "ok":
+            assert time.monotonic() < deadline, "the strict gateway's projection did not catch up"
+            time.sleep(0.1)
         yield httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1/training",
                            headers={"Authorization": f"Bearer {token}"})
     finally:
