@@ -38,13 +38,16 @@ def strict_gateway(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -
     try:
         wait_for_health(f"http://127.0.0.1:{port}", proc)
         # A new replica replays the session's job stream first; until it has, a job count moves
-        # by itself (the tests compare counts before and after a refused submit).
-        deadline = time.monotonic() + 60
-        while httpx.get(f"http://127.0.0.1:{port}/health").json()["projector"] != "ok":
-            assert time.monotonic() < deadline, "the strict gateway's projection did not catch up"
+        # by itself (the tests compare counts before and after a refused submit). Its jobs are
+        # the session gateway's (one job stream): wait until it shows as many.
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1/training",
+                              headers={"Authorization": f"Bearer {token}"})
+        target = cluster.api.client.get("/jobs", params={"limit": 1}).json()["total"]
+        deadline = time.monotonic() + 120
+        while client.get("/jobs", params={"limit": 1}).json()["total"] != target:
+            assert time.monotonic() < deadline, "the strict gateway did not replay the session's jobs"
             time.sleep(0.1)
-        yield httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1/training",
-                           headers={"Authorization": f"Bearer {token}"})
+        yield client
     finally:
         stack.stop()
 
