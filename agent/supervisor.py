@@ -187,6 +187,8 @@ class Supervisor:
                                 what="stop_ignored", detail=f"stop of attempt {command.attempt} ignored: {why}")
             await publish(self.js, note, host=self.host, unique=f"stop_ignored:{int(command.ts_s * 1000)}")
             return
+        if command.reason and not run.stop_requested:
+            run.reporter.system(command.reason, "WARNING")
         run.stop(command.force, command.grace_s)
 
     async def shutdown(self, stop_trainers: bool) -> None:

@@ -158,6 +158,10 @@ class JobDetail(JobSummary, kw_only=True):
     anomalies: list[dict[str, Any]] = []  # the watchdog's `anomaly` events
     # Mean utilisation of the job's GPUs over every heartbeat sample of its attempts.
     gpu_utilization_mean_pct: float | None = None
+    # Attempts ended by preemption (each put the job back in the queue without using a retry),
+    # and the checkpoint its next attempt starts from.
+    preemptions: int = 0
+    resume_from: str | None = None
 
 
 class SubmitResponse(msgspec.Struct, kw_only=True):

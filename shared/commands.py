@@ -27,6 +27,7 @@ class StartJob(Command, tag="start"):
 class StopJob(Command, tag="stop"):
     force: bool = False
     grace_s: float = 30.0
+    reason: str = ""  # said in the job's log when the stop begins (e.g. who preempted it)
 
 
 class ExportJob(Command, tag="export"):

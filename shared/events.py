@@ -88,6 +88,19 @@ class JobExited(JobEvent, tag="exited"):
     # Stream sequence of the attempt's last log batch: the projector shows the exit only once
     # those lines are queryable, so "succeeded" never comes before the job's own output.
     log_stream_seq: int = 0
+    # The attempt's latest checkpoint (path), if it saved one: where a preempted job resumes.
+    checkpoint: str | None = None
+
+
+class JobPreempted(JobEvent, tag="preempted"):
+    """The scheduler stops a running preemptible job for a higher-priority one (`by`): the
+    attempt is stopped gracefully (`grace_s`), and its exit puts the job back in the queue to
+    resume from the checkpoint it saved, without using a retry."""
+
+    by: str
+    host: str = ""
+    grace_s: float = 60.0
+    reason: str = ""
 
 
 class JobRetried(JobEvent, tag="retried"):
@@ -327,6 +340,7 @@ LIFECYCLE = (
     JobExited,
     JobLost,
     JobRetried,
+    JobPreempted,
 )
 
 AnyJobEvent = (
@@ -341,6 +355,7 @@ AnyJobEvent = (
     | JobExited
     | JobLost
     | JobRetried
+    | JobPreempted
     | JobProgress
     | MetricsRecorded
     | CheckpointSaved

@@ -89,6 +89,14 @@ class JobRequestBase(
     webhook_url: Annotated[str, Meta(pattern=r"^https?://[^\s]+$", max_length=2000)] | None = None
     # Also told when progress first reaches each of these percentages, e.g. [25, 50, 75].
     webhook_progress: Annotated[list[Annotated[int, Meta(ge=1, le=99)]], Meta(max_length=10)] = []
+    # Preemption (gateway/scheduling/preemption.py): a higher-priority job that cannot start may
+    # stop this one the trainer's own graceful way (preempt_grace_s to save), which puts it back
+    # in the queue, without using a retry, to resume from the checkpoint it saved; at most
+    # max_preemptions times, and never within min_runtime_s of its start (no thrashing).
+    preemptible: bool = False
+    preempt_grace_s: GraceSeconds = 60.0
+    max_preemptions: Annotated[int, Meta(ge=0, le=100)] = 3
+    min_runtime_s: Annotated[float, Meta(ge=0, le=86400)] = 60.0
 
     @property
     def trainer(self) -> str:

@@ -60,6 +60,7 @@ TRANSITIONS: dict[JobStatus, dict[type, JobStatus | str]] = {
     },
     S.RUNNING: {
         ev.JobStopRequested: S.STOPPING,
+        ev.JobPreempted: S.STOPPING,  # its exit puts it back in the queue (next_status)
         ev.JobExited: FROM_OUTCOME,
         ev.JobLost: S.LOST,
     },
@@ -153,6 +154,10 @@ class JobState(msgspec.Struct, frozen=True, kw_only=True):
     refused_host: str | None = None
     refused_s: float | None = None
     resume_from: str | None = None  # what the next attempt starts from (set by retry/resume)
+    # Preemption: the job whose start stops this attempt (until the attempt ends), and how many
+    # attempts were preempted so far (at most the spec's max_preemptions).
+    preempted_by: str | None = None
+    preemptions: int = 0
 
     @property
     def is_terminal(self) -> bool:
@@ -173,6 +178,7 @@ def initial(event: ev.JobSubmitted) -> JobState:
 RETRY_BACKOFF_CAP_S = 3600.0
 # How an automatic retry's reason begins (evolve writes it; a restarted projector reads it).
 AUTO_RETRY_REASON = "attempt "
+PREEMPTED_REASON = "preempted by "
 
 
 def retry_wait_s(backoff_s: float, failures: int) -> float:
@@ -188,6 +194,13 @@ def _retries(state: JobState, target: JobStatus) -> bool:
         and not state.stop_requested
         and state.failures < state.max_retries
     )
+
+
+def _requeued_by_preemption(state: JobState, event: ev.JobEvent) -> bool:
+    """A preempted attempt's end puts the job back in the queue, without using a retry, unless
+    it finished its training meanwhile or the user asked it to stop."""
+    return (isinstance(event, ev.JobExited) and state.preempted_by is not None
+            and not state.stop_requested and event.outcome != "succeeded")
 
 
 def next_status(state: JobState | None, event: ev.JobEvent) -> JobStatus:
@@ -209,6 +222,8 @@ def next_status(state: JobState | None, event: ev.JobEvent) -> JobStatus:
         return state.status
     if target == FROM_OUTCOME:
         assert isinstance(event, ev.JobExited)
+        if _requeued_by_preemption(state, event):
+            return JobStatus.QUEUED
         target = JobStatus(event.outcome)
     if _retries(state, JobStatus(target)):
         return JobStatus.QUEUED
@@ -239,6 +254,7 @@ def evolve(state: JobState | None, event: ev.JobEvent) -> JobState:
                 state, status=status, host=host, gpu_ids=tuple(gpu_ids), attempt=attempt,
                 reason="", stop_requested=False, pid=None, run_dir=None, exit_code=None,
                 signal=None, started_s=None, finished_s=None, last_lines=(), retry_after_s=None,
+                preempted_by=None,
             )
         case ev.JobRefused(reason=reason, host=host, ts_s=ts):
             return replace(state, status=status, host=None, gpu_ids=(), reason=reason,
@@ -253,6 +269,18 @@ def evolve(state: JobState | None, event: ev.JobEvent) -> JobState:
                            reason=f"stopped by {event.requested_by or 'request'} before it started", finished_s=ts)
         case ev.JobStopRequested(force=force, grace_s=grace_s):
             return replace(state, status=status, stop_requested=True, stop_force=force, stop_grace_s=grace_s)
+        case ev.JobPreempted(by=by, grace_s=grace_s, reason=reason):
+            return replace(state, status=status, preempted_by=by, stop_force=False, stop_grace_s=grace_s,
+                           reason=reason or f"preempted by {by}: saving and stopping")
+        case ev.JobExited(checkpoint=checkpoint) if _requeued_by_preemption(state, event):
+            resume = checkpoint or state.resume_from
+            count = state.preemptions + 1
+            return replace(
+                state, status=status, host=None, gpu_ids=(), preempted_by=None, preemptions=count,
+                resume_from=resume, retry_after_s=None, exit_code=event.exit_code, signal=event.signal,
+                reason=(f"{PREEMPTED_REASON}{state.preempted_by} (preemption {count}); back in the queue, "
+                        + (f"resumes from {resume}" if resume else "no checkpoint saved: starts over")),
+            )
         case ev.JobExited(reason=reason) | ev.JobLost(reason=reason) if status is JobStatus.QUEUED:
             failures = state.failures + 1
             return replace(
@@ -266,11 +294,11 @@ def evolve(state: JobState | None, event: ev.JobEvent) -> JobState:
         case ev.JobExited(exit_code=code, signal=sig, reason=reason, ts_s=ts):
             return replace(
                 state, status=status, exit_code=code, signal=sig, reason=reason, finished_s=ts,
-                last_lines=tuple(event.last_lines),
+                last_lines=tuple(event.last_lines), preempted_by=None,
             )
         case ev.JobRetried(resume_from=resume_from):
             return replace(state, status=status, host=None, gpu_ids=(), stop_requested=False,
-                           resume_from=resume_from, retry_after_s=None,
+                           resume_from=resume_from, retry_after_s=None, preempted_by=None,
                            reason=f"retried by request{f', resuming from {resume_from}' if resume_from else ''}")
         case ev.JobCancelled(reason=reason, ts_s=ts) | ev.JobLost(reason=reason, ts_s=ts):
             return replace(state, status=status, reason=reason, finished_s=ts)

@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -280,3 +282,15 @@ async def publish_commands(nats_url: str, options: dict[str, str], subject: str,
     for command in commands:
         await js.publish(subject, msgspec.json.encode(command))
     await nc.close()
+
+
+@contextmanager
+def started_rig(tmp: Path, agents: dict[str, str]) -> Iterator[Rig]:
+    """A Rig with `agents` (host -> --simulate-gpus) up and ready; stopped afterwards."""
+    rig = Rig(tmp)
+    try:
+        rig.start(agents)
+        yield rig
+    finally:
+        rig.stop()
+

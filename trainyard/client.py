@@ -160,7 +160,8 @@ def cmd_submit(gw: Gateway, args: argparse.Namespace) -> None:
         text = Path(args.file).read_bytes()
         body = tomllib.loads(text.decode()) if args.file.endswith(".toml") else json.loads(text)
     for key in ("trainer", "name", "priority", "gpus", "host", "max_retries", "webhook_url", "max_runtime_s", "project",
-                "on_nan", "stall_timeout_s", "on_stall", "idle_timeout_s", "on_idle"):
+                "on_nan", "stall_timeout_s", "on_stall", "idle_timeout_s", "on_idle", "preemptible",
+                "preempt_grace_s", "min_runtime_s", "max_preemptions"):
         value = getattr(args, key)
         if value is not None:
             body[key] = value

@@ -57,6 +57,14 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--idle-timeout", dest="idle_timeout_s", type=float, default=None, metavar="SECONDS",
                    help="a GPU of the job idle for so long is an anomaly (0: not watched)")
     p.add_argument("--on-idle", choices=("notify", "stop"), default=None, help="what idle GPUs do")
+    p.add_argument("--preemptible", action="store_true", default=None,
+                   help="a higher-priority job may stop it gracefully; it resumes later from its checkpoint")
+    p.add_argument("--preempt-grace", dest="preempt_grace_s", type=float, default=None, metavar="SECONDS",
+                   help="time it gets to save when preempted (default 60)")
+    p.add_argument("--min-runtime", dest="min_runtime_s", type=float, default=None, metavar="SECONDS",
+                   help="never preempted within this long of its start (default 60)")
+    p.add_argument("--max-preemptions", dest="max_preemptions", type=int, default=None, metavar="N",
+                   help="preempted at most this often (default 3)")
     p.add_argument("argv", nargs="*", help="the command to run (after --)")
     p = command("list", "list jobs, newest first")
     p.add_argument("--status", default=None, help="only these statuses (comma list)")

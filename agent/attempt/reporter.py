@@ -82,6 +82,7 @@ class Reporter:
         self.progress_slot: LatestSlot[ProgressReading] = LatestSlot(js, host, self._progress_event)
         self._js = js
         self._checkpoints: list[ev.CheckpointSaved] = []
+        self.last_checkpoint: str | None = None
         self._checkpoint_wake = asyncio.Event()
         self.last_lines: collections.deque[str] = collections.deque(maxlen=LAST_LINES)
         self._rate_anchor: tuple[float, int] | None = None
@@ -212,6 +213,7 @@ class Reporter:
         return ev.JobProgress.of(self.job_id, self.attempt, r.ts_s, shipped)
 
     def checkpoint(self, path: str, step: int | None) -> None:
+        self.last_checkpoint = path  # the exit carries it: a preempted job resumes from it
         if path in self.shipped_checkpoints or any(c.path == path for c in self._checkpoints):
             return  # a re-adopting agent finds the same directories again
         self._checkpoints.append(

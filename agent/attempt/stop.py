@@ -6,6 +6,7 @@ succeeded, failed (a time limit or the watchdog's stop fails it), stopped, or lo
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 
@@ -194,6 +195,15 @@ class ProcessTreeControl:
         await publish(self.js, note, host=self.host, unique=what)
 
     # ---- how it ended ---------------------------------------------------------------------------
+    def _latest_checkpoint(self) -> str | None:
+        """The attempt's latest checkpoint as a path the next attempt can open (a preempted job
+        resumes from it): a relative one is the trainer's, from its run dir, and the next
+        attempt has another run dir."""
+        saved = self.reporter.last_checkpoint
+        if saved is None or os.path.isabs(saved):
+            return saved
+        return str(self.ctx.run_dir / saved)
+
     async def _report_lost(self) -> None:
         reason = ("its exit status is unknown: the trainer ended while no agent watched it and its "
                   "keeper did not record it")
@@ -228,6 +238,7 @@ class ProcessTreeControl:
                 exit_code=exit_code, signal=sig, reason=reason,
                 last_lines=list(self.reporter.last_lines) if outcome == "failed" else [],
                 log_stream_seq=self.reporter.log_batcher.last_stream_seq,
+                checkpoint=self._latest_checkpoint(),
             ),
             host=self.host,
         )

@@ -20,7 +20,7 @@ log = logging.getLogger("trainyard.schema")
 
 # Bump when the DDL changes. The projection is disposable: a file of another version is moved
 # aside and a fresh one replays the streams from the start.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 DDL = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     submitted_s DOUBLE NOT NULL, started_s DOUBLE, finished_s DOUBLE,
     exit_code INTEGER, signal INTEGER, reason VARCHAR, stop_requested BOOLEAN,
     pid INTEGER, run_dir VARCHAR, stdout_path VARCHAR, stderr_path VARCHAR,
-    last_lines VARCHAR[], updated_s DOUBLE, failures INTEGER
+    last_lines VARCHAR[], updated_s DOUBLE, failures INTEGER,
+    resume_from VARCHAR, preempted_by VARCHAR, preemptions INTEGER
 );
 CREATE TABLE IF NOT EXISTS job_events (
     stream_seq UBIGINT PRIMARY KEY,

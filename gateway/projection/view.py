@@ -84,7 +84,7 @@ class JobView:
                       exit_code, signal, reason, stop_requested, pid, run_dir, stdout_path,
                       stderr_path, last_lines, priority, submit_seq, gpus, requested_gpu_ids,
                       requested_host, min_gpu_memory_gb, spec, max_retries, failures, updated_s,
-                      submitted_by
+                      submitted_by, resume_from, preempted_by, preemptions
                FROM jobs"""
         ).fetchall()
         decode_spec = msgspec.json.Decoder(JobRequest).decode
@@ -95,7 +95,7 @@ class JobView:
                 exit_code=r[8], signal=r[9], reason=r[10] or "", stop_requested=bool(r[11]),
                 pid=r[12], run_dir=r[13], stdout_path=r[14], stderr_path=r[15],
                 last_lines=tuple(r[16] or ()), max_retries=r[24], failures=r[25] or 0,
-                changed_s=r[26] or 0.0,
+                changed_s=r[26] or 0.0, resume_from=r[28], preempted_by=r[29], preemptions=r[30] or 0,
             )
             self.needs[r[0]] = JobNeeds(
                 priority=r[17], submit_seq=r[18], gpus=r[19], gpu_ids=tuple(r[20] or ()),

@@ -39,7 +39,8 @@ def _state_columns(state: JobState) -> dict[str, object]:
         "reason": state.reason, "stop_requested": state.stop_requested, "pid": state.pid,
         "run_dir": state.run_dir, "stdout_path": state.stdout_path,
         "stderr_path": state.stderr_path, "last_lines": list(state.last_lines),
-        "failures": state.failures, "updated_s": state.changed_s,
+        "failures": state.failures, "updated_s": state.changed_s, "resume_from": state.resume_from,
+        "preempted_by": state.preempted_by, "preemptions": state.preemptions,
     }
 
 

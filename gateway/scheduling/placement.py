@@ -11,6 +11,9 @@ buckets by their count of usable GPUs, so a plain N-GPU job finds its best fit w
 at every host, and a job shape that could not be placed is not tried again in the same pass
 (resources only shrink during a pass).
 
+`plan_pass` adds preemption (preemption.py): a job left waiting may stop preemptible
+lower-priority jobs on one host, and GPUs so claimed are held for it until they are free.
+
 `estimate_starts` walks the same order forward in time to give each queued job an estimated
 wait, where the running jobs' ETAs make one possible.
 """
@@ -23,6 +26,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from gateway.scheduling.preemption import Claim, Preemption, RunningJob, candidates, choose_victims
 from shared.jobspec import JobRequest
 from shared.jobstate import JobState, JobStatus
 
@@ -63,9 +67,19 @@ class HostView:
     gpu_memory_mb: dict[int, int]  # index -> total memory
     busy: set[int] = field(default_factory=set)
     running: int = 0
+    jobs: list[RunningJob] = field(default_factory=list)  # running jobs preemption may look at
 
     def free(self) -> list[int]:
         return sorted(set(self.gpu_memory_mb) - self.busy)
+
+
+@dataclass
+class PassPlan:
+    """What one pass decides: placements, why each other job waits, and preemptions."""
+
+    assignments: list[Assignment] = field(default_factory=list)
+    waiting: dict[str, str] = field(default_factory=dict)
+    preemptions: list[Preemption] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -104,6 +118,9 @@ class _Pool:
             self.buckets[len(free)].add(h)
         self.most = max((len(f) for f in self.usable.values()), default=0)
         self.held = 0  # free GPUs reserved in this pass for jobs ahead in the queue
+        self.reserved_host: str | None = None  # where the waiting head job is held a place
+        self.victims: set[str] = set()  # jobs already chosen for preemption in this pass
+        self._able: dict[str, list[RunningJob]] | None = None  # who may be preempted (on first need)
         self._load = [(v.running, h) for h, v in sorted(hosts.items())]
         heapq.heapify(self._load)
 
@@ -122,6 +139,33 @@ class _Pool:
         self.usable[host] = [g for g in free if g not in gpus]
         self.buckets[len(self.usable[host])].add(host)
         self.held += len(free) - len(self.usable[host])
+
+    def hold(self, host: str, gpus: tuple[int, ...]) -> None:
+        """`gpus` on `host` are promised (a claim, a preemption): not given out in this pass."""
+        free = self.usable[host]
+        self.buckets[len(free)].discard(host)
+        self.usable[host] = [g for g in free if g not in gpus]
+        self.buckets[len(self.usable[host])].add(host)
+
+    def preemption_for(self, q: QueuedJob, now: float) -> Preemption | None:
+        """Running jobs whose stop would let `q` start (preemption.py), away from the host held
+        for the head job and the host that just refused `q`."""
+        if self._able is None:
+            self._able = candidates({h: v.jobs for h, v in self.hosts.items() if v.jobs}, now)
+        needs = q.needs
+        skip = (self.reserved_host, q.avoid_host)
+        if needs.host is not None:
+            able = {needs.host: self._able[needs.host]} if needs.host in self._able else {}
+        else:
+            able = self._able
+        if skip[0] in able or skip[1] in able:
+            able = {h: jobs for h, jobs in able.items() if h not in skip}
+        found = choose_victims(q.job_id, needs.priority, needs.gpus, self.usable, able,
+                               lambda host, gpus: self.fit(needs, host, gpus), self.victims)
+        if found is not None:
+            self.victims |= {v.job_id for v in found.victims}
+            self.hold(found.host, found.gpu_ids)
+        return found
 
     def largest(self) -> tuple[int, str]:
         for k in range(self.most, -1, -1):
@@ -176,48 +220,85 @@ class _Pool:
 
 
 def plan(queue: list[QueuedJob], hosts: dict[str, HostView]) -> tuple[list[Assignment], dict[str, str]]:
-    """Assignments for this pass and, for each job left waiting, the reason. Mutates `hosts`'
-    busy sets and running counts to include the assignments."""
+    """Assignments for this pass and, for each job left waiting, the reason (no preemption).
+    Mutates `hosts`' busy sets and running counts to include the assignments."""
+    result = plan_pass(queue, hosts)
+    return result.assignments, result.waiting
+
+
+def plan_pass(queue: list[QueuedJob], hosts: dict[str, HostView], *, now: float | None = None,
+              claims: dict[str, Claim] | None = None) -> PassPlan:
+    """`plan`, with preemption when `now` is given: a job that cannot be placed may preempt
+    (`HostView.jobs`), and a job holding a `Claim` starts on its claimed GPUs once they are free."""
     ordered = sorted(queue, key=queue_order)
     pool = _Pool(hosts)
-    assignments: list[Assignment] = []
-    waiting: dict[str, str] = {}
+    result = PassPlan()
+    assignments, waiting = result.assignments, result.waiting
     failed: dict[tuple[Shape, str | None], str] = {}  # shape -> reason: resources only shrink within a pass
+    no_victims: dict[tuple[Shape, str | None], int] = {}  # shape -> highest priority that found none
     reserved = False
+    promised = {q.job_id: claims[q.job_id] for q in ordered if claims and q.job_id in claims
+                and claims[q.job_id].host in hosts}
+    for held_for in promised.values():
+        pool.hold(held_for.host, held_for.gpu_ids)
     for q in ordered:
         needs = q.needs
         shape = (_shape(needs), q.avoid_host)
-        placed: tuple[str, tuple[int, ...]] | None
-        if shape in failed:
-            waiting[q.job_id] = failed[shape]
+        claim = promised.get(q.job_id)
+        if claim is not None:
+            if set(claim.gpu_ids) & hosts[claim.host].busy:
+                waiting[q.job_id] = claim.waiting_reason()
+            else:  # the victims are gone and nothing else uses the GPUs: verified free
+                pool.take(claim.host, claim.gpu_ids)
+                assignments.append(Assignment(q.job_id, q.attempt + 1, claim.host, claim.gpu_ids))
             continue
-        if needs.gpus == 0 and not needs.gpu_ids:
-            target = pool.least_loaded(needs.host)
-            placed = None if target is None else (target, ())
-        elif q.avoid_host:
-            placed = pool.best_any(needs, avoid=q.avoid_host)
-        elif _plain(needs):
-            target = pool.best_plain(needs.gpus)
-            placed = None if target is None else (target, tuple(pool.usable[target][: needs.gpus]))
+        fresh = shape not in failed  # else a job of its shape failed already, and reserved if it could
+        if not fresh:
+            reason = failed[shape]
         else:
-            placed = pool.best_any(needs)
-        if placed is not None:
-            host, gpus = placed
-            pool.take(host, gpus)
-            assignments.append(Assignment(q.job_id, q.attempt + 1, host, gpus))
-            continue
-        reason = _why_waiting(needs, pool)
-        if q.avoid_host:
-            reason += f" (host {q.avoid_host} refused it a moment ago)"
-        failed[shape] = reason
+            placed = _place(pool, q)
+            if placed is not None:
+                host, gpus = placed
+                pool.take(host, gpus)
+                assignments.append(Assignment(q.job_id, q.attempt + 1, host, gpus))
+                continue
+            reason = _why_waiting(needs, pool)
+            if q.avoid_host:
+                reason += f" (host {q.avoid_host} refused it a moment ago)"
+            failed[shape] = reason
+        # Victims only grow scarcer within a pass: a shape that found none at a priority finds
+        # none at a lower one either.
+        if now is not None and needs.gpus > 0 and needs.priority > no_victims.get(shape, -1):
+            preemption = pool.preemption_for(q, now)
+            if preemption is not None:
+                result.preemptions.append(preemption)
+                waiting[q.job_id] = preemption.describe()
+                continue
+            no_victims[shape] = needs.priority
         waiting[q.job_id] = reason
-        if needs.gpus > 0 and not reserved:
+        if fresh and needs.gpus > 0 and not reserved:
             held = _reservation(needs, pool)
             if held is not None:
                 pool.reserve(*held)
+                pool.reserved_host = held[0]
                 reserved = True
                 failed.clear()  # reasons mention the largest free set, which just changed
-    return assignments, waiting
+    return result
+
+
+def _place(pool: _Pool, q: QueuedJob) -> tuple[str, tuple[int, ...]] | None:
+    """Where `q` goes in this pass, if anywhere: any host for a GPU-less job, the best fit for
+    a plain one, the best scored host for a pinned or memory-bound one or one refused a moment ago."""
+    needs = q.needs
+    if needs.gpus == 0 and not needs.gpu_ids:
+        target = pool.least_loaded(needs.host)
+        return None if target is None else (target, ())
+    if q.avoid_host:
+        return pool.best_any(needs, avoid=q.avoid_host)
+    if _plain(needs):
+        target = pool.best_plain(needs.gpus)
+        return None if target is None else (target, tuple(pool.usable[target][: needs.gpus]))
+    return pool.best_any(needs)
 
 
 def _reservation(needs: JobNeeds, pool: _Pool) -> tuple[str, list[int]] | None:

@@ -8,8 +8,9 @@ a one-second timer) the leader:
    `host_timeout_s + host_lost_grace_s`;
 2. fences a returning host: an attempt it still runs that the job has moved past (re-placed,
    lost, finished) gets a force stop, so no job runs twice;
-3. unless the queue processor is paused, runs `placement.plan` and publishes `JobScheduled` and
-   the host's `start` command for each assignment, remembering it until the projection shows it.
+3. unless the queue processor is paused, runs `placement.plan_pass` and publishes `JobScheduled`
+   and the host's `start` command for each assignment, remembering it until the projection shows
+   it, and carries out the pass's preemptions (preempter.py).
 
 On becoming leader it re-sends the start command of every job still `scheduled`: a leader that
 died between the two publishes leaves no job stranded (the agent's dedupe makes a repeat harmless).
@@ -31,7 +32,8 @@ from nats.js import JetStreamContext
 from gateway.projection.projector import Projector
 from gateway.scheduling.gates import QueueGates
 from gateway.scheduling.lease import SchedulerLease
-from gateway.scheduling.placement import Assignment, HostView, QueuedJob, plan
+from gateway.scheduling.placement import Assignment, HostView, QueuedJob, plan_pass
+from gateway.scheduling.preempter import Preempter
 from gateway.writer import EventWriter
 from shared import events as ev
 from shared import subjects
@@ -77,6 +79,7 @@ class Scheduler:
         self._stops_sent: set[tuple[str, int]] = set()
         self._fenced: dict[tuple[str, str, int], float] = {}
         self.gates = QueueGates(projector, fair_share_half_life_s)
+        self.preempter = Preempter(projector, writer)
         self._cancelled: set[tuple[str, int]] = set()  # (job, attempt) ended for unmeetable dependencies
         self._resume_needed = False
         self._leader_since = 0.0
@@ -167,6 +170,7 @@ class Scheduler:
             view = hosts.get(beat.host)
             if view is not None:
                 view.busy |= self.busy_by_report(beat, states)
+        self.preempter.show_running(hosts)
         return self.queued(), hosts
 
     @staticmethod
@@ -200,7 +204,7 @@ class Scheduler:
         queue, hosts = self.snapshot()
         now, states = now_s(), self.projector.live_states
         ready, blocked, doomed = self.gates.verdicts(queue)
-        _, waiting = plan(ready, hosts)
+        waiting = plan_pass(ready, hosts, now=now, claims=self.preempter.live_claims(now)).waiting
         waiting |= blocked | {job: f"{why}: it will not run (ended at the next pass)" for job, why in doomed.items()}
         for q in self.queued(backing_off=True):
             state = states[q.job_id]
@@ -238,6 +242,7 @@ class Scheduler:
         self._lost_sent.clear()
         self._fenced.clear()
         self._cancelled.clear()
+        self.preempter.claims.clear()
         self._resume_needed = leader
         if leader:
             self._leader_since = now_s()
@@ -267,10 +272,13 @@ class Scheduler:
             self.waiting = {}
             return []
         started = time.perf_counter()
+        now = now_s()
         ready, blocked, doomed = self.gates.verdicts(queue)
-        assignments, self.waiting = plan(ready, hosts)
+        decided = plan_pass(ready, hosts, now=now, claims=self.preempter.live_claims(now))
+        assignments, self.waiting = decided.assignments, decided.waiting
         self.waiting |= blocked
         await self._cancel_doomed(doomed)
+        await self.preempter.carry_out(decided.preemptions, now)
         elapsed_ms = (time.perf_counter() - started) * 1e3
         if elapsed_ms > 20:
             log.warning("scheduling pass over %d jobs / %d hosts took %.1f ms", len(queue), len(hosts), elapsed_ms)

@@ -294,6 +294,7 @@ class JobService(ArrayJobs):
             spec=msgspec.json.decode(job["spec"]), status_history=job["history"],
             progress=progress, checkpoints=job["checkpoints"], exports=job["exports"],
             anomaly_kinds=sorted({a.kind for a in anomalies}), anomalies=[msgspec.to_builtins(a) for a in anomalies],
+            preemptions=job["preemptions"] or 0, resume_from=job["resume_from"],
         )
 
     async def delete(self, job_id: str, *, user: str = "") -> None:

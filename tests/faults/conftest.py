@@ -7,14 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.harness import Rig
+from tests.harness import Rig, started_rig
 
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    rig = Rig(tmp_path_factory.mktemp("faults"))
-    try:
-        rig.start({"f": "2x80GB"})
+    with started_rig(tmp_path_factory.mktemp("faults"), {"f": "2x80GB"}) as rig:
         yield rig
-    finally:
-        rig.stop()

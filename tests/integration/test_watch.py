@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import Cluster, cli
-from tests.harness import TRAINERS, Api, Rig
+from tests.harness import TRAINERS, Api, Rig, started_rig
 
 SLEEPER = "import time\nprint('started', flush=True)\ntime.sleep(60)\n"
 
@@ -158,12 +158,8 @@ def test_a_busy_job_does_not_stall(cluster: Cluster) -> None:
 @pytest.fixture(scope="module")
 def gpu_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     """A host with two simulated GPUs, beating every 0.5 s."""
-    rig = Rig(tmp_path_factory.mktemp("watch"))
-    try:
-        rig.start({"w": "2x80GB"})
+    with started_rig(tmp_path_factory.mktemp("watch"), {"w": "2x80GB"}) as rig:
         yield rig
-    finally:
-        rig.stop()
 
 
 # A trainer on simulated GPUs sets their utilisation: its first GPU busy, its second idle.

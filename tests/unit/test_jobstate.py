@@ -38,6 +38,7 @@ def sample(event_type: type, attempt: int = 1, **extra) -> ev.JobEvent:
         ev.JobCancelled: dict(reason="x"),
         ev.JobExited: dict(outcome="failed", exit_code=1),
         ev.JobLost: dict(reason="gone"),
+        ev.JobPreempted: dict(by="job_2", host="h"),
         ev.JobRetried: dict(
             resume_from="latest"
         ),  # allowed from every ended status (a plain retry: not from succeeded)
