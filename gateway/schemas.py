@@ -27,6 +27,9 @@ class JobSummary(msgspec.Struct, kw_only=True):
     description: str = ""
     submitted_by: str = ""  # the token's name that submitted it
     anomaly_kinds: list[str] = []  # the watchdog's findings (nan, stall, idle_gpu): a marker
+    # How far it got and, while it runs, the time left (its latest progress report).
+    percent: float | None = None
+    eta_s: float | None = None
 
 
 class JobList(msgspec.Struct, kw_only=True):

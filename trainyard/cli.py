@@ -118,7 +118,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             start()
         # "Up" means a job submitted now can be placed: the local agent is online.
         wait_for_host_online(f"http://127.0.0.1:{args.port}", token, host)
-        print(f"trainyard is up\n  API:    {api_url}/api/v1/training  (docs: {api_url}/docs)\n"
+        # The token travels in the URL's fragment: a browser never sends that part to a server.
+        print(f"trainyard is up\n  dashboard: {api_url}/ui/#token={token}\n"
+              f"  API:    {api_url}/api/v1/training  (docs: {api_url}/docs)\n"
               f"  token:  {token}   (saved in {data_dir / 'api-token'})\n"
               f"  NATS:   {nats_url}  (agents on other hosts: trainyard agent --host NAME --nats-url ...)\n"
               f"  agent:  {host}\n  data:   {data_dir}\n  logs:   {data_dir / 'logs'}\n"

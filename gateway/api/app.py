@@ -35,6 +35,7 @@ from gateway.read.metric_query import MetricQuery
 from gateway.read.queries import LogFilter
 from gateway.read.sql import SqlRequest, encode_result
 from gateway.runtime import GatewayRuntime
+from gateway.web.routes import DocsPage, web_routes
 from shared.jobspec import JobRequest
 from shared.jobstate import JobStatus
 
@@ -273,7 +274,8 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
                         retry_job, resume_job, job_checkpoints, run_sql, health, prometheus.route(viewer),
                         *cluster_routes(runtime, PREFIX, viewer=viewer, operator=operator, admin=admin),
                         *stream_routes(runtime, PREFIX, viewer=viewer)]),
-                        seed000_router(runtime, "/api/v1", viewer=viewer, operator=operator)],
+                        seed000_router(runtime, "/api/v1", viewer=viewer, operator=operator),
+                        *web_routes(runtime, PREFIX, viewer=viewer)],
         exception_handlers={
             ServiceError: service_error_handler,
             HTTPException: http_error_handler,
@@ -284,8 +286,9 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
         openapi_config=OpenAPIConfig(
             title="trainyard", version="0.1.0", path="/docs",
             # The document and nothing that loads scripts from a CDN (an offline cluster cannot
-            # reach one): /docs and /docs/openapi.json give JSON, /docs/openapi.yaml YAML.
-            render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"]), YamlRenderPlugin(path="/openapi.yaml")],
+            # reach one): /docs/openapi.json gives JSON, /docs/openapi.yaml YAML, and /docs the
+            # page that renders it with the gateway's own script (gateway/web).
+            render_plugins=[DocsPage(), JsonRenderPlugin(path="/openapi.json"), YamlRenderPlugin(path="/openapi.yaml")],
             components=Components(security_schemes={
                 "BearerToken": SecurityScheme(type="http", scheme="bearer",
                                               description="an API token: trainyard token create"),

@@ -270,10 +270,14 @@ class JobService(ArrayJobs):
 
     async def _list_page(self, filters: dict[str, object]) -> views.JobList:
         page = await self.reader.list_jobs(**filters)  # type: ignore[arg-type]
-        anomalies = self.projector.anomalies
+        anomalies, percent, latest = self.projector.anomalies, self.projector.percent, self.projector.latest_progress
         for i, job in enumerate(page.jobs):
-            if found := anomalies.get(job.job_id):
-                page.jobs[i] = msgspec.structs.replace(job, anomaly_kinds=sorted({a.kind for a in found}))
+            found = anomalies.get(job.job_id)
+            progress = latest.get(job.job_id)
+            page.jobs[i] = msgspec.structs.replace(
+                job, anomaly_kinds=sorted({a.kind for a in found}) if found else [],
+                percent=progress.percent if progress is not None else percent.get(job.job_id),
+                eta_s=progress.eta_s if progress is not None and job.status == "running" else None)
         return page
 
     async def _detail(self, job_id: str) -> views.JobDetail:

@@ -132,6 +132,11 @@ def test_up_is_ready_when_it_says_so_and_its_agent_reads_the_data_dirs_toml(tmp_
         else:
             pytest.fail(f"up never said it was up: {''.join(said)}")
         token = (data_dir / "api-token").read_text().strip()
+        # The banner's dashboard URL signs in at once: the token rides in the fragment.
+        dashboard = next(up.stdout).split("dashboard:", 1)[1].strip()
+        assert dashboard == f"{base}/ui/#token={token}", dashboard
+        page = httpx.get(dashboard.split("#", 1)[0])
+        assert page.status_code == 200 and '<script src="/ui/assets/app.js">' in page.text
         body = {"gpu_id": 0, "model_type": "flux", "description": "at once",
                 "dataset": {"resolutions": [512], "directories": [{"path": str(dataset), "num_repeats": 1}]},
                 "config": {"epochs": 1}}

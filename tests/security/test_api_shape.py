@@ -5,6 +5,7 @@ and nothing loads from a CDN."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -66,6 +67,10 @@ def test_the_openapi_document_declares_the_bearer_scheme_and_loads_nothing_remot
     assert doc["components"]["securitySchemes"]["BearerToken"] == {
         "type": "http", "scheme": "bearer", "description": "an API token: trainyard token create"}
     assert {"BearerToken": []} in doc["security"]
-    for page in ("/docs", "/docs/swagger", "/docs/redoc", "/docs/elements", "/docs/rapidoc"):
+    for page in ("/docs", "/docs/swagger", "/docs/redoc", "/docs/elements", "/docs/rapidoc", "/ui/"):
         r = httpx.get(f"{cluster.url}{page}")
-        assert "cdn" not in r.text.lower() and "<script" not in r.text.lower(), page
+        text = r.text.lower()
+        # Only the gateway's own scripts and styles (gateway/web/static), nothing from elsewhere.
+        assert "cdn" not in text and "//" not in text.replace("<!doctype html>", ""), page
+        assert re.findall(r'<script[^>]*>', text) in ([], ['<script src="/ui/assets/docs.js">'],
+                                                       ['<script src="/ui/assets/app.js">']), page
