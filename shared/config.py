@@ -44,6 +44,9 @@ class GatewaySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=False)
     host_lost_grace_s: float = 30.0
     # One gateway schedules at a time; another takes over this long after it stops renewing.
     scheduler_lease_ttl_s: float = 6.0
+    # Copies JetStream keeps of every stream and bucket: 1 on one nats-server, 3 on a 3-node
+    # cluster (any one node may be lost). A change is applied to existing streams at start.
+    stream_replicas: int = 1
     # Signs webhook bodies; empty: one is generated in <data_dir>/webhook-secret (give every
     # gateway replica the same one).
     webhook_secret: str = ""

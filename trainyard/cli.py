@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from shared.config import DEFAULT_NATS_URL, AgentSettings, GatewaySettings, load_settings
@@ -39,7 +41,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
                    "nats_credentials": args.nats_credentials, "nats_monitor_url": args.nats_monitor_url,
                    "replica": args.replica, "host_timeout_s": args.host_timeout_s,
                    "host_lost_grace_s": args.host_lost_grace_s,
-                   "scheduler_lease_ttl_s": args.scheduler_lease_ttl_s},
+                   "scheduler_lease_ttl_s": args.scheduler_lease_ttl_s, "stream_replicas": args.stream_replicas},
     )
     run_gateway(settings)
     return 0
@@ -77,7 +79,7 @@ UP_LOCK = "up.lock"
 def cmd_up(args: argparse.Namespace) -> int:
     from gateway.api.auth import ensure_admin_token
     from trainyard.jetstream_watch import JetStreamWatch
-    from trainyard.stack import Stack, host_token, wait_for_host_online
+    from trainyard.stack import Stack, cluster_nodes, host_token, wait_for_host_online
 
     data_dir = private_dir(Path(args.data_dir).resolve())
     lock = hold_lock(data_dir / UP_LOCK)  # one `up` per data dir, as long as this process lives
@@ -86,7 +88,8 @@ def cmd_up(args: argparse.Namespace) -> int:
               "stop it first, or give this one another --data-dir", file=sys.stderr)
         return 2
     token = ensure_admin_token(data_dir)
-    nats_url = f"nats://127.0.0.1:{args.nats_port}"
+    nodes = cluster_nodes(args.nats_port, args.cluster) if args.cluster > 1 else []
+    nats_url = ",".join(f"nats://127.0.0.1:{n.port}" for n in nodes) or f"nats://127.0.0.1:{args.nats_port}"
     api_url = f"http://{args.bind}:{args.port}"
     stack = Stack()
     stopping = False
@@ -98,7 +101,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        extra_gw = ["--bind", args.bind]
+        extra_gw = ["--bind", args.bind, *(["--stream-replicas", "3"] if nodes else [])]
         # The agent has no data dir of its own: it reads `[agent]` of DATA/trainyard.toml (read
         # at each start, so a change applies when the agent is next started).
         agent_extra = ["--config", str(data_dir / "trainyard.toml")]
@@ -108,14 +111,20 @@ def cmd_up(args: argparse.Namespace) -> int:
             agent_extra += ["--stop-trainers-on-exit"]
         host = host_token(args.host or socket.gethostname())
         # How each part starts, so that one that dies can be started again.
+        if nodes:
+            stack.start_nats_cluster(data_dir, nodes)
+        nats_parts: dict[str, Callable[[], object]] = {
+            f"nats-{n.name}": functools.partial(stack.start_nats_node, data_dir, n) for n in nodes
+        } or {"nats": lambda: stack.start_nats(data_dir, args.nats_port)}
         starters = {
-            "nats": lambda: stack.start_nats(data_dir, args.nats_port),
+            **nats_parts,
             "gateway": lambda: stack.start_gateway(data_dir, args.port, nats_url, *extra_gw),
             f"agent-{host}": lambda: stack.start_agent(host, data_dir / "work", nats_url,
                                                       data_dir / "logs" / "agent.log", *agent_extra),
         }
-        for start in starters.values():
-            start()
+        for name, start in starters.items():
+            if not (nodes and name in nats_parts):  # a cluster's nodes were started together
+                start()
         # "Up" means a job submitted now can be placed: the local agent is online.
         wait_for_host_online(f"http://127.0.0.1:{args.port}", token, host)
         # The token travels in the URL's fragment: a browser never sends that part to a server.
@@ -131,7 +140,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         while not stopping:
             if (why := jetstream_watch.restart_reason()) is not None:
                 print(f"trainyard: {why}: restarting nats-server", file=sys.stderr, flush=True)
-                stack.terminate("nats")  # started again below, as a part that exited
+                stack.terminate(next(iter(nats_parts)))  # started again below, as a part that exited
             for name, proc in list(stack.procs):
                 if proc.poll() is None or stopping:
                     continue
@@ -213,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="pretend this machine has N GPUs of that memory (no NVIDIA driver needed)")
     up.add_argument("--stop-trainers-on-exit", action="store_true",
                     help="Ctrl-C stops running trainers too (default: they run on)")
+    up.add_argument("--cluster", type=int, choices=(1, 3), default=1,
+                    help="3: three nats-servers clustered on loopback (ports NATS-PORT..+2, routes +2000), "
+                         "every stream kept on all three; any one may die")
     up.set_defaults(func=cmd_up)
 
     gw = sub.add_parser("gateway", help="run a gateway (API, projector, scheduler)")
@@ -232,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="then its jobs are lost (or retried) after this much more (default 30)")
     gw.add_argument("--scheduler-lease-ttl-s", type=float, default=None,
                     help="another gateway takes over scheduling this long after the leader dies (default 6)")
+    gw.add_argument("--stream-replicas", type=int, choices=(1, 3), default=None,
+                    help="copies of every stream and bucket: 1 (one nats-server) or 3 (a 3-node cluster)")
     gw.add_argument("--config", default=None, help="a trainyard.toml (default: DATA-DIR's, else the current dir's)")
     gw.set_defaults(func=cmd_gateway)
 

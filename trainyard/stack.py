@@ -85,14 +85,33 @@ def wait_for_host_online(api_url: str, token: str, host: str, timeout_s: float =
     raise TimeoutError(f"agent {host} did not come online within {timeout_s:.0f}s")
 
 
-def write_nats_config(nats_dir: Path, port: int, monitor_port: int = 0) -> Path:
+@dataclass(frozen=True)
+class NatsNode:
+    """One node of a cluster of embedded nats-servers on loopback (`trainyard up --cluster 3`)."""
+
+    name: str  # its server_name; its config, pid file, store and log are named after it
+    port: int
+    route_port: int  # where the other nodes reach it
+    peers: tuple[int, ...]  # the route ports of every node, its own included
+
+
+def cluster_nodes(first_port: int, count: int) -> list[NatsNode]:
+    """`count` nodes on client ports first_port, first_port + 1, ...; each node's route port is
+    its client port + 2000 (4222 -> 6222, NATS's usual cluster port)."""
+    routes = tuple(first_port + 2000 + i for i in range(count))
+    return [NatsNode(f"n{i}", first_port + i, routes[i], routes) for i in range(count)]
+
+
+def write_nats_config(nats_dir: Path, port: int, monitor_port: int = 0, node: NatsNode | None = None) -> Path:
     """The embedded server's config: loopback only, JetStream on file storage, and a NATS user
     per role (natsauth) from the credential files in `nats_dir/credentials` (rewritten, and the
-    server reloaded, when an agent for a new host joins)."""
+    server reloaded, when an agent for a new host joins). With `node`, one node of a cluster:
+    its own name, store and pid file, and routes to the others (loopback, so no route auth)."""
     nats_dir.mkdir(parents=True, exist_ok=True)
     for user in (natsauth.GATEWAY_USER, natsauth.VIEWER_USER):
         natsauth.ensure_credentials(nats_dir, user)
-    conf = nats_dir / "nats-embedded.conf"
+    suffix = f"-{node.name}" if node else ""
+    conf = nats_dir / f"nats-embedded{suffix}.conf"
     # A Stack that did not start the server (it adds an agent user) keeps the monitoring port:
     # nats-server cannot change it on a reload.
     monitor_port = monitor_port or _configured_monitor_port(conf)
@@ -105,12 +124,15 @@ def write_nats_config(nats_dir: Path, port: int, monitor_port: int = 0) -> Path:
             # Monitoring on loopback: /healthz names a stream that hit a write error (a full
             # disk), which the gateway's /health and up's restart of nats-server read.
             + (f"http: 127.0.0.1:{monitor_port}\n" if monitor_port else "")
-            + f'pid_file: "{nats_dir / "nats-server.pid"}"\n'
+            + f'pid_file: "{nats_dir / f"nats-server{suffix}.pid"}"\n'
             "max_payload: 8MB\n"
             "jetstream {\n"
-            f'  store_dir: "{nats_dir / "jetstream"}"\n'
+            f'  store_dir: "{nats_dir / f"jetstream{suffix}"}"\n'
             "  max_file_store: 50GB\n"
             "}\n"
+            + (f"server_name: {node.name}\ncluster {{\n  name: trainyard\n  listen: 127.0.0.1:{node.route_port}\n"
+               f"  routes: [{', '.join(f'nats-route://127.0.0.1:{r}' for r in node.peers if r != node.route_port)}]\n"
+               "}\n" if node else "")
             + natsauth.authorization_block(natsauth.all_credentials(nats_dir))
         )
     os.replace(tmp, conf)
@@ -125,10 +147,12 @@ def _configured_monitor_port(conf: Path) -> int:
     return int(found.group(1)) if found else 0
 
 
-def reload_nats(nats_dir: Path, timeout_s: float = 5.0) -> None:
-    """Make the running nats-server re-read its config (new users), and wait until it has."""
-    pid = int((nats_dir / "nats-server.pid").read_text())
-    log = nats_dir.parent / "logs" / "nats.log"
+def reload_nats(nats_dir: Path, timeout_s: float = 5.0, node: NatsNode | None = None) -> None:
+    """Make the running nats-server (or `node`) re-read its config (new users), and wait until
+    it has."""
+    suffix = f"-{node.name}" if node else ""
+    pid = int((nats_dir / f"nats-server{suffix}.pid").read_text())
+    log = nats_dir.parent / "logs" / f"nats{suffix}.log"
     before = log.read_text(errors="replace").count("Reloaded server configuration") if log.exists() else 0
     os.kill(pid, signal.SIGHUP)
     deadline = time.monotonic() + timeout_s
@@ -150,6 +174,8 @@ class Stack:
     nats_dir: Path | None = None
     nats_port: int = 0
     nats_monitor_port: int = 0  # its HTTP monitoring port (loopback), chosen at the first start
+    nats_nodes: list[NatsNode] = field(default_factory=list)  # a cluster's nodes (start_nats_cluster)
+    node_monitor_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def nats_monitor_url(self) -> str:
@@ -178,7 +204,11 @@ class Stack:
         user = natsauth.agent_user(host)
         known = {c.user for c in natsauth.all_credentials(self.nats_dir)}
         path = natsauth.ensure_credentials(self.nats_dir, user)
-        if user not in known:
+        if user not in known and self.nats_nodes:
+            for node in self.nats_nodes:
+                write_nats_config(self.nats_dir, node.port, self.node_monitor_ports.get(node.name, 0), node)
+                reload_nats(self.nats_dir, node=node)
+        elif user not in known:
             write_nats_config(self.nats_dir, self.nats_port, self.nats_monitor_port)
             reload_nats(self.nats_dir)
         return ["--nats-credentials", str(path)]
@@ -198,6 +228,27 @@ class Stack:
         conf = write_nats_config(self.nats_dir, port, self.nats_monitor_port)
         proc = self.spawn("nats", [nats_server_binary(), "-c", str(conf)], data_dir / "logs" / "nats.log")
         wait_for_port(port, proc, "nats-server")
+        return proc
+
+    def start_nats_cluster(self, data_dir: Path, nodes: list[NatsNode]) -> str:
+        """Start each node of a cluster (all on loopback); the URL list clients take."""
+        self.nats_dir, self.nats_nodes = data_dir / "nats", nodes
+        self.nats_port = nodes[0].port
+        for node in nodes:
+            self.start_nats_node(data_dir, node, wait=False)
+        for node in nodes:
+            wait_for_port(node.port, dict(self.procs)[f"nats-{node.name}"], f"nats-server {node.name}")
+        self.nats_monitor_port = self.node_monitor_ports[nodes[0].name]
+        return ",".join(f"nats://127.0.0.1:{node.port}" for node in nodes)
+
+    def start_nats_node(self, data_dir: Path, node: NatsNode, wait: bool = True) -> subprocess.Popen:
+        """Start (or start again) one node of the cluster."""
+        monitor = self.node_monitor_ports.setdefault(node.name, free_port())
+        conf = write_nats_config(data_dir / "nats", node.port, monitor, node)
+        proc = self.spawn(f"nats-{node.name}", [nats_server_binary(), "-c", str(conf)],
+                          data_dir / "logs" / f"nats-{node.name}.log")
+        if wait:
+            wait_for_port(node.port, proc, f"nats-server {node.name}")
         return proc
 
     def start_gateway(self, data_dir: Path, port: int, nats_url: str, *extra: str,
@@ -230,7 +281,7 @@ class Stack:
     def stop(self, timeout_s: float = 10.0) -> None:
         # Reverse start order, but nats-server always last (a restarted one was started after
         # the gateway and agents, which still want to say goodbye through it).
-        ordered = sorted(reversed(self.procs), key=lambda item: item[0] == "nats")
+        ordered = sorted(reversed(self.procs), key=lambda item: item[0].startswith("nats"))
         for _name, proc in ordered:
             _end(proc, timeout_s)
         self.procs.clear()

@@ -14,7 +14,9 @@ log = logging.getLogger("trainyard.nats")
 
 
 async def connect(url: str, name: str, *, credentials: str = "", connect_timeout_s: float = 5.0) -> Client:
-    """`credentials`: a file from `trainyard up` / `natsauth.ensure_credentials` (user and
+    """`url`: one nats-server, or several separated by commas (the nodes of a cluster: the
+    client fails over between them, and learns the others from the one it reaches).
+    `credentials`: a file from `trainyard up` / `natsauth.ensure_credentials` (user and
     password); the connection then also uses that user's own inbox prefix."""
     auth: dict[str, str] = {}
     if credentials:
@@ -31,7 +33,7 @@ async def connect(url: str, name: str, *, credentials: str = "", connect_timeout
         log.warning("%s: NATS error: %s", name, exc)
 
     return await nats.connect(
-        servers=[url],
+        servers=[u.strip() for u in url.split(",") if u.strip()],
         name=name,
         connect_timeout=connect_timeout_s,
         max_reconnect_attempts=-1,
