@@ -57,6 +57,7 @@ class GatewayRuntime:
         self.allowed_roots = allowed_roots(settings)  # checked before anything starts
         self.nc: Client | None = None
         self.writes = JetStreamWrites()  # whether the gateway's writes go through, for /health
+        self.on_scheduling_pass: list[Callable[[float], None]] = []  # /metrics observes each pass
         self._monitor: httpx.AsyncClient | None = None  # to nats-server's /healthz (nats_monitor_url)
 
     async def start(self) -> None:
@@ -79,6 +80,7 @@ class GatewayRuntime:
             host_lost_grace_s=s.host_lost_grace_s, interval_s=s.scheduler_interval_s,
             lease_ttl_s=s.scheduler_lease_ttl_s, fair_share_half_life_s=s.fair_share_half_life_s,
         )
+        self.scheduler.on_pass = self.on_scheduling_pass
         await self.scheduler.start()
         self._consumers = asyncio.create_task(self._provide_command_consumers(), name="command-consumers")
         webhook_policy = WebhookPolicy(s.webhook_allow)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # The API answers in about a millisecond (DESIGN §9); the buckets resolve that and its tail.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+PASS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 RUNNING = (JobStatus.RUNNING, JobStatus.STOPPING)
 
 
@@ -148,6 +149,9 @@ class PrometheusEndpoint:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(GatewayCollector(runtime))
         self.timer = RequestTimer(self.registry)
+        passes = Histogram("trainyard_scheduling_pass_seconds", "Scheduling passes of this gateway (while it leads)",
+                           registry=self.registry, buckets=PASS_BUCKETS)
+        runtime.on_scheduling_pass.append(passes.observe)
 
     def route(self, guards: list[Guard]) -> HTTPRouteHandler:
         registry = self.registry

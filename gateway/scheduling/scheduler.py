@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import msgspec
 from nats.aio.client import Client
@@ -85,6 +86,8 @@ class Scheduler:
         self._leader_since = 0.0
         self._preview: tuple[tuple, tuple[list[QueuedJob], dict[str, str], dict[str, HostView]]] | None = None
         self._kick = asyncio.Event()
+        # Told each pass's duration in seconds (the gateway's /metrics histogram).
+        self.on_pass: list[Callable[[float], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._sub: Subscription | None = None
         projector.on_jobs_changed.append(self.kick)
@@ -280,6 +283,8 @@ class Scheduler:
         await self._cancel_doomed(doomed)
         await self.preempter.carry_out(decided.preemptions, now)
         elapsed_ms = (time.perf_counter() - started) * 1e3
+        for observe in self.on_pass:
+            observe(elapsed_ms / 1e3)
         if elapsed_ms > 20:
             log.warning("scheduling pass over %d jobs / %d hosts took %.1f ms", len(queue), len(hosts), elapsed_ms)
         for a in assignments:
