@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import duckdb
@@ -42,6 +43,8 @@ from shared.nats.pullfeed import PullFeed
 log = logging.getLogger("trainyard.projector")
 
 # A failed batch write is tried again after this long, doubling up to the cap.
+# Heartbeats are projected in batches at most this often (_follow says why).
+HOST_BATCH_GAP_S = 0.25
 WRITE_RETRY_FIRST_S = 0.2
 WRITE_RETRY_MAX_S = 5.0
 
@@ -146,7 +149,15 @@ class Projector(JobView):
 
     # ---- the loop ----------------------------------------------------------------------------
     async def _follow(self, stream: str, feed: PullFeed) -> None:
+        # Heartbeats are written at most every HOST_BATCH_GAP_S, many at a time: one per host
+        # every few seconds would otherwise be one small DuckDB transaction each, which at 100
+        # hosts kept half a core busy; nothing waits on a heartbeat by the millisecond.
+        gap_s = HOST_BATCH_GAP_S if stream == subjects.HOST_STREAM else 0.0
+        last = 0.0
         while True:
+            if gap_s and (wait := last + gap_s - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
+            last = time.monotonic()
             msgs = await feed.next_batch(max_msgs=self.batch)
             if msgs:
                 self.pending[stream] = msgs[-1].metadata.num_pending or 0

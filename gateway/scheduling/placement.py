@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import msgspec
 
+from gateway.scheduling.floor_index import FloorIndex
 from gateway.scheduling.preemption import Claim, Preemption, RunningJob, candidates, choose_victims
 from shared.jobspec import JobRequest
 from shared.jobstate import JobState, JobStatus
@@ -114,38 +116,57 @@ class _Pool:
         self.hosts = hosts
         self.usable: dict[str, list[int]] = {h: v.free() for h, v in hosts.items()}
         self.buckets: dict[int, set[str]] = defaultdict(set)
+        # The same, each bucket as a heap of (running jobs, host): the best fit among 1,000 hosts
+        # without a look at each. Entries go stale as hosts move; `_first` drops those.
+        self.ranked: dict[int, list[tuple[int, str]]] = defaultdict(list)
         for h, free in self.usable.items():
             self.buckets[len(free)].add(h)
+            self.ranked[len(free)].append((hosts[h].running, h))
+        for heap in self.ranked.values():
+            heapq.heapify(heap)
         self.most = max((len(f) for f in self.usable.values()), default=0)
         self.held = 0  # free GPUs reserved in this pass for jobs ahead in the queue
         self.reserved_host: str | None = None  # where the waiting head job is held a place
         self.victims: set[str] = set()  # jobs already chosen for preemption in this pass
         self._able: dict[str, list[RunningJob]] | None = None  # who may be preempted (on first need)
+        self.floors: dict[float, FloorIndex] = {}  # per memory floor asked for in this pass
         self._load = [(v.running, h) for h, v in sorted(hosts.items())]
         heapq.heapify(self._load)
 
-    def take(self, host: str, gpus: tuple[int, ...]) -> None:
+    def _withdraw(self, host: str, gpus: Collection[int], *, running: int = 0) -> int:
+        """`gpus` of `host` are no longer usable in this pass (and it runs `running` more jobs);
+        how many usable GPUs that took away."""
         free = self.usable[host]
         self.buckets[len(free)].discard(host)
         self.usable[host] = [g for g in free if g not in gpus]
+        self.hosts[host].running += running
         self.buckets[len(self.usable[host])].add(host)
+        heapq.heappush(self.ranked[len(self.usable[host])], (self.hosts[host].running, host))
+        for index in self.floors.values():
+            index.refile(host)
+        return len(free) - len(self.usable[host])
+
+    def take(self, host: str, gpus: tuple[int, ...]) -> None:
+        self._withdraw(host, gpus, running=1)
         self.hosts[host].busy |= set(gpus)
-        self.hosts[host].running += 1
 
     def reserve(self, host: str, gpus: list[int]) -> None:
         """None of `gpus` on `host` is given out in this pass: a waiting head job needs them."""
-        free = self.usable[host]
-        self.buckets[len(free)].discard(host)
-        self.usable[host] = [g for g in free if g not in gpus]
-        self.buckets[len(self.usable[host])].add(host)
-        self.held += len(free) - len(self.usable[host])
+        self.held += self._withdraw(host, gpus)
 
     def hold(self, host: str, gpus: tuple[int, ...]) -> None:
         """`gpus` on `host` are promised (a claim, a preemption): not given out in this pass."""
-        free = self.usable[host]
-        self.buckets[len(free)].discard(host)
-        self.usable[host] = [g for g in free if g not in gpus]
-        self.buckets[len(self.usable[host])].add(host)
+        self._withdraw(host, gpus)
+
+    def _first(self, k: int) -> str | None:
+        """The least loaded host (then by name) with exactly k usable GPUs."""
+        heap = self.ranked.get(k)
+        while heap:
+            running, host = heap[0]
+            if len(self.usable[host]) == k and self.hosts[host].running == running:
+                return host
+            heapq.heappop(heap)  # stale: the host has moved since
+        return None
 
     def preemption_for(self, q: QueuedJob, now: float) -> Preemption | None:
         """Running jobs whose stop would let `q` start (preemption.py), away from the host held
@@ -177,9 +198,8 @@ class _Pool:
         """Best fit for N GPUs: the host with the fewest usable GPUs that still has N, then the
         least loaded."""
         for k in range(n, self.most + 1):
-            bucket = self.buckets.get(k)
-            if bucket:
-                return min(bucket, key=lambda h: (self.hosts[h].running, h))
+            if (host := self._first(k)) is not None:
+                return host
         return None
 
     def least_loaded(self, pinned: str | None) -> str | None:
@@ -202,6 +222,19 @@ class _Pool:
         if needs.gpu_ids:
             return needs.gpu_ids if set(needs.gpu_ids) <= set(usable) else None
         return tuple(usable[: needs.gpus]) if len(usable) >= needs.gpus else None
+
+    def best_with_floor(self, needs: JobNeeds) -> tuple[str, tuple[int, ...]] | None:
+        """`best_any` for a job with a memory floor and no pinning, through its FloorIndex."""
+        assert needs.min_gpu_memory_gb
+        floor_mb = needs.min_gpu_memory_gb * 1024
+        index = self.floors.get(floor_mb)
+        if index is None:
+            index = self.floors[floor_mb] = FloorIndex(floor_mb, self.usable, self.hosts)
+        host = index.best(needs.gpus, self.most)
+        if host is None:
+            return None
+        gpus = self.fit(needs, host, self.usable[host])
+        return None if gpus is None else (host, gpus)
 
     def best_any(self, needs: JobNeeds, avoid: str | None = None) -> tuple[str, tuple[int, ...]] | None:
         candidates = [needs.host] if needs.host else sorted(self.hosts)
@@ -298,6 +331,8 @@ def _place(pool: _Pool, q: QueuedJob) -> tuple[str, tuple[int, ...]] | None:
     if _plain(needs):
         target = pool.best_plain(needs.gpus)
         return None if target is None else (target, tuple(pool.usable[target][: needs.gpus]))
+    if needs.min_gpu_memory_gb and not needs.host and not needs.gpu_ids:
+        return pool.best_with_floor(needs)
     return pool.best_any(needs)
 
 

@@ -102,3 +102,27 @@ def test_estimated_starts_follow_running_etas_and_past_run_times() -> None:
     assert starts == {"one": 100.0, "two": 130.0, "three": 160.0}
     unknown = estimate_starts(q[:1], views, {("h1", 0): None, ("h1", 1): None}, {}, now=50.0)
     assert unknown == {}
+
+
+def test_the_memory_floor_index_picks_what_a_look_at_every_host_picks() -> None:
+    """FloorIndex (a pass's shortcut for jobs with a memory floor) against best_any's scan of
+    every host, over random hosts as jobs are placed on them one by one."""
+    import random
+
+    from gateway.scheduling.placement import _Pool
+
+    rng = random.Random(5)
+    for _ in range(200):
+        views = {}
+        for h in range(rng.randint(1, 12)):
+            memory = {i: rng.choice([24576, 40960, 81920]) for i in range(rng.choice([2, 4, 8]))}
+            views[f"h{h:02d}"] = HostView(f"h{h:02d}", memory, busy=set(rng.sample(sorted(memory), rng.randint(0, 2))),
+                                          running=rng.randint(0, 3))
+        pool = _Pool(views)
+        for _ in range(10):
+            needs = job("x", 1, gpus=rng.randint(1, 4), mem=rng.choice([20, 30, 60])).needs
+            scanned, indexed = pool.best_any(needs), pool.best_with_floor(needs)
+            assert scanned == indexed, (needs, scanned, indexed)
+            if scanned is None:
+                continue
+            pool.take(*scanned)
