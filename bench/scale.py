@@ -128,6 +128,9 @@ def main() -> None:
         all_s = time.perf_counter() - t_submit
         sampler.stop()
         rows = sql("SELECT started_s - submitted_s, status FROM jobs")
+        samples = sql("SELECT count(*) FROM gpu_samples")[0][0]
+        size = sum(f.stat().st_size for f in (b.tmp / "gw").glob("*.duckdb*"))
+        events = sql("SELECT (SELECT count(*) FROM job_events), (SELECT count(*) FROM logs)")[0]
         waits = sorted(r[0] for r in rows if r[0] is not None)
         failed = sum(1 for r in rows if r[1] != "succeeded")
         count, mean_ms, p99 = pass_quantiles(httpx.get(f"http://127.0.0.1:{b.port}/metrics",
@@ -149,6 +152,8 @@ def main() -> None:
          "from each job's submitted_s and started_s"),
         ("scheduling pass", f"{mean_ms:.1f} ms mean", f"{count} passes; p99 {p99}; budget <= 20 ms"),
         ("projector lag, worst seen", f"{lag_worst} events", "sampled every second"),
+        ("DuckDB at the end", f"{size / 2**20:.0f} MB", f"{samples:,} gpu_samples rows, {events[0]:,} job "
+         f"events, {events[1]:,} log lines"),
         ("during the jobs: gateway", cpu(sampler, "gateway"), ""),
         ("during the jobs: nats-server", cpu(sampler, "nats-server"), ""),
     ]

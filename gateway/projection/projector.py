@@ -17,8 +17,10 @@ and the API never shows a status whose rows are not yet queryable.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import duckdb
@@ -27,7 +29,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from gateway.projection.admission import LIFECYCLE_KINDS, refusal, report_accepted
 from gateway.projection.batch import JobItem, PreparedBatch, decoded, log_batches
@@ -38,7 +40,7 @@ from shared import events as ev
 from shared import subjects
 from shared.aio import cancel_and_wait
 from shared.jobstate import IllegalTransition, check, evolve
-from shared.nats.pullfeed import PullFeed
+from shared.nats.pullfeed import ConsumerGone, PullFeed, skipped_after
 
 log = logging.getLogger("trainyard.projector")
 
@@ -84,7 +86,8 @@ class Projector(JobView):
             feed = PullFeed(nc, stream, consumer, batch=self.batch)
             await feed.start()
             self._feeds.append(feed)
-            task = asyncio.create_task(self._follow(stream, feed), name=f"projector-{stream}")
+            refeed = functools.partial(self._refeed, nc, js, stream, consumer)
+            task = asyncio.create_task(self._follow(stream, feed, refeed), name=f"projector-{stream}")
             task.add_done_callback(self._follow_ended)
             self._tasks.append(task)
         self.healthy = True
@@ -123,19 +126,25 @@ class Projector(JobView):
     async def _reset_consumer(self, js: JetStreamContext, stream: str, consumer: str) -> None:
         """Point this replica's consumer right after the sequence DuckDB holds. The DuckDB file
         is the checkpoint, so a fresh file (rebuild) replays from the start."""
-        try:
-            await js.delete_consumer(stream, consumer)
-        except NotFoundError:
-            pass
-        start = self.applied[stream] + 1
         config = ConsumerConfig(
             durable_name=consumer,
             ack_policy=AckPolicy.NONE,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=start,
+            opt_start_seq=self.applied[stream] + 1,
             max_waiting=16,
         )
-        await js.add_consumer(stream, config)
+        for attempt in range(5):
+            try:
+                await js.delete_consumer(stream, consumer)
+            except NotFoundError:
+                pass
+            try:
+                await js.add_consumer(stream, config)
+                return
+            except APIError:  # made again meanwhile, from another start: delete that one too
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.1)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -148,17 +157,43 @@ class Projector(JobView):
             cursor.close()
 
     # ---- the loop ----------------------------------------------------------------------------
-    async def _follow(self, stream: str, feed: PullFeed) -> None:
+    async def _refeed(self, nc: Client, js: JetStreamContext, stream: str, consumer: str) -> PullFeed:
+        """A fresh consumer from the first sequence not yet applied, and a feed on it."""
+        await self._reset_consumer(js, stream, consumer)
+        feed = PullFeed(nc, stream, consumer, batch=self.batch)
+        await feed.start()
+        self._feeds.append(feed)
+        return feed
+
+    async def _follow(self, stream: str, feed: PullFeed, refeed: Callable[[], Awaitable[PullFeed]]) -> None:
         # Heartbeats are written at most every HOST_BATCH_GAP_S, many at a time: one per host
         # every few seconds would otherwise be one small DuckDB transaction each, which at 100
         # hosts kept half a core busy; nothing waits on a heartbeat by the millisecond.
         gap_s = HOST_BATCH_GAP_S if stream == subjects.HOST_STREAM else 0.0
         last = 0.0
+        fresh = True  # just (re)started at the first unapplied sequence: a jump is the stream's own
         while True:
             if gap_s and (wait := last + gap_s - time.monotonic()) > 0:
                 await asyncio.sleep(wait)
             last = time.monotonic()
-            msgs = await feed.next_batch(max_msgs=self.batch)
+            try:
+                msgs = await feed.next_batch(max_msgs=self.batch)
+            except ConsumerGone as exc:
+                log.warning("projector: the consumer of %s went away (%s); reading again from %s", stream, exc,
+                            self.applied[stream] + 1)
+                await feed.stop()
+                feed, fresh = await refeed(), True
+                continue
+            # The consumers do not ack (the DuckDB file is the checkpoint), so a batch the server
+            # sent while the connection or the stream's leader went away is never sent again.
+            if not fresh and (jump := skipped_after(self.applied[stream], msgs)) is not None:
+                # (A stream's head purged by its limits also jumps: after the fresh start, that
+                # jump is taken as it is.)
+                log.warning("projector: %s %s (a delivery lost in a reconnect); reading again", stream, jump)
+                await feed.stop()
+                feed, fresh = await refeed(), True
+                continue
+            fresh = fresh and not msgs
             if msgs:
                 self.pending[stream] = msgs[-1].metadata.num_pending or 0
             if stream == subjects.JOB_STREAM:

@@ -128,3 +128,17 @@ class PullFeed:
         if self._outstanding < self._batch // 2:
             await self._request(self._batch - max(self._outstanding, 0))
         return batch
+
+
+def skipped_after(last_seq: int, msgs: list[Msg]) -> str | None:
+    """Whether `msgs` skip a stream sequence after `last_seq` (repeats at or below it are not a
+    skip): "jumped from A to B", else None."""
+    expected = last_seq + 1
+    for msg in msgs:
+        seq = msg.metadata.sequence.stream
+        if seq < expected:
+            continue
+        if seq > expected:
+            return f"jumped from {expected - 1} to {seq}"
+        expected += 1
+    return None

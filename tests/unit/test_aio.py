@@ -61,3 +61,20 @@ async def test_cancel_and_wait_ends_a_task_that_lost_its_first_cancellation(capl
     assert tasks[0].cancelled()
     assert isinstance(tasks[1].exception(), RuntimeError)
     assert "stubborn outlived its cancellation" in caplog.text
+
+
+def test_a_skipped_stream_sequence_is_seen() -> None:
+    """pullfeed.skipped_after: the projector's test for a delivery lost in a reconnect."""
+    from nats.aio.msg import Msg
+
+    from shared.nats.pullfeed import skipped_after
+
+    def msgs(*seqs: int) -> list[Msg]:
+        return [Msg(_client=None, subject="ty.log.x.h", reply=f"$JS.ACK.TY_LOG.c.1.{s}.{s}.0.0")  # type: ignore[arg-type]
+                for s in seqs]
+
+    assert skipped_after(10, msgs(11, 12, 13)) is None
+    assert skipped_after(10, msgs(9, 10, 11)) is None  # repeats are not a skip
+    assert skipped_after(10, []) is None
+    assert skipped_after(10, msgs(12, 13)) == "jumped from 10 to 12"
+    assert skipped_after(10, msgs(11, 13)) == "jumped from 11 to 13"

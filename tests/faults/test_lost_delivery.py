@@ -1,0 +1,55 @@
+"""A delivery lost between NATS and the projector (issue 16's node loss showed one: a gateway's
+log consumer missed a batch while the stream's leader moved). The projector's consumers do not
+ack, so such a batch is never sent again by itself; the projector must see the gap in the
+stream sequences and read again from what it has applied. Simulated here by replacing the
+projector's consumer with one that starts 40 messages further on while a trainer prints."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from shared import subjects
+from tests.harness import Rig, check_lines, paced, started_rig
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    with started_rig(tmp_path_factory.mktemp("lost-delivery"), {"l": "2x80GB"}) as rig:
+        yield rig
+
+
+async def skip_ahead(rig: Rig, stream: str, by: int) -> int:
+    nc = await nats.connect(rig.nats_url, **rig.stack.connect_options())
+    try:
+        js = nc.jetstream()
+        name = subjects.projector_consumer("g1", stream)
+        delivered = (await js.consumer_info(stream, name)).delivered.stream_seq
+        await js.delete_consumer(stream, name)
+        await js.add_consumer(stream, ConsumerConfig(
+            durable_name=name, ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=delivered + by, max_waiting=16))
+        return delivered
+    finally:
+        await nc.close()
+
+
+@pytest.mark.parametrize("stream", [subjects.LOG_STREAM, subjects.JOB_STREAM])
+def test_a_skipped_delivery_is_read_again(rig: Rig, stream: str, tmp_path: Path) -> None:
+    job = rig.api.submit(paced(3000, 8.0))
+    rig.api.wait(job, statuses={"running"})
+    time.sleep(2)
+    asyncio.run(skip_ahead(rig, stream, 40))
+    assert rig.api.wait(job, timeout_s=60)["status"] == "succeeded"
+    deadline = time.monotonic() + 20
+    while not (lines := check_lines(rig.api, job, 3000)).exact:
+        assert time.monotonic() < deadline, lines
+        time.sleep(0.5)
+    assert rig.api.client.get("/health").json()["projector"] == "ok"
+    assert "reading again" in (rig.data_dir / "logs" / "gateway.log").read_text()
