@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -47,6 +46,7 @@ log = logging.getLogger("trainyard.projector")
 # A failed batch write is tried again after this long, doubling up to the cap.
 # Heartbeats are projected in batches at most this often (_follow says why).
 HOST_BATCH_GAP_S = 0.25
+LEAVING = b'"leaving":true'  # in a goodbye heartbeat (msgspec writes JSON without spaces)
 WRITE_RETRY_FIRST_S = 0.2
 WRITE_RETRY_MAX_S = 5.0
 
@@ -170,12 +170,13 @@ class Projector(JobView):
         # every few seconds would otherwise be one small DuckDB transaction each, which at 100
         # hosts kept half a core busy; nothing waits on a heartbeat by the millisecond.
         gap_s = HOST_BATCH_GAP_S if stream == subjects.HOST_STREAM else 0.0
-        last = 0.0
+        last = 0.0  # the loop's time of the last fetch
         fresh = True  # just (re)started at the first unapplied sequence: a jump is the stream's own
         while True:
-            if gap_s and (wait := last + gap_s - time.monotonic()) > 0:
-                await asyncio.sleep(wait)
-            last = time.monotonic()
+            # ... except an agent's goodbye: its host is offline at once, as a clean stop promises.
+            if gap_s:
+                await feed.gather_until(last + gap_s, LEAVING)
+            last = asyncio.get_running_loop().time()
             try:
                 msgs = await feed.next_batch(max_msgs=self.batch)
             except ConsumerGone as exc:

@@ -103,6 +103,20 @@ class PullFeed:
         return (self._nc.stats["reconnects"] != self._reconnects_seen
                 or now - self._requested_at > self._expires_s + 1.0)
 
+    def holds(self, needle: bytes) -> bool:
+        """Whether a message received but not yet taken contains `needle`."""
+        return any(needle in msg.data for msg in self._buf)
+
+    async def gather_until(self, deadline: float, needle: bytes) -> None:
+        """Let messages gather until `deadline` (the loop's time), or until one that contains
+        `needle` has come, whichever is first."""
+        loop = asyncio.get_running_loop()
+        while not self.holds(needle) and (left := deadline - loop.time()) > 0:
+            if self._outstanding <= 0:
+                await self._request(self._batch)
+            self._wake.clear()
+            await wait_set(self._wake, min(left, LOST_REQUEST_CHECK_S))
+
     async def next_batch(self, max_msgs: int | None = None, timeout_s: float | None = None) -> list[Msg]:
         """Wait for at least one message (or `timeout_s`, then return []); take what is there."""
         loop = asyncio.get_running_loop()

@@ -7,6 +7,7 @@ projector's consumer with one that starts 40 messages further on while a trainer
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import nats
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import APIError, NotFoundError
 
 from shared import subjects
 from tests.harness import Rig, check_lines, paced, started_rig
@@ -31,11 +33,18 @@ async def skip_ahead(rig: Rig, stream: str, by: int) -> int:
         js = nc.jetstream()
         name = subjects.projector_consumer("g1", stream)
         delivered = (await js.consumer_info(stream, name)).delivered.stream_seq
-        await js.delete_consumer(stream, name)
-        await js.add_consumer(stream, ConsumerConfig(
-            durable_name=name, ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=delivered + by, max_waiting=16))
-        return delivered
+        config = ConsumerConfig(durable_name=name, ack_policy=AckPolicy.NONE, max_waiting=16,
+                                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=delivered + by)
+        for _ in range(10):
+            # The projector, seeing its consumer deleted, may make it again first: then again.
+            with contextlib.suppress(NotFoundError):
+                await js.delete_consumer(stream, name)
+            try:
+                await js.add_consumer(stream, config)
+                return delivered
+            except APIError:
+                await asyncio.sleep(0.05)
+        raise AssertionError("could not replace the projector's consumer")
     finally:
         await nc.close()
 
