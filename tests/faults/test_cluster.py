@@ -210,3 +210,70 @@ def test_the_scheduling_gateway_dies_and_another_takes_over(nc3: NatsCluster) ->
     nc3.start_gateway(dead)  # it comes back, catches up, and does not take the lease back by force
     assert nc3.apis[dead].wait(job, timeout_s=60)["status"] == "succeeded"
     assert len(nc3.scheduler_leaders(GATEWAYS)) == 1
+
+
+def _free_cluster_ports() -> int:
+    """A first client port P such that P..P+2 and their route ports (+2000) are all free."""
+    import random
+    import socket
+
+    for _ in range(200):
+        base = random.randint(20000, 28000)
+        try:
+            for port in [base + i for i in range(3)] + [base + 2000 + i for i in range(3)]:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise AssertionError("no free block of ports")
+
+
+def test_up_starts_a_three_node_cluster(tmp_path: Path) -> None:
+    """The README's `trainyard up --cluster 3`: three nodes, every stream on all three, a job runs."""
+    import asyncio
+    import subprocess
+
+    import nats
+
+    from shared.nats.auth import credentials_dir, load_credentials
+
+    base, port = _free_cluster_ports(), free_port()
+    data = tmp_path / "data"
+    up = subprocess.Popen([sys.executable, "-m", "trainyard", "up", "--data-dir", str(data), "--port", str(port),
+                           "--nats-port", str(base), "--cluster", "3", "--host", "c3", "--simulate-gpus", "1x80GB"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert up.stdout is not None
+        said = []
+        for line in up.stdout:
+            said.append(line)
+            if "agent:" in line:
+                break
+        text = "".join(said)
+        assert "trainyard is up" in text, text
+        urls = ",".join(f"nats://127.0.0.1:{base + i}" for i in range(3))
+        assert f"NATS:   {urls}" in text, text
+        api = Api(f"http://127.0.0.1:{port}", (data / "api-token").read_text().strip())
+        job = api.submit([sys.executable, "-c", "print('on a cluster')"])
+        assert api.wait(job, timeout_s=60)["status"] == "succeeded"
+        api.client.close()
+
+        async def replicas() -> dict[str, tuple[int, int]]:
+            cred = load_credentials(credentials_dir(data / "nats") / "gateway.json")
+            nc = await nats.connect(urls.split(","), user=cred.user, password=cred.password,
+                                    inbox_prefix=cred.inbox_prefix)
+            try:
+                js = nc.jetstream()
+                found = {}
+                for stream in ("TY_CMD", "TY_JOB", "TY_LOG", "TY_HOST", "KV_ty_lease"):
+                    info = await js.stream_info(stream)
+                    found[stream] = (info.config.num_replicas, len(info.cluster.replicas or []) + 1)
+                return found
+            finally:
+                await nc.close()
+
+        assert set(asyncio.run(replicas()).values()) == {(3, 3)}
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.communicate(timeout=60)
