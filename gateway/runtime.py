@@ -72,7 +72,8 @@ class GatewayRuntime:
             self.js, log_max_age_s=s.log_max_age_s, log_max_bytes=s.log_max_bytes, replicas=s.stream_replicas))
         await provision.ensure_lease_bucket(self.js, replicas=s.stream_replicas)
         self.con = open_db(str(data_dir / DB_FILE))
-        self.projector = Projector(self.con, s.replica, batch=s.projector_batch)
+        self.projector = Projector(self.con, s.replica, batch=s.projector_batch,
+                                   gpu_samples_keep_s=s.gpu_samples_keep_s)
         await self.projector.start(self.nc, self.js)
         writer = EventWriter(self.js, self.projector, s.read_your_writes_timeout_s, self.writes)
         self.scheduler = Scheduler(

@@ -47,6 +47,9 @@ class GatewaySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=False)
     # Copies JetStream keeps of every stream and bucket: 1 on one nats-server, 3 on a 3-node
     # cluster (any one node may be lost). A change is applied to existing streams at start.
     stream_replicas: int = 1
+    # GPU telemetry kept in the projection's `gpu_samples` (a row per GPU per heartbeat: 230 M
+    # rows a day at 1,000 hosts); older rows are deleted. 0: kept for ever.
+    gpu_samples_keep_s: float = 14 * 86400.0
     # Signs webhook bodies; empty: one is generated in <data_dir>/webhook-secret (give every
     # gateway replica the same one).
     webhook_secret: str = ""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -32,6 +33,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from gateway.projection.admission import LIFECYCLE_KINDS, refusal, report_accepted
 from gateway.projection.batch import JobItem, PreparedBatch, decoded, log_batches
+from gateway.projection.retention import GpuSampleRetention
 from gateway.projection.view import REFUSALS_KEPT, JobView
 from gateway.projection.writers import BatchWriter
 from gateway.scheduling.placement import JobNeeds
@@ -52,10 +54,12 @@ WRITE_RETRY_MAX_S = 5.0
 
 
 class Projector(JobView):
-    def __init__(self, con: duckdb.DuckDBPyConnection, replica: str, *, batch: int = 2048) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, replica: str, *, batch: int = 2048,
+                 gpu_samples_keep_s: float = 0.0) -> None:
         super().__init__(con)
         self.replica = replica
         self.batch = batch
+        self.retention = GpuSampleRetention(gpu_samples_keep_s)
         # One writer thread and cursor per stream: a log batch never queues behind a job-event
         # batch. They append to different tables and update different offset rows, so DuckDB's
         # optimistic concurrency lets their transactions run side by side.
@@ -202,6 +206,9 @@ class Projector(JobView):
             batch = self.prepare(stream, msgs)
             self._announce(batch)
             await self._write_until_done(stream, batch)
+            if stream == subjects.HOST_STREAM and self.retention.due(now := time.time()):
+                await asyncio.get_running_loop().run_in_executor(
+                    self._writers[stream], self.retention.prune, self._cursors[stream], now)
             self._merge(batch)
 
     async def _write_until_done(self, stream: str, batch: PreparedBatch) -> None:
