@@ -13,7 +13,7 @@ from gateway import schemas as views
 from gateway.errors import Unavailable, refuse_unless_allowed
 from gateway.projection.projector import Projector
 from gateway.read.queries import Reader
-from gateway.scheduling.placement import estimate_starts
+from gateway.scheduling.estimates import estimate_starts
 from gateway.scheduling.scheduler import LeaderUnavailable, Scheduler
 from gateway.services.lookup import shown_state
 from gateway.writer import EventWriter

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 from gateway.projection.projector import JobNeeds
-from gateway.scheduling.placement import HostView, QueuedJob, estimate_starts, plan
+from gateway.scheduling.estimates import estimate_starts
+from gateway.scheduling.placement import HostView, QueuedJob, plan
 from shared.jobspec import CommandJob
 
 SPEC = CommandJob(command=["x"])
