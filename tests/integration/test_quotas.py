@@ -62,3 +62,27 @@ def test_the_cli_sets_and_lists_quotas(cluster: Cluster) -> None:
     assert "4" in row, listed.stdout
     assert cli(cluster, "quota", "set", "user", "cli-quota").returncode == 0  # no flags: lifted
     assert "cli-quota" not in cli(cluster, "quota").stdout
+
+
+def test_a_users_quota_holds_their_third_job(cluster: Cluster) -> None:
+    """The issue's words: a user's (a token name's) third job waits while two run."""
+    token = TokenStore(cluster.data_dir / TOKENS_FILE).create("admin", "quota-alice")  # command jobs need admin
+    alice = Api(cluster.url, token)
+    api = cluster.api
+    assert api.client.put("/quotas/user/quota-alice", json={"max_running_jobs": 2}).status_code == 200
+    jobs = [alice.submit(SLEEP, stop_grace_s=1) for _ in range(3)]
+    try:
+        for job in jobs[:2]:
+            alice.wait(job, statuses={"running"})
+        deadline = time.monotonic() + 10
+        while "quota" not in (reason := alice.status(jobs[2]).get("waiting_reason") or ""):
+            assert time.monotonic() < deadline, alice.status(jobs[2])
+            time.sleep(0.05)
+        assert reason == "quota-alice runs 2 of at most 2 jobs (quota)"
+        alice.client.post(f"/jobs/{jobs[1]}/stop")
+        assert alice.wait(jobs[2], statuses={"running"}, timeout_s=20)["status"] == "running"
+    finally:
+        for job in jobs:
+            api.client.post(f"/jobs/{job}/stop")
+        api.client.put("/quotas/user/quota-alice", json={})
+        alice.client.close()
