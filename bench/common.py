@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,3 +49,19 @@ def print_table(rows: list[tuple[str, str, str]], figure_width: int = 28) -> Non
     print(f"\n{'measure':<{width}}  {'figure':<{figure_width}}  note")
     for name, figure, note in rows:
         print(f"{name:<{width}}  {figure:<{figure_width}}  {note}")
+
+
+def submit_jobs(api: httpx.Client, body: dict, count: int, clients: int = 8) -> None:
+    """POST `count` jobs from `clients` threads, each with its own connection; job i is named
+    `{name}-{i}` where `body` has a name."""
+    step = max(1, -(-count // clients))
+
+    def run(start: int) -> None:
+        with httpx.Client(base_url=api.base_url, headers=api.headers, timeout=60) as client:
+            for i in range(start, min(count, start + step)):
+                named = {**body, "name": f"{body['name']}-{i}"} if "name" in body else body
+                client.post("/jobs", json=named).raise_for_status()
+
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(run, range(0, count, step)))
+

@@ -14,12 +14,9 @@ import argparse
 import shutil
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
-
-from bench.common import bench_stack, print_table
+from bench.common import bench_stack, print_table, submit_jobs
 from gateway.web.routes import STATIC
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -30,19 +27,6 @@ TRAINING = ("import json, math, time\n"
             "          'metrics': {'loss': loss, 'lr': 1e-4 * min(1, step / 50)}}), flush=True)\n"
             "    print(f'step {step}: loss {loss:.4f}', flush=True)\n"
             "    time.sleep(0.02)\n")
-
-
-def submit_many(api: httpx.Client, count: int) -> None:
-    body = {"trainer": "command", "command": ["true"], "gpus": 0, "hold": True}
-
-    def batch(start: int) -> None:
-        with httpx.Client(base_url=api.base_url, headers=api.headers, timeout=60) as client:
-            for i in range(start, min(count, start + 250)):
-                r = client.post("/jobs", json={**body, "name": f"held-{i}"})
-                r.raise_for_status()
-
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(batch, range(0, count, 250)))
 
 
 def first_paint(base: str, token: str, runs: int = 5) -> list[float]:
@@ -119,7 +103,8 @@ def main() -> None:
     with bench_stack("ty-bench-ui-") as b:
         api = b.start_gateway()
         t0 = time.perf_counter()
-        submit_many(api, args.jobs)
+        submit_jobs(api, {"trainer": "command", "command": ["true"], "gpus": 0, "hold": True, "name": "held"},
+                    args.jobs)
         stored = api.get("/jobs", params={"limit": 1}).json()["total"]
         made_s = time.perf_counter() - t0
         paints = first_paint(f"http://127.0.0.1:{b.port}", b.token)

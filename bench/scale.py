@@ -17,12 +17,11 @@ import re
 import statistics
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import psutil
 
-from bench.common import bench_stack, print_table
+from bench.common import bench_stack, print_table, submit_jobs
 
 
 class Sampler:
@@ -103,17 +102,8 @@ def main() -> None:
 
         sampler = Sampler({"gateway": gateway_pid, "nats-server": nats_pid})
         lag_worst = 0
-        body = {"trainer": "command", "command": ["true"], "gpus": 1}
         t_submit = time.perf_counter()
-
-        def submit(chunk: range) -> None:
-            with httpx.Client(base_url=api.base_url, headers=api.headers, timeout=60) as client:
-                for _ in chunk:
-                    client.post("/jobs", json=body).raise_for_status()
-
-        with ThreadPoolExecutor(8) as pool:
-            step = max(1, args.jobs // 8)
-            list(pool.map(submit, [range(i, min(args.jobs, i + step)) for i in range(0, args.jobs, step)]))
+        submit_jobs(api, {"trainer": "command", "command": ["true"], "gpus": 1}, args.jobs)
         submit_s = time.perf_counter() - t_submit
         while True:
             counts = api.get("/system/status").json()

@@ -68,9 +68,8 @@ class GatewayRuntime:
             self._monitor = httpx.AsyncClient(base_url=s.nats_monitor_url.rstrip("/"), timeout=1.0)
         self.nc = await connect(s.nats_url, f"gateway-{s.replica}", credentials=s.nats_credentials)
         self.js = self.nc.jetstream()
-        await provision.when_jetstream_ready(lambda: provision.ensure_streams(
+        await provision.when_jetstream_ready(lambda: provision.ensure_all(
             self.js, log_max_age_s=s.log_max_age_s, log_max_bytes=s.log_max_bytes, replicas=s.stream_replicas))
-        await provision.ensure_lease_bucket(self.js, replicas=s.stream_replicas)
         self.con = open_db(str(data_dir / DB_FILE))
         self.projector = Projector(self.con, s.replica, batch=s.projector_batch,
                                    gpu_samples_keep_s=s.gpu_samples_keep_s)

@@ -294,3 +294,24 @@ def started_rig(tmp: Path, agents: dict[str, str]) -> Iterator[Rig]:
     finally:
         rig.stop()
 
+
+@contextmanager
+def trainyard_up(*args: str) -> Iterator[str]:
+    """`trainyard up ARGS...` as a user runs it: yields its banner once printed (up is up then),
+    and stops it with Ctrl-C (SIGINT) afterwards."""
+    up = subprocess.Popen([sys.executable, "-m", "trainyard", "up", *args],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert up.stdout is not None
+        said = []
+        for line in up.stdout:
+            said.append(line)
+            if line.startswith("Ctrl-C stops trainyard"):  # the banner's last line
+                break
+        else:
+            raise AssertionError(f"up never said it was up: {''.join(said)}")
+        yield "".join(said)
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.communicate(timeout=60)
+

@@ -204,13 +204,14 @@ class Stack:
         user = natsauth.agent_user(host)
         known = {c.user for c in natsauth.all_credentials(self.nats_dir)}
         path = natsauth.ensure_credentials(self.nats_dir, user)
-        if user not in known and self.nats_nodes:
-            for node in self.nats_nodes:
-                write_nats_config(self.nats_dir, node.port, self.node_monitor_ports.get(node.name, 0), node)
+        if user not in known:
+            # Every running server (each node of a cluster) gets the new user.
+            servers: list[tuple[int, int, NatsNode | None]] = [
+                (n.port, self.node_monitor_ports.get(n.name, 0), n) for n in self.nats_nodes
+            ] or [(self.nats_port, self.nats_monitor_port, None)]
+            for port, monitor_port, node in servers:
+                write_nats_config(self.nats_dir, port, monitor_port, node)
                 reload_nats(self.nats_dir, node=node)
-        elif user not in known:
-            write_nats_config(self.nats_dir, self.nats_port, self.nats_monitor_port)
-            reload_nats(self.nats_dir)
         return ["--nats-credentials", str(path)]
 
     def spawn(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:

@@ -1,5 +1,5 @@
-"""Hosts indexed for jobs with a GPU memory floor (placement's best fit, without a look at
-every host: with 1,000 hosts that look cost ~100 ms a pass).
+"""Hosts indexed for placement's best fit, per GPU memory floor (0 for plain jobs): no look at
+every host for each job (with 1,000 hosts that look cost 100-300 ms a pass).
 
 For one floor, each host is filed under (usable GPUs, usable GPUs that meet the floor), each
 such bucket a heap of (running jobs, host). The best fit for N GPUs is placement's: the host

@@ -115,20 +115,16 @@ class _Pool:
         self.hosts = hosts
         self.usable: dict[str, list[int]] = {h: v.free() for h, v in hosts.items()}
         self.buckets: dict[int, set[str]] = defaultdict(set)
-        # The same, each bucket as a heap of (running jobs, host): the best fit among 1,000 hosts
-        # without a look at each. Entries go stale as hosts move; `_first` drops those.
-        self.ranked: dict[int, list[tuple[int, str]]] = defaultdict(list)
         for h, free in self.usable.items():
             self.buckets[len(free)].add(h)
-            self.ranked[len(free)].append((hosts[h].running, h))
-        for heap in self.ranked.values():
-            heapq.heapify(heap)
         self.most = max((len(f) for f in self.usable.values()), default=0)
         self.held = 0  # free GPUs reserved in this pass for jobs ahead in the queue
         self.reserved_host: str | None = None  # where the waiting head job is held a place
         self.victims: set[str] = set()  # jobs already chosen for preemption in this pass
         self._able: dict[str, list[RunningJob]] | None = None  # who may be preempted (on first need)
-        self.floors: dict[float, FloorIndex] = {}  # per memory floor asked for in this pass
+        # The best fit among 1,000 hosts without a look at each, per memory floor asked for in
+        # this pass; floor 0 serves plain jobs.
+        self.floors: dict[float, FloorIndex] = {0.0: FloorIndex(0.0, self.usable, hosts)}
         self._load = [(v.running, h) for h, v in sorted(hosts.items())]
         heapq.heapify(self._load)
 
@@ -140,7 +136,6 @@ class _Pool:
         self.usable[host] = [g for g in free if g not in gpus]
         self.hosts[host].running += running
         self.buckets[len(self.usable[host])].add(host)
-        heapq.heappush(self.ranked[len(self.usable[host])], (self.hosts[host].running, host))
         for index in self.floors.values():
             index.refile(host)
         return len(free) - len(self.usable[host])
@@ -156,16 +151,6 @@ class _Pool:
     def hold(self, host: str, gpus: tuple[int, ...]) -> None:
         """`gpus` on `host` are promised (a claim, a preemption): not given out in this pass."""
         self._withdraw(host, gpus)
-
-    def _first(self, k: int) -> str | None:
-        """The least loaded host (then by name) with exactly k usable GPUs."""
-        heap = self.ranked.get(k)
-        while heap:
-            running, host = heap[0]
-            if len(self.usable[host]) == k and self.hosts[host].running == running:
-                return host
-            heapq.heappop(heap)  # stale: the host has moved since
-        return None
 
     def preemption_for(self, q: QueuedJob, now: float) -> Preemption | None:
         """Running jobs whose stop would let `q` start (preemption.py), away from the host held
@@ -196,10 +181,7 @@ class _Pool:
     def best_plain(self, n: int) -> str | None:
         """Best fit for N GPUs: the host with the fewest usable GPUs that still has N, then the
         least loaded."""
-        for k in range(n, self.most + 1):
-            if (host := self._first(k)) is not None:
-                return host
-        return None
+        return self.floors[0.0].best(n, self.most)
 
     def least_loaded(self, pinned: str | None) -> str | None:
         if pinned:

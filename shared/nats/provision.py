@@ -89,6 +89,13 @@ async def when_jetstream_ready(step: Callable[[], Awaitable[None]], wait_s: floa
             await asyncio.sleep(0.5)
 
 
+async def ensure_all(js: JetStreamContext, *, log_max_age_s: float, log_max_bytes: int, replicas: int) -> None:
+    """Every stream and the lease bucket (the gateway's start; a forming cluster may refuse
+    either for a moment, so both go under one `when_jetstream_ready`)."""
+    await ensure_streams(js, log_max_age_s=log_max_age_s, log_max_bytes=log_max_bytes, replicas=replicas)
+    await ensure_lease_bucket(js, replicas=replicas)
+
+
 async def ensure_lease_bucket(js: JetStreamContext, ttl_s: float = 10.0, replicas: int = 1) -> None:
     try:
         await js.key_value(subjects.LEASE_BUCKET)

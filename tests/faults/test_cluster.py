@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from gateway.api.auth import TOKENS_FILE, TokenStore
-from tests.harness import Api, check_lines, paced
+from tests.harness import Api, check_lines, paced, trainyard_up
 from trainyard.stack import NatsNode, Stack, free_port
 
 GATEWAYS = ("g1", "g2", "g3")
@@ -232,7 +232,6 @@ def _free_cluster_ports() -> int:
 def test_up_starts_a_three_node_cluster(tmp_path: Path) -> None:
     """The README's `trainyard up --cluster 3`: three nodes, every stream on all three, a job runs."""
     import asyncio
-    import subprocess
 
     import nats
 
@@ -240,17 +239,8 @@ def test_up_starts_a_three_node_cluster(tmp_path: Path) -> None:
 
     base, port = _free_cluster_ports(), free_port()
     data = tmp_path / "data"
-    up = subprocess.Popen([sys.executable, "-m", "trainyard", "up", "--data-dir", str(data), "--port", str(port),
-                           "--nats-port", str(base), "--cluster", "3", "--host", "c3", "--simulate-gpus", "1x80GB"],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        assert up.stdout is not None
-        said = []
-        for line in up.stdout:
-            said.append(line)
-            if "agent:" in line:
-                break
-        text = "".join(said)
+    with trainyard_up("--data-dir", str(data), "--port", str(port), "--nats-port", str(base), "--cluster", "3",
+                      "--host", "c3", "--simulate-gpus", "1x80GB") as text:
         assert "trainyard is up" in text, text
         urls = ",".join(f"nats://127.0.0.1:{base + i}" for i in range(3))
         assert f"NATS:   {urls}" in text, text
@@ -274,6 +264,3 @@ def test_up_starts_a_three_node_cluster(tmp_path: Path) -> None:
                 await nc.close()
 
         assert set(asyncio.run(replicas()).values()) == {(3, 3)}
-    finally:
-        up.send_signal(signal.SIGINT)
-        up.communicate(timeout=60)

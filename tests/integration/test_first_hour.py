@@ -7,7 +7,6 @@ import argparse
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import TRAINERS, WORKSPACE, Cluster, cli
-from tests.harness import Api
+from tests.harness import Api, trainyard_up
 from trainyard.stack import free_port
 
 # The README's report lines: steps with totals, a checkpoint line with only a step, a metrics-only
@@ -119,21 +118,12 @@ def test_up_is_ready_when_it_says_so_and_its_agent_reads_the_data_dirs_toml(tmp_
     dataset.mkdir(exist_ok=True)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    up = subprocess.Popen([sys.executable, "-m", "trainyard", "up", "--data-dir", str(data_dir), "--port", str(port),
-                           "--nats-port", str(free_port()), "--host", "ready", "--simulate-gpus", "1x80GB"],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        assert up.stdout is not None
-        said = []
-        for line in up.stdout:
-            said.append(line)
-            if "trainyard is up" in line:
-                break
-        else:
-            pytest.fail(f"up never said it was up: {''.join(said)}")
+    with trainyard_up("--data-dir", str(data_dir), "--port", str(port), "--nats-port", str(free_port()),
+                      "--host", "ready", "--simulate-gpus", "1x80GB") as banner:
+        assert "trainyard is up" in banner, banner
         token = (data_dir / "api-token").read_text().strip()
         # The banner's dashboard URL signs in at once: the token rides in the fragment.
-        dashboard = next(up.stdout).split("dashboard:", 1)[1].strip()
+        dashboard = banner.split("dashboard:", 1)[1].split("\n", 1)[0].strip()
         assert dashboard == f"{base}/ui/#token={token}", dashboard
         page = httpx.get(dashboard.split("#", 1)[0])
         assert page.status_code == 200 and '<script src="/ui/assets/app.js">' in page.text
@@ -150,9 +140,6 @@ def test_up_is_ready_when_it_says_so_and_its_agent_reads_the_data_dirs_toml(tmp_
         job = r.json()["job_id"]
         assert api.wait(job)["status"] == "succeeded"
         assert [ln["text"] for ln in api.logs(job, type="train")] == ["via the configured python", "hello"]
-    finally:
-        up.send_signal(signal.SIGINT)
-        up.communicate(timeout=60)
 
 
 def test_the_readmes_cli_submit_runs_the_script_where_the_user_stands(cluster: Cluster) -> None:

@@ -13,18 +13,24 @@ from tests.harness import Api
 SLEEP = [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"]
 
 
+def third_waits(api: Api, jobs: list[str]) -> str:
+    """Once the first two of `jobs` run, the third's waiting reason as soon as it names a quota."""
+    for job in jobs[:2]:
+        api.wait(job, statuses={"running"})
+    deadline = time.monotonic() + 10
+    while "quota" not in (reason := api.status(jobs[2]).get("waiting_reason") or ""):
+        assert time.monotonic() < deadline, api.status(jobs[2])
+        time.sleep(0.05)
+    return reason
+
+
 def test_a_quota_holds_the_third_job_until_one_ends(cluster: Cluster) -> None:
     api = cluster.api
     r = api.client.put("/quotas/project/quota-test", json={"max_running_jobs": 2})
     assert r.status_code == 200 and r.json()["max_running_jobs"] == 2, r.text
     jobs = [api.submit(SLEEP, project="quota-test", stop_grace_s=1) for _ in range(3)]
     try:
-        for job in jobs[:2]:
-            api.wait(job, statuses={"running"})
-        deadline = time.monotonic() + 10
-        while "quota" not in (reason := api.status(jobs[2]).get("waiting_reason") or ""):
-            assert time.monotonic() < deadline, api.status(jobs[2])
-            time.sleep(0.05)
+        reason = third_waits(api, jobs)
         assert reason == "project quota-test runs 2 of at most 2 jobs (quota)"
         assert api.status(jobs[2])["status"] == "queued"
         [shown] = [q for q in api.client.get("/quotas").json() if q["name"] == "quota-test"]
@@ -72,13 +78,7 @@ def test_a_users_quota_holds_their_third_job(cluster: Cluster) -> None:
     assert api.client.put("/quotas/user/quota-alice", json={"max_running_jobs": 2}).status_code == 200
     jobs = [alice.submit(SLEEP, stop_grace_s=1) for _ in range(3)]
     try:
-        for job in jobs[:2]:
-            alice.wait(job, statuses={"running"})
-        deadline = time.monotonic() + 10
-        while "quota" not in (reason := alice.status(jobs[2]).get("waiting_reason") or ""):
-            assert time.monotonic() < deadline, alice.status(jobs[2])
-            time.sleep(0.05)
-        assert reason == "quota-alice runs 2 of at most 2 jobs (quota)"
+        assert third_waits(alice, jobs) == "quota-alice runs 2 of at most 2 jobs (quota)"
         alice.client.post(f"/jobs/{jobs[1]}/stop")
         assert alice.wait(jobs[2], statuses={"running"}, timeout_s=20)["status"] == "running"
     finally:
