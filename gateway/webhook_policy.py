@@ -56,6 +56,10 @@ class WebhookPolicy:
             raise WebhookRefused("must be an http or https URL with a host")
         if parts.username is not None or parts.password is not None:
             raise WebhookRefused("may not carry credentials (user:password@); sign with the webhook secret instead")
+        try:
+            parts.hostname.encode("idna")  # what the resolver will do with it (the fuzzer sent '\x8a')
+        except UnicodeError:
+            raise WebhookRefused(f"host {parts.hostname!r} is not a valid host name") from None
         return parts.hostname, port
 
     async def addresses(self, url: str) -> tuple[str, list[Address]]:

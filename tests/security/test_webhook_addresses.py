@@ -66,3 +66,9 @@ def test_delivery_checks_again_and_an_allow_list_opens_a_network() -> None:
     assert host == "127.0.0.1" and [str(a) for a in addresses] == ["127.0.0.1"]
     with pytest.raises(WebhookRefused, match="credentials"):
         asyncio.run(opened.addresses("http://u:p@127.0.0.1:9/x"))
+
+
+def test_a_host_name_the_resolver_cannot_encode_is_refused_not_a_500() -> None:
+    """The OpenAPI fuzzer's find: a host with '\\x8a' made getaddrinfo raise UnicodeError (a 500)."""
+    with pytest.raises(WebhookRefused, match="not a valid host name"):
+        asyncio.run(WebhookPolicy([]).addresses("http://a\x8ab.example/hook"))
