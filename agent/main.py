@@ -16,7 +16,9 @@ import psutil
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from agent.files import FileServer
 from agent.gpus import GpuInventory
+from agent.join import JoinFailed, nats_identity
 from agent.metrics import serve_metrics
 from agent.options import RunOptions
 from agent.publisher import publish_once
@@ -28,7 +30,7 @@ from shared.clock import now_s
 from shared.commands import decode_command
 from shared.config import AgentSettings
 from shared.ids import check_token
-from shared.nats.connect import close_quietly, connect
+from shared.nats.connect import close_quietly, connect, is_refusal
 from shared.nats.pullfeed import PullFeed
 from shared.paths import RootNotAllowed, hold_lock, private_dir
 
@@ -60,6 +62,15 @@ class HostInUse(Exception):
     """Another agent runs with this host name (or on this work dir)."""
 
 
+class IdentityRefused(Exception):
+    """nats-server refuses this host's identity: it was removed, or never joined."""
+
+    def __init__(self, host: str) -> None:
+        super().__init__(f"nats-server refuses the identity of host {host} (Authorization Violation): it was "
+                         "removed (trainyard host remove) or never joined; ask an admin for a new join command "
+                         "(trainyard host add)")
+
+
 class Agent:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
@@ -68,6 +79,8 @@ class Agent:
         self._work_dir_lock = hold_lock(self.work_dir / "agent.lock")  # held as long as this process lives
         if isinstance(self._work_dir_lock, str):
             raise HostInUse(f"work dir {self.work_dir} is in use by another agent (pid {self._work_dir_lock})")
+        # A join (`--join TOKEN`) happens here, before anything starts: a refusal ends the agent.
+        self.nkey, self.nats_ca = nats_identity(settings, self.work_dir, self.host)
         self.gpus = GpuInventory(self.host, settings.simulate_gpus)
         self.options = dataclasses.replace(  # RootNotAllowed before anything starts
             RunOptions.from_settings(settings),
@@ -76,11 +89,20 @@ class Agent:
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
-        nc = await connect(self.settings.nats_url, f"agent-{self.host}", credentials=self.settings.nats_credentials)
+        refused = asyncio.Event()
+        try:
+            nc = await connect(self.settings.nats_url, f"agent-{self.host}", credentials=self.settings.nats_credentials,
+                               nkey=self.nkey, ca_file=self.nats_ca, refused=refused)
+        except Exception as exc:
+            if is_refusal(exc):
+                raise IdentityRefused(self.host) from None
+            raise
         js = nc.jetstream()
         await self._refuse_if_host_alive(js)
         self.supervisor = Supervisor(js, self.host, self.work_dir, self.gpus, self.options)
         feed = PullFeed(nc, subjects.CMD_STREAM, subjects.agent_consumer(self.host), batch=64)
+        files = FileServer(nc, self.host, self.supervisor.runs_dir)
+        await files.start()
         # Heartbeats first: the gateway creates this host's command consumer when it sees one.
         # Everything else may wait on NATS, so it runs as a task that a stop cancels.
         tasks = [asyncio.create_task(self._heartbeat_loop(js), name="agent-heartbeat"),
@@ -88,7 +110,9 @@ class Agent:
         metrics = (await serve_metrics(self.settings.metrics_bind, self.settings.metrics_port, self._backlog)
                    if self.settings.metrics_port else None)
         stop_wait = asyncio.create_task(self._stopping.wait(), name="agent-stop-wait")
-        done, _ = await asyncio.wait([*tasks, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+        refused_wait = asyncio.create_task(refused.wait(), name="agent-refused-wait")
+        done, _ = await asyncio.wait([*tasks, stop_wait, refused_wait], return_when=asyncio.FIRST_COMPLETED)
+        refused_wait.cancel()
         await cancel_and_wait(tasks)
         stop_wait.cancel()
         started = time.monotonic()
@@ -96,11 +120,14 @@ class Agent:
         if nc.is_connected:  # a last beat says "leaving" (the host goes offline at once)
             await self._publish_heartbeat(js, leaving=True)
         await feed.stop()
+        await files.stop()
         if metrics is not None:
             metrics.close()
         await close_quietly(nc)
         if (took := time.monotonic() - started) > 2.0:
             log.warning("stopping took %.1fs", took)
+        if refused.is_set():
+            raise IdentityRefused(self.host)
         for task in done:
             if task is not stop_wait and not task.cancelled() and task.exception():
                 raise task.exception()  # type: ignore[misc]
@@ -216,7 +243,7 @@ SHUTDOWN_LIMIT_S = 20.0
 def run_agent(settings: AgentSettings) -> None:
     try:
         agent = Agent(settings)
-    except (RootNotAllowed, HostInUse) as exc:
+    except (RootNotAllowed, HostInUse, JoinFailed) as exc:
         sys.exit(f"trainyard agent: {exc}")
 
     async def main() -> None:
@@ -233,5 +260,5 @@ def run_agent(settings: AgentSettings) -> None:
 
     try:
         asyncio.run(main())
-    except HostInUse as exc:
+    except (HostInUse, IdentityRefused) as exc:
         sys.exit(f"trainyard agent: {exc}")

@@ -52,8 +52,13 @@ class Supervisor:
         self._lingering: set[asyncio.Task[None]] = set()  # of runs already forgotten (stop.py)
         self.spawner = Spawner(after_send=functools.partial(options.crash_point, "spawn_sent"))
 
+    @property
+    def runs_dir(self) -> Path:
+        """A job's attempts run in runs_dir/<job>/<attempt>/ (what GET /jobs/{id}/files lists)."""
+        return self.work_dir / "runs"
+
     def run_dir(self, job_id: str, attempt: int) -> Path:
-        return self.work_dir / "runs" / job_id / str(attempt)
+        return self.runs_dir / job_id / str(attempt)
 
     def state_path(self, job_id: str, attempt: int) -> Path:
         return self.state_dir / f"{job_id}.{attempt}.json"

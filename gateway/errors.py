@@ -50,6 +50,18 @@ class Forbidden(ServiceError):
     code = "forbidden"
 
 
+class TooLarge(ServiceError):
+    """An upload over its cap (refused before anything is kept)."""
+
+    status_code = 413
+    code = "too_large"
+
+
+class RangeNotSatisfiable(ServiceError):
+    status_code = 416
+    code = "range_not_satisfiable"
+
+
 class Unavailable(ServiceError):
     """A part trainyard needs (NATS, the projector) is not answering."""
 

@@ -64,7 +64,8 @@ def run_gateway(settings: GatewaySettings) -> None:
     # worker serves (DESIGN §9 asks 2,000 req/s of it); plain asyncio and h11 where missing.
     config = uvicorn.Config(app, host=settings.bind, port=settings.port, log_level="warning",
                             access_log=False, lifespan="on", timeout_graceful_shutdown=5,
-                            http="httptools" if _have("httptools") else "h11")
+                            http="httptools" if _have("httptools") else "h11",
+                            ssl_certfile=settings.tls_cert or None, ssl_keyfile=settings.tls_key or None)
     server = BoundedShutdownServer(config)
     if _have("uvloop"):
         import uvloop

@@ -19,8 +19,10 @@ from gateway.read.queries import Reader
 from gateway.read.sql import SqlRunner
 from gateway.scheduling.scheduler import Scheduler
 from gateway.services.cluster import ClusterService
+from gateway.services.host_files import HostFiles
 from gateway.services.jobs import JobService
 from gateway.services.quotas import QuotaService
+from gateway.services.workdirs import Workdirs
 from gateway.webhook_policy import WebhookPolicy
 from gateway.webhooks import WebhookNotifier, load_secret
 from gateway.writer import EventWriter, JetStreamWrites
@@ -66,10 +68,11 @@ class GatewayRuntime:
         data_dir.mkdir(parents=True, exist_ok=True)
         if s.nats_monitor_url:
             self._monitor = httpx.AsyncClient(base_url=s.nats_monitor_url.rstrip("/"), timeout=1.0)
-        self.nc = await connect(s.nats_url, f"gateway-{s.replica}", credentials=s.nats_credentials)
+        self.nc = await connect(s.nats_url, f"gateway-{s.replica}", credentials=s.nats_credentials, ca_file=s.nats_ca)
         self.js = self.nc.jetstream()
         await provision.when_jetstream_ready(lambda: provision.ensure_all(
-            self.js, log_max_age_s=s.log_max_age_s, log_max_bytes=s.log_max_bytes, replicas=s.stream_replicas))
+            self.js, log_max_age_s=s.log_max_age_s, log_max_bytes=s.log_max_bytes, replicas=s.stream_replicas,
+            workdir_keep_s=s.workdir_keep_s))
         self.con = open_db(str(data_dir / DB_FILE))
         self.projector = Projector(self.con, s.replica, batch=s.projector_batch,
                                    gpu_samples_keep_s=s.gpu_samples_keep_s)
@@ -89,10 +92,13 @@ class GatewayRuntime:
         self.reader = Reader(self.con)
         self.sql = SqlRunner(self.con)
         self.quotas = QuotaService(writer, self.projector)
+        self.workdirs = Workdirs(self.js, data_dir / "uploads", s.workdir_max_bytes)
+        self.host_files = HostFiles(self.nc)
         self.cluster = ClusterService(writer, self.projector, self.scheduler, self.reader, replica=s.replica)
         self.service = JobService(writer, self.projector, self.scheduler, self.cluster, self.reader,
                                   allowed_roots=self.allowed_roots, webhook_policy=webhook_policy,
-                                  ryw_timeout_s=s.read_your_writes_timeout_s, watch=s.watch)
+                                  ryw_timeout_s=s.read_your_writes_timeout_s, watch=s.watch,
+                                  workdirs=self.workdirs)
         # What start built (the recovered projection, the app) lives as long as the process:
         # keep it out of the collector's full passes, whose pauses were the API's p99.
         gc.collect()

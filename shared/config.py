@@ -26,6 +26,10 @@ class GatewaySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=False)
     nats_url: str = DEFAULT_NATS_URL
     # A credentials file (natsauth: user and password) when nats-server has per-role users.
     nats_credentials: str = ""
+    nats_ca: str = ""  # TLS to nats-server (tls:// URLs): trust only this CA
+    # HTTPS: serve the API with this certificate and key (trainyard up --listen makes them).
+    tls_cert: str = ""
+    tls_key: str = ""
     # nats-server's HTTP monitoring (e.g. http://127.0.0.1:8222): /health then also shows what
     # its /healthz says, such as a stream that a full disk left unwritable. `up` sets it.
     nats_monitor_url: str = ""
@@ -50,6 +54,10 @@ class GatewaySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=False)
     # GPU telemetry kept in the projection's `gpu_samples` (a row per GPU per heartbeat: 230 M
     # rows a day at 1,000 hosts); older rows are deleted. 0: kept for ever.
     gpu_samples_keep_s: float = 14 * 86400.0
+    # Code archives of `submit --workdir`: the largest accepted, and how long one is kept (a
+    # retry or resume after that fails, saying so).
+    workdir_max_bytes: int = 100 * 1024**2
+    workdir_keep_s: float = 30 * 86400.0
     # Signs webhook bodies; empty: one is generated in <data_dir>/webhook-secret (give every
     # gateway replica the same one).
     webhook_secret: str = ""
@@ -70,6 +78,13 @@ class AgentSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     work_dir: str = "./trainyard-work"
     nats_url: str = DEFAULT_NATS_URL
     nats_credentials: str = ""  # this host's agent credentials (natsauth)
+    # TLS to nats-server (tls:// URLs): trust only this CA (a joined host keeps it in its work dir).
+    nats_ca: str = ""
+    # Joining (`trainyard host add` prints the command): the one-time token, the gateway that
+    # takes it, and the SHA-256 of the CA the gateway must show (`--ca-pin sha256:...`).
+    join_token: str = ""
+    api_url: str = ""
+    ca_pin: str = ""
     heartbeat_interval_s: float = 3.0
     simulate_gpus: str = ""
     allowed_roots: list[str] = []

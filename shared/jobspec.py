@@ -28,6 +28,8 @@ EnvValue = Annotated[str, Meta(max_length=MAX_ARG_BYTES)]
 Text = Annotated[str, Meta(max_length=MAX_TEXT)]
 HostName = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 GraceSeconds = Annotated[float, Meta(ge=0, le=3600)]
+# An uploaded code archive, named by its content (shared/workdir.py).
+WorkdirRef = Annotated[str, Meta(pattern=r"^sha256:[0-9a-f]{64}$")]
 JobIdText = Annotated[str, Meta(pattern=r"^job_[0-9a-z_]{1,64}$")]
 
 
@@ -58,6 +60,9 @@ class JobRequestBase(
     env: Annotated[dict[EnvName, EnvValue], Meta(max_length=MAX_ENV)] = {}
     hold: bool = False
     stop_grace_s: GraceSeconds = 30.0
+    # Code uploaded with `POST /workdirs` (`submit --workdir DIR`): unpacked into each attempt's
+    # run dir, where a command or hf job without `cwd` runs.
+    workdir: WorkdirRef | None = None
     # Like Slurm's --time: past this many seconds of running, the attempt is stopped gracefully
     # and ends `failed`, "time limit of ... reached". None: no limit.
     max_runtime_s: Annotated[float, Meta(ge=1, le=365 * 86400)] | None = None

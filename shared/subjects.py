@@ -9,6 +9,8 @@ JOB_STREAM = "TY_JOB"
 LOG_STREAM = "TY_LOG"
 HOST_STREAM = "TY_HOST"
 LEASE_BUCKET = "ty_lease"
+# Object Store of code archives (`submit --workdir`): the agent that runs an attempt unpacks one.
+WORKDIR_BUCKET = "ty_workdirs"
 
 EVENT_STREAMS = (JOB_STREAM, LOG_STREAM, HOST_STREAM)
 
@@ -77,3 +79,9 @@ def agent_consumer(host: str) -> str:
 
 def projector_consumer(replica: str, stream: str) -> str:
     return f"proj_{replica}_{stream.lower()}"
+
+
+def host_files(host: str) -> str:
+    """Core NATS requests to one host's agent about a job's files (list, read a chunk): not
+    events, so no stream keeps them; the agent answers on the request's reply subject."""
+    return f"ty.rpc.{host}.files"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import ipaddress
 import logging
 import os
 import signal
@@ -13,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from shared import tls
 from shared.config import DEFAULT_NATS_URL, AgentSettings, GatewaySettings, load_settings
 from shared.paths import hold_lock, private_dir
 
@@ -39,6 +41,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         overrides={"data_dir": args.data_dir, "port": args.port, "bind": args.bind,
                    "nats_url": _nats_url(args), "insecure": args.insecure or None,
                    "nats_credentials": args.nats_credentials, "nats_monitor_url": args.nats_monitor_url,
+                   "nats_ca": args.nats_ca, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
                    "replica": args.replica, "host_timeout_s": args.host_timeout_s,
                    "host_lost_grace_s": args.host_lost_grace_s,
                    "scheduler_lease_ttl_s": args.scheduler_lease_ttl_s, "stream_replicas": args.stream_replicas},
@@ -53,7 +56,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     settings = load_settings(
         AgentSettings, toml_path=_config_path(args), section="agent",
         overrides={"host": args.host, "work_dir": args.work_dir, "nats_url": _nats_url(args),
-                   "nats_credentials": args.nats_credentials,
+                   "nats_credentials": args.nats_credentials, "nats_ca": args.nats_ca,
+                   "join_token": args.join, "api_url": args.api_url, "ca_pin": args.ca_pin,
                    "simulate_gpus": args.simulate_gpus,
                    "heartbeat_interval_s": args.heartbeat_interval_s,
                    "diffusion_pipe_dir": args.diffusion_pipe_dir, "python": args.python,
@@ -78,6 +82,7 @@ UP_LOCK = "up.lock"
 
 def cmd_up(args: argparse.Namespace) -> int:
     from gateway.api.auth import ensure_admin_token
+    from trainyard.hosts_cli import Endpoints, write_endpoints
     from trainyard.jetstream_watch import JetStreamWatch
     from trainyard.stack import Stack, cluster_nodes, host_token, wait_for_host_online
 
@@ -89,9 +94,22 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 2
     token = ensure_admin_token(data_dir)
     nodes = cluster_nodes(args.nats_port, args.cluster) if args.cluster > 1 else []
-    nats_url = ",".join(f"nats://127.0.0.1:{n.port}" for n in nodes) or f"nats://127.0.0.1:{args.nats_port}"
-    api_url = f"http://{args.bind}:{args.port}"
     stack = Stack()
+    bind, advertise = args.bind, args.bind
+    if not _is_loopback(args.listen):
+        # Other machines: nats-server and the API listen there, with TLS from up's own CA.
+        advertise = args.advertise or _advertised_address(args.listen)
+        stack.listen, bind = args.listen, args.listen
+        stack.tls_folder = tls.ensure_certificates(data_dir, [advertise])
+    scheme = stack.nats_scheme
+    nats_url = ",".join(f"{scheme}://127.0.0.1:{n.port}" for n in nodes) or f"{scheme}://127.0.0.1:{args.nats_port}"
+    local_api = stack.local_api_url(args.port)
+    api_url = f"{'https' if stack.tls_folder else 'http'}://{_url_host(advertise)}:{args.port}"
+    endpoints = Endpoints(
+        api_url=api_url, ca_pin=tls.ca_pin((stack.tls_folder / tls.CA_FILE).read_bytes()) if stack.tls_folder else "",
+        nats_url=",".join(f"{scheme}://{_url_host(advertise)}:{n.port}" for n in nodes)
+        or f"{scheme}://{_url_host(advertise)}:{args.nats_port}")
+    write_endpoints(data_dir, endpoints)
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -101,7 +119,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        extra_gw = ["--bind", args.bind, *(["--stream-replicas", "3"] if nodes else [])]
+        extra_gw = ["--bind", bind, *(["--stream-replicas", "3"] if nodes else [])]
         # The agent has no data dir of its own: it reads `[agent]` of DATA/trainyard.toml (read
         # at each start, so a change applies when the agent is next started).
         agent_extra = ["--config", str(data_dir / "trainyard.toml")]
@@ -126,12 +144,14 @@ def cmd_up(args: argparse.Namespace) -> int:
             if not (nodes and name in nats_parts):  # a cluster's nodes were started together
                 start()
         # "Up" means a job submitted now can be placed: the local agent is online.
-        wait_for_host_online(f"http://127.0.0.1:{args.port}", token, host)
+        wait_for_host_online(local_api, token, host, ca_file=stack.ca_file)
         # The token travels in the URL's fragment: a browser never sends that part to a server.
         print(f"trainyard is up\n  dashboard: {api_url}/ui/#token={token}\n"
               f"  API:    {api_url}/api/v1/training  (docs: {api_url}/docs)\n"
               f"  token:  {token}   (saved in {data_dir / 'api-token'})\n"
-              f"  NATS:   {nats_url}  (agents on other hosts: trainyard agent --host NAME --nats-url ...)\n"
+              f"  NATS:   {endpoints.nats_url}" + (f"  (TLS; CA {endpoints.ca_pin})" if endpoints.ca_pin else "") + "\n"
+              f"  add a GPU host: trainyard host add NAME --data-dir {data_dir}  (prints the command to run there"
+              + ("" if endpoints.ca_pin else "; other machines need --listen 0.0.0.0") + ")\n"
               f"  agent:  {host}\n  data:   {data_dir}\n  logs:   {data_dir / 'logs'}\n"
               "Ctrl-C stops trainyard" + (" and its trainers." if args.stop_trainers_on_exit
                                           else "; running trainers keep running."), flush=True)
@@ -166,6 +186,27 @@ def cmd_up(args: argparse.Namespace) -> int:
     stack.stop(timeout_s=20.0)
     print("trainyard: stopped", flush=True)
     return 0
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
+
+
+def _advertised_address(listen: str) -> str:
+    """Where other machines reach a server listening on `listen`: that address, or for 0.0.0.0
+    this machine's first address that is not loopback."""
+    if listen not in ("0.0.0.0", "::"):
+        return listen
+    _names, addresses = tls.local_names()
+    usable = [a for a in addresses if not ipaddress.ip_address(a).is_loopback and ":" not in a]
+    return usable[0] if usable else socket.gethostname()
+
+
+def _url_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
@@ -217,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=8000, help="the API's port (default 8000)")
     up.add_argument("--bind", default="127.0.0.1", help="the API's address (default 127.0.0.1: this machine only)")
     up.add_argument("--nats-port", type=int, default=4222, help="the embedded nats-server's port (default 4222)")
+    up.add_argument("--listen", default="127.0.0.1", metavar="ADDR",
+                    help="where nats-server and the API listen (default 127.0.0.1); another address, e.g. "
+                         "0.0.0.0, lets GPU hosts join, with TLS from a CA made in the data dir")
+    up.add_argument("--advertise", default=None, metavar="ADDR",
+                    help="with --listen: the address hosts reach this machine at (default: its first one)")
     up.add_argument("--host", default=None, help="this machine's agent name (default: hostname)")
     up.add_argument("--simulate-gpus", default=None, metavar="Nx80GB",
                     help="pretend this machine has N GPUs of that memory (no NVIDIA driver needed)")
@@ -234,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     gw.add_argument("--nats-url", default=None, help="nats-server (default nats://127.0.0.1:4222)")
     gw.add_argument("--nats-credentials", default=None, metavar="FILE",
                     help="NATS user and password (JSON {user, password}); trainyard up writes them")
+    gw.add_argument("--nats-ca", default=None, metavar="FILE", help="trust this CA for tls:// NATS URLs")
+    gw.add_argument("--tls-cert", default=None, metavar="FILE", help="serve HTTPS with this certificate")
+    gw.add_argument("--tls-key", default=None, metavar="FILE", help="the certificate's private key")
     gw.add_argument("--nats-monitor-url", default=None, metavar="URL",
                     help="nats-server's HTTP monitoring, for /health (e.g. http://127.0.0.1:8222)")
     gw.add_argument("--replica", default=None, help="this gateway's name among replicas (default g1)")
@@ -255,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     ag.add_argument("--nats-url", default=None, help="nats-server (default nats://127.0.0.1:4222)")
     ag.add_argument("--nats-credentials", default=None, metavar="FILE",
                     help="this host's agent credentials (user agent-HOST)")
+    ag.add_argument("--nats-ca", default=None, metavar="FILE", help="trust this CA for tls:// NATS URLs")
+    ag.add_argument("--join", default=None, metavar="TOKEN",
+                    help="join with this one-time token (trainyard host add prints the whole command)")
+    ag.add_argument("--api-url", default=None, metavar="URL", help="with --join: the gateway that takes the token")
+    ag.add_argument("--ca-pin", default=None, metavar="sha256:HEX",
+                    help="with --join: the CA the gateway and nats-server must show")
     ag.add_argument("--simulate-gpus", default=None, metavar="Nx80GB",
                     help="pretend this host has N GPUs of that memory")
     ag.add_argument("--heartbeat-interval-s", type=float, default=None, help="seconds between heartbeats (default 3)")
@@ -284,8 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     rb.set_defaults(func=cmd_rebuild)
 
     from trainyard.client_args import add_client_commands
+    from trainyard.hosts_cli import add_host_commands
 
     add_client_commands(sub)
+    add_host_commands(sub)
 
     tk = sub.add_parser("token", help="API tokens")
     tks = tk.add_subparsers(dest="token_command", required=True)

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import ssl
 import sys
 import time
 import tomllib
@@ -26,6 +27,9 @@ from rich.markup import escape as rich_escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from shared import tls
+from trainyard.transfer import cmd_download, cmd_files, upload_workdir
+
 API = "/api/v1/training"
 
 
@@ -38,9 +42,10 @@ class ClientError(Exception):
 
 
 class Gateway:
-    def __init__(self, url: str, token: str | None, token_from: str = "") -> None:
+    def __init__(self, url: str, token: str | None, token_from: str = "", ca_file: str = "") -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=60)
+        verify: ssl.SSLContext | bool = tls.client_context(ca_file) if ca_file else True
+        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=60, verify=verify)
         self.token_from = token_from  # where the token was found, for the hint on a 401
 
     def _failed(self, r: httpx.Response) -> ClientError:
@@ -185,7 +190,10 @@ def cmd_submit(gw: Gateway, args: argparse.Namespace) -> None:
         body.setdefault("trainer", "command")
         body["command"] = args.argv
     here = False
-    if body.get("trainer", "command") in ("command", "hf") and "cwd" not in body:
+    if args.workdir:
+        # The code travels: packed, uploaded, unpacked into each attempt's run dir on its host.
+        body["workdir"] = upload_workdir(gw, args.workdir)
+    elif body.get("trainer", "command") in ("command", "hf") and "cwd" not in body:
         if args.cwd:
             body["cwd"] = str(Path(args.cwd).resolve())
         elif _is_local(args.url):
@@ -228,7 +236,10 @@ def _key_value(item: str) -> tuple[str, str]:
 def _is_local(url: str) -> bool:
     """Whether the gateway runs on this machine (then so does `up`'s agent, in its cwd terms)."""
     host = httpx.URL(url).host
-    return host in ("127.0.0.1", "localhost", "::1")
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return True
+    names, addresses = tls.local_names()  # `trainyard up --listen` advertises one of these
+    return host in names or host in addresses
 
 
 def cmd_list(gw: Gateway, args: argparse.Namespace) -> None:
@@ -393,12 +404,30 @@ COMMANDS = {
     "submit": cmd_submit, "list": cmd_list, "show": cmd_show, "logs": cmd_logs,
     "progress": cmd_progress, "stop": cmd_stop, "resume": cmd_resume, "export": cmd_export,
     "queue": cmd_queue, "quota": cmd_quota, "gpus": cmd_gpus, "hosts": cmd_hosts, "events": cmd_events, "sql": cmd_sql,
+    "files": cmd_files, "download": cmd_download,
 }
+
+
+def _url_and_ca(args: argparse.Namespace) -> tuple[str, str]:
+    """The gateway's URL (--url, TRAINYARD_URL, else where `trainyard up` in --data-dir said it
+    listens) and the CA to trust for https (TRAINYARD_CA, else up's own CA in --data-dir)."""
+    data_dir = Path(args.data_dir)
+    url = args.url or os.environ.get("TRAINYARD_URL", "")
+    if not url:
+        try:
+            url = json.loads((data_dir / "endpoints.json").read_text())["api_url"]
+        except (OSError, ValueError, KeyError):
+            url = "http://127.0.0.1:8000"
+    ca = os.environ.get("TRAINYARD_CA") or (str(data_dir / "tls" / tls.CA_FILE)
+                                            if (data_dir / "tls" / tls.CA_FILE).exists() else "")
+    return url, ca
 
 
 def run_client(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
-    gw = Gateway(args.url, *_token(args))
+    url, ca_file = _url_and_ca(args)
+    args.url = url
+    gw = Gateway(url, *_token(args), ca_file=ca_file)
     try:
         COMMANDS[args.client_command](gw, args)
     except ClientError as exc:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from trainyard.client import run_client
 
@@ -11,8 +10,9 @@ from trainyard.client import run_client
 def add_client_commands(sub: argparse._SubParsersAction) -> None:
     def command(name: str, help_text: str, *, job: bool = False) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--url", default=os.environ.get("TRAINYARD_URL", "http://127.0.0.1:8000"),
-                       help="the gateway (default: TRAINYARD_URL, else http://127.0.0.1:8000)")
+        p.add_argument("--url", default=None,
+                       help="the gateway (default: TRAINYARD_URL, else where `trainyard up` in --data-dir "
+                            "listens, else http://127.0.0.1:8000)")
         p.add_argument("--token", default=None, help="API token (default: TRAINYARD_TOKEN, else DATA-DIR/api-token)")
         p.add_argument("--data-dir", default="./trainyard-data", help="where `trainyard up` left api-token")
         p.add_argument("--json", action="store_true", help="print the API's JSON")
@@ -37,6 +37,9 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="an environment variable (repeat)")
     p.add_argument("--cwd", default=None,
                    help="where it runs (default: this directory when the gateway is on this machine)")
+    p.add_argument("--workdir", default=None, metavar="DIR",
+                   help="ship DIR's code with the job (its .gitignore honoured; at most 100 MiB): it runs in a "
+                        "copy of DIR on whichever host it is placed")
     p.add_argument("--webhook", dest="webhook_url", default=None, metavar="URL", help="POST its events here")
     p.add_argument("--array", type=int, default=None, metavar="N",
                    help="N copies of the job, each with TRAINYARD_ARRAY_INDEX (like Slurm's --array)")
@@ -101,6 +104,10 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     command("gpus", "every GPU of every host")
     command("hosts", "the agents")
     command("events", "a job's whole event history", job=True)
+    command("files", "the files a job left in its dir on its host (every attempt's run dir)", job=True)
+    p = command("download", "fetch one of a job's files (resumes an interrupted download)", job=True)
+    p.add_argument("path", help="as `trainyard files JOB` lists it: ATTEMPT/PATH")
+    p.add_argument("-o", "--output", default=None, help="where to write it (default: its name, here)")
     p = command("sql", "read-only SQL over the projection (admin)")
     p.add_argument("query", help="one SELECT / WITH / EXPLAIN")
     p.add_argument("--limit", type=int, default=1000, help="at most this many rows (default 1000)")

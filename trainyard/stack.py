@@ -17,7 +17,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared import tls
 from shared.nats import auth as natsauth
+from shared.nats import users
 
 
 def nats_server_binary() -> str:
@@ -55,13 +57,14 @@ def wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout_s: float
     raise TimeoutError(f"{what} did not listen on port {port} within {timeout_s}s")
 
 
-def wait_for_health(url: str, proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
+def wait_for_health(url: str, proc: subprocess.Popen, timeout_s: float = 30.0, ca_file: str = "") -> None:
+    context = tls.client_context(ca_file) if ca_file else None
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"gateway exited with code {proc.returncode} while starting")
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1.0) as resp:
+            with urllib.request.urlopen(f"{url}/health", timeout=1.0, context=context) as resp:
                 if resp.status == 200:
                     return
         except OSError:
@@ -69,14 +72,15 @@ def wait_for_health(url: str, proc: subprocess.Popen, timeout_s: float = 30.0) -
     raise TimeoutError(f"gateway at {url} not healthy within {timeout_s}s")
 
 
-def wait_for_host_online(api_url: str, token: str, host: str, timeout_s: float = 60.0) -> None:
+def wait_for_host_online(api_url: str, token: str, host: str, timeout_s: float = 60.0, ca_file: str = "") -> None:
     """Until the gateway lists `host` online: from then on a job may be placed on it (its
     start command waits in the host's durable consumer if the agent is not reading yet)."""
     request = urllib.request.Request(f"{api_url}/api/v1/training/hosts", headers={"Authorization": f"Bearer {token}"})
+    context = tls.client_context(ca_file) if ca_file else None
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(request, timeout=1.0) as resp:
+            with urllib.request.urlopen(request, timeout=1.0, context=context) as resp:
                 if any(h.get("host") == host and h.get("status") == "online" for h in json.load(resp)):
                     return
         except (OSError, ValueError):
@@ -102,14 +106,18 @@ def cluster_nodes(first_port: int, count: int) -> list[NatsNode]:
     return [NatsNode(f"n{i}", first_port + i, routes[i], routes) for i in range(count)]
 
 
-def write_nats_config(nats_dir: Path, port: int, monitor_port: int = 0, node: NatsNode | None = None) -> Path:
+def write_nats_config(nats_dir: Path, port: int, monitor_port: int = 0, node: NatsNode | None = None,
+                      listen: str = "127.0.0.1", tls_folder: Path | None = None) -> Path:
     """The embedded server's config: loopback only, JetStream on file storage, and a NATS user
-    per role (natsauth) from the credential files in `nats_dir/credentials` (rewritten, and the
-    server reloaded, when an agent for a new host joins). With `node`, one node of a cluster:
-    its own name, store and pid file, and routes to the others (loopback, so no route auth)."""
+    per role (natsauth) from auth.conf (shared/nats/users.py: rewritten, and the server
+    reloaded, when a host joins or leaves). With `node`, one node of a cluster: its own name,
+    store and pid file, and routes to the others (loopback, so no route auth). `listen` beyond
+    loopback comes with `tls_folder` (shared/tls.py): clients then must speak TLS."""
     nats_dir.mkdir(parents=True, exist_ok=True)
     for user in (natsauth.GATEWAY_USER, natsauth.VIEWER_USER):
         natsauth.ensure_credentials(nats_dir, user)
+    with users.changing(nats_dir):
+        auth_file = users.write_auth_file(nats_dir)
     suffix = f"-{node.name}" if node else ""
     conf = nats_dir / f"nats-embedded{suffix}.conf"
     # A Stack that did not start the server (it adds an agent user) keeps the monitoring port:
@@ -120,7 +128,9 @@ def write_nats_config(nats_dir: Path, port: int, monitor_port: int = 0, node: Na
     with os.fdopen(fd, "w") as f:
         f.write(
             "# Written by trainyard up; the deployment template is nats.conf in the repository.\n"
-            f"listen: 127.0.0.1:{port}\n"
+            f"listen: {_host_port(listen, port)}\n"
+            + (f'tls {{\n  cert_file: "{tls_folder / tls.CERT_FILE}"\n  key_file: "{tls_folder / tls.KEY_FILE}"\n'
+               "  timeout: 5\n}\n" if tls_folder else "")
             # Monitoring on loopback: /healthz names a stream that hit a write error (a full
             # disk), which the gateway's /health and up's restart of nats-server read.
             + (f"http: 127.0.0.1:{monitor_port}\n" if monitor_port else "")
@@ -133,10 +143,14 @@ def write_nats_config(nats_dir: Path, port: int, monitor_port: int = 0, node: Na
             + (f"server_name: {node.name}\ncluster {{\n  name: trainyard\n  listen: 127.0.0.1:{node.route_port}\n"
                f"  routes: [{', '.join(f'nats-route://127.0.0.1:{r}' for r in node.peers if r != node.route_port)}]\n"
                "}\n" if node else "")
-            + natsauth.authorization_block(natsauth.all_credentials(nats_dir))
+            + f'include "{auth_file.name}"\n'
         )
     os.replace(tmp, conf)
     return conf
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _configured_monitor_port(conf: Path) -> int:
@@ -145,22 +159,6 @@ def _configured_monitor_port(conf: Path) -> int:
     except OSError:
         return 0
     return int(found.group(1)) if found else 0
-
-
-def reload_nats(nats_dir: Path, timeout_s: float = 5.0, node: NatsNode | None = None) -> None:
-    """Make the running nats-server (or `node`) re-read its config (new users), and wait until
-    it has."""
-    suffix = f"-{node.name}" if node else ""
-    pid = int((nats_dir / f"nats-server{suffix}.pid").read_text())
-    log = nats_dir.parent / "logs" / f"nats{suffix}.log"
-    before = log.read_text(errors="replace").count("Reloaded server configuration") if log.exists() else 0
-    os.kill(pid, signal.SIGHUP)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if log.exists() and log.read_text(errors="replace").count("Reloaded server configuration") > before:
-            return
-        time.sleep(0.02)
-    raise TimeoutError("nats-server did not reload its configuration")
 
 
 @dataclass
@@ -176,6 +174,18 @@ class Stack:
     nats_monitor_port: int = 0  # its HTTP monitoring port (loopback), chosen at the first start
     nats_nodes: list[NatsNode] = field(default_factory=list)  # a cluster's nodes (start_nats_cluster)
     node_monitor_ports: dict[str, int] = field(default_factory=dict)
+    # `trainyard up --listen ADDR`: nats-server and the gateway listen there, with TLS from the CA
+    # in tls_folder; the processes started here still reach them on loopback (through TLS).
+    listen: str = "127.0.0.1"
+    tls_folder: Path | None = None
+
+    @property
+    def nats_scheme(self) -> str:
+        return "tls" if self.tls_folder else "nats"
+
+    @property
+    def ca_file(self) -> str:
+        return str(self.tls_folder / tls.CA_FILE) if self.tls_folder else ""
 
     @property
     def nats_monitor_url(self) -> str:
@@ -205,14 +215,22 @@ class Stack:
         known = {c.user for c in natsauth.all_credentials(self.nats_dir)}
         path = natsauth.ensure_credentials(self.nats_dir, user)
         if user not in known:
-            # Every running server (each node of a cluster) gets the new user.
-            servers: list[tuple[int, int, NatsNode | None]] = [
-                (n.port, self.node_monitor_ports.get(n.name, 0), n) for n in self.nats_nodes
-            ] or [(self.nats_port, self.nats_monitor_port, None)]
-            for port, monitor_port, node in servers:
-                write_nats_config(self.nats_dir, port, monitor_port, node)
-                reload_nats(self.nats_dir, node=node)
+            with users.changing(self.nats_dir):  # every running server (each node of a cluster)
+                users.apply(self.nats_dir)
         return ["--nats-credentials", str(path)]
+
+    def _tls_flags(self, gateway: bool = False) -> list[str]:
+        if self.tls_folder is None:
+            return []
+        flags = ["--nats-ca", self.ca_file]
+        if gateway:
+            flags += ["--tls-cert", str(self.tls_folder / tls.CERT_FILE),
+                      "--tls-key", str(self.tls_folder / tls.KEY_FILE)]
+        return flags
+
+    def local_api_url(self, port: int) -> str:
+        """The gateway's URL from this machine (https when it serves TLS)."""
+        return f"{'https' if self.tls_folder else 'http'}://127.0.0.1:{port}"
 
     def spawn(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -226,7 +244,8 @@ class Stack:
     def start_nats(self, data_dir: Path, port: int) -> subprocess.Popen:
         self.nats_dir, self.nats_port = data_dir / "nats", port
         self.nats_monitor_port = self.nats_monitor_port or free_port()
-        conf = write_nats_config(self.nats_dir, port, self.nats_monitor_port)
+        conf = write_nats_config(self.nats_dir, port, self.nats_monitor_port, listen=self.listen,
+                                 tls_folder=self.tls_folder)
         proc = self.spawn("nats", [nats_server_binary(), "-c", str(conf)], data_dir / "logs" / "nats.log")
         wait_for_port(port, proc, "nats-server")
         return proc
@@ -240,12 +259,13 @@ class Stack:
         for node in nodes:
             wait_for_port(node.port, dict(self.procs)[f"nats-{node.name}"], f"nats-server {node.name}")
         self.nats_monitor_port = self.node_monitor_ports[nodes[0].name]
-        return ",".join(f"nats://127.0.0.1:{node.port}" for node in nodes)
+        return ",".join(f"{self.nats_scheme}://127.0.0.1:{node.port}" for node in nodes)
 
     def start_nats_node(self, data_dir: Path, node: NatsNode, wait: bool = True) -> subprocess.Popen:
         """Start (or start again) one node of the cluster."""
         monitor = self.node_monitor_ports.setdefault(node.name, free_port())
-        conf = write_nats_config(data_dir / "nats", node.port, monitor, node)
+        conf = write_nats_config(data_dir / "nats", node.port, monitor, node, listen=self.listen,
+                                 tls_folder=self.tls_folder)
         proc = self.spawn(f"nats-{node.name}", [nats_server_binary(), "-c", str(conf)],
                           data_dir / "logs" / f"nats-{node.name}.log")
         if wait:
@@ -258,10 +278,11 @@ class Stack:
             "gateway",
             [sys.executable, "-m", "trainyard", "gateway", "--data-dir", str(data_dir), "--port",
              str(port), "--nats-url", nats_url, *self._credential_flags(natsauth.GATEWAY_USER),
-             *(["--nats-monitor-url", self.nats_monitor_url] if self.nats_monitor_url else []), *extra],
+             *(["--nats-monitor-url", self.nats_monitor_url] if self.nats_monitor_url else []),
+             *self._tls_flags(gateway=True), *extra],
             data_dir / "logs" / "gateway.log", env,
         )
-        wait_for_health(f"http://127.0.0.1:{port}", proc)
+        wait_for_health(self.local_api_url(port), proc, ca_file=self.ca_file)
         return proc
 
     def start_agent(self, host: str, work_dir: Path, nats_url: str, log_path: Path, *extra: str,
@@ -269,7 +290,7 @@ class Stack:
         return self.spawn(
             f"agent-{host}",
             [sys.executable, "-m", "trainyard", "agent", "--host", host, "--work-dir", str(work_dir),
-             "--nats-url", nats_url, *self._ensure_agent_user(host), *extra],
+             "--nats-url", nats_url, *self._ensure_agent_user(host), *self._tls_flags(), *extra],
             log_path, env,
         )
 

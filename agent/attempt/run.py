@@ -28,6 +28,7 @@ from agent.attempt.state import Published, ResumePoints, RunState, StateFile
 from agent.attempt.stop import ProcessTreeControl
 from agent.attempt.tail import FileTail
 from agent.attempt.watchdog import Watchdog
+from agent.attempt.workdir import fetch_workdir
 from agent.options import RunOptions
 from agent.process import tree as process
 from agent.process.spawner import Spawner
@@ -226,6 +227,9 @@ class TrainerRun(ProcessTreeControl):
         self.run_dir.mkdir(parents=True, exist_ok=True)
         ctx = self.ctx
         self._confine_paths()
+        if self.command.spec.workdir:
+            count = await fetch_workdir(self.js, self.command.spec.workdir, self.run_dir)
+            self.reporter.system(f"unpacked {count} files of {self.command.spec.workdir} into {self.run_dir}")
         launch = self.adapter.build_launch(self.command.spec, ctx)
         for path, content in launch.files.items():
             path.write_bytes(content)

@@ -23,6 +23,8 @@ from gateway.api.errors import (
     service_error_handler,
     unexpected_error_handler,
 )
+from gateway.api.files import files_routes
+from gateway.api.join import join_routes
 from gateway.api.live import stream_routes
 from gateway.api.openapi import body_operation
 from gateway.api.params import csv_list as _csv
@@ -273,6 +275,8 @@ def create_app(runtime: GatewayRuntime, tokens: TokenStore | None) -> Litestar:
                         job_gpus, job_logs, job_log_text, job_events, stop_job, start_job, delete_job, export_job,
                         retry_job, resume_job, job_checkpoints, run_sql, health, prometheus.route(viewer),
                         *cluster_routes(runtime, PREFIX, viewer=viewer, operator=operator, admin=admin),
+                        *join_routes(runtime, PREFIX),
+                        *files_routes(runtime, PREFIX, viewer=viewer, operator=operator),
                         *stream_routes(runtime, PREFIX, viewer=viewer)]),
                         seed000_router(runtime, "/api/v1", viewer=viewer, operator=operator),
                         *web_routes(runtime, PREFIX, viewer=viewer)],

@@ -30,6 +30,7 @@ from gateway.services.cluster import ClusterService
 from gateway.services.lookup import shown_state
 from gateway.services.redaction import may_see_secrets, redacted_spec
 from gateway.services.submission import PathChecks, check_request, decode_job_request
+from gateway.services.workdirs import Workdirs
 from gateway.webhook_policy import Unresolvable, WebhookPolicy, WebhookRefused
 from gateway.writer import EventWriter
 from shared import events as ev
@@ -80,7 +81,7 @@ class JobService(ArrayJobs):
     def __init__(self, writer: EventWriter, projector: Projector, scheduler: Scheduler,
                  cluster: ClusterService, reader: Reader, *, allowed_roots: list[str],
                  webhook_policy: WebhookPolicy, ryw_timeout_s: float,
-                 watch: WatchPolicy | None = None) -> None:
+                 watch: WatchPolicy | None = None, workdirs: Workdirs | None = None) -> None:
         self.writer = writer
         self.projector = projector
         self.scheduler = scheduler
@@ -90,6 +91,7 @@ class JobService(ArrayJobs):
         self.webhook_policy = webhook_policy
         self.ryw_timeout_s = ryw_timeout_s
         self.watch = watch or WatchPolicy()  # fills the watch fields a job leaves out
+        self.workdirs = workdirs
         self._details: VersionedCache[views.JobDetail] = VersionedCache()
         self._lists: VersionedCache[views.JobList] = VersionedCache(256)
 
@@ -119,6 +121,8 @@ class JobService(ArrayJobs):
         if spec.webhook_url:
             await self._check_webhook(spec.webhook_url)
         self._check_dependencies(spec)
+        if spec.workdir and self.workdirs is not None:
+            await self.workdirs.require(spec.workdir)
         if spec.array is not None or spec.sweep:
             return await self._submit_array(spec, role, user)
         spec = self.watch.filled_in(self.paths.check(spec))

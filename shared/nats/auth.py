@@ -21,6 +21,7 @@ import json
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -48,7 +49,7 @@ def load_credentials(path: str | Path) -> NatsCredentials:
     return msgspec.json.decode(Path(path).read_bytes(), type=NatsCredentials)
 
 
-def permissions(user: str) -> dict[str, dict[str, list[str]]]:
+def permissions(user: str) -> dict[str, Any]:
     inbox = [f"_INBOX_{user}.>"]
     if user == GATEWAY_USER:
         return {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}
@@ -63,6 +64,7 @@ def permissions(user: str) -> dict[str, dict[str, list[str]]]:
     if not user.startswith("agent-") or check_token(host, "host") != host:
         raise ValueError(f"no NATS role for user {user!r}")
     consumer = subjects.agent_consumer(host)
+    workdirs = f"OBJ_{subjects.WORKDIR_BUCKET}"
     return {
         "publish": {"allow": [
             # Its own agent subjects only: job events and logs that name this host.
@@ -77,16 +79,29 @@ def permissions(user: str) -> dict[str, dict[str, list[str]]]:
             # At start: is another agent of this host name alive (its last heartbeat)?
             f"$JS.API.DIRECT.GET.{subjects.HOST_STREAM}.{subjects.host_event(host, 'heartbeat')}",
             "$JS.API.INFO",
+            # Code archives (`submit --workdir`): read, through an ordered consumer it makes on
+            # that bucket's stream only (never on the command stream).
+            f"$JS.API.STREAM.INFO.{workdirs}", f"$JS.API.STREAM.MSG.GET.{workdirs}",
+            f"$JS.API.CONSUMER.CREATE.{workdirs}", f"$JS.API.CONSUMER.CREATE.{workdirs}.>",
+            f"$JS.API.CONSUMER.DELETE.{workdirs}.>", f"$JS.FC.{workdirs}.>",
+            "$JS.API.STREAM.NAMES",  # nats-py finds the bucket's stream by its subject (names only)
         ]},
-        "subscribe": {"allow": inbox},
+        # The gateway's questions about a job's files on this host (answered on their reply
+        # subject: allow_responses, nothing else of the gateway's inbox).
+        "subscribe": {"allow": [*inbox, subjects.host_files(host)]},
+        "allow_responses": True,
     }
 
 
-def authorization_block(users: list[NatsCredentials]) -> str:
-    """The `authorization { users = [...] }` section of a nats-server config."""
+def authorization_block(users: list[NatsCredentials], host_nkeys: dict[str, str] | None = None) -> str:
+    """The `authorization { users = [...] }` section of a nats-server config: password users,
+    and hosts that joined with an nkey (host -> public key), each with its agent's permissions."""
     lines = ["authorization {", "  users = ["]
-    for cred in users:
-        entry = {"user": cred.user, "password": cred.password, "permissions": permissions(cred.user)}
+    entries: list[dict[str, object]] = [
+        {"user": cred.user, "password": cred.password, "permissions": permissions(cred.user)} for cred in users]
+    entries += [{"nkey": nkey, "permissions": permissions(agent_user(host))}
+                for host, nkey in (host_nkeys or {}).items()]
+    for entry in entries:
         lines.append("    " + json.dumps(entry))  # the config format accepts JSON objects
     lines += ["  ]", "}"]
     return "\n".join(lines) + "\n"

@@ -4,33 +4,61 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
+import msgspec
 import nats
 from nats.aio.client import Client
 
 from shared.nats.auth import load_credentials
+from shared.tls import client_context
 
 log = logging.getLogger("trainyard.nats")
+REFUSALS = 3
 
 
-async def connect(url: str, name: str, *, credentials: str = "", connect_timeout_s: float = 5.0) -> Client:
+class NkeyIdentity(msgspec.Struct, frozen=True):
+    """A joined host's NATS identity: its nkey seed (never sent anywhere) and its user's inbox."""
+
+    seed: str
+    inbox_prefix: str
+
+
+async def connect(url: str, name: str, *, credentials: str = "", nkey: NkeyIdentity | None = None,
+                  ca_file: str = "", refused: asyncio.Event | None = None, connect_timeout_s: float = 5.0) -> Client:
     """`url`: one nats-server, or several separated by commas (the nodes of a cluster: the
     client fails over between them, and learns the others from the one it reaches).
     `credentials`: a file from `trainyard up` / `natsauth.ensure_credentials` (user and
-    password); the connection then also uses that user's own inbox prefix."""
-    auth: dict[str, str] = {}
+    password); `nkey`: a joined host's own key instead. Either way the connection uses that
+    user's own inbox prefix. `ca_file`: TLS (tls:// URLs), trusting only this CA. `refused` is
+    set when the server refuses the identity REFUSALS times in a row (a removed host): reconnects
+    cannot help then, and the caller had better say so and end."""
+    auth: dict[str, Any] = {}
     if credentials:
         cred = load_credentials(credentials)
         auth = {"user": cred.user, "password": cred.password, "inbox_prefix": cred.inbox_prefix}
+    elif nkey is not None:
+        auth = {"nkeys_seed_str": nkey.seed, "inbox_prefix": nkey.inbox_prefix}
+    if ca_file:
+        auth["tls"] = client_context(ca_file)
 
     async def on_disconnect() -> None:
         log.warning("%s: disconnected from NATS", name)
 
+    refusals = 0
+
     async def on_reconnect() -> None:
+        nonlocal refusals
+        refusals = 0
         log.info("%s: reconnected to NATS", name)
 
     async def on_error(exc: Exception) -> None:
+        nonlocal refusals
         log.warning("%s: NATS error: %s", name, exc)
+        if is_refusal(exc):
+            refusals += 1
+            if refused is not None and refusals >= REFUSALS:
+                refused.set()
 
     return await nats.connect(
         servers=[u.strip() for u in url.split(",") if u.strip()],
@@ -45,6 +73,11 @@ async def connect(url: str, name: str, *, credentials: str = "", connect_timeout
         pending_size=64 * 1024 * 1024,
         **auth,
     )
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Whether nats-server refused the credentials (not a network fault)."""
+    return "authorization violation" in str(exc).lower()
 
 
 async def close_quietly(nc: Client, timeout_s: float = 5.0) -> None:

@@ -16,6 +16,7 @@ from nats.js.api import (
     DeliverPolicy,
     DiscardPolicy,
     KeyValueConfig,
+    ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -89,11 +90,23 @@ async def when_jetstream_ready(step: Callable[[], Awaitable[None]], wait_s: floa
             await asyncio.sleep(0.5)
 
 
-async def ensure_all(js: JetStreamContext, *, log_max_age_s: float, log_max_bytes: int, replicas: int) -> None:
+async def ensure_all(js: JetStreamContext, *, log_max_age_s: float, log_max_bytes: int, replicas: int,
+                     workdir_keep_s: float = 30 * 86400.0) -> None:
     """Every stream and the lease bucket (the gateway's start; a forming cluster may refuse
     either for a moment, so both go under one `when_jetstream_ready`)."""
     await ensure_streams(js, log_max_age_s=log_max_age_s, log_max_bytes=log_max_bytes, replicas=replicas)
     await ensure_lease_bucket(js, replicas=replicas)
+    await ensure_workdir_bucket(js, replicas=replicas, keep_s=workdir_keep_s)
+
+
+async def ensure_workdir_bucket(js: JetStreamContext, *, replicas: int = 1, keep_s: float = 30 * 86400.0) -> None:
+    """Code archives of `submit --workdir`, kept `keep_s` (retries and resumes unpack them
+    again); a job whose archive expired fails with that reason."""
+    try:
+        await js.object_store(subjects.WORKDIR_BUCKET)
+    except NotFoundError:  # BucketNotFoundError
+        await js.create_object_store(subjects.WORKDIR_BUCKET, ObjectStoreConfig(
+            ttl=keep_s, storage=StorageType.FILE, replicas=replicas, description="trainyard code archives"))
 
 
 async def ensure_lease_bucket(js: JetStreamContext, ttl_s: float = 10.0, replicas: int = 1) -> None:

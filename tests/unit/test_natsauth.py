@@ -36,10 +36,13 @@ def test_an_agent_may_touch_only_its_own_host() -> None:
     perms = natsauth.permissions("agent-gpu-7")
     publish = perms["publish"]["allow"]
     assert "ty.host.gpu-7.>" in publish and not any(p.startswith("ty.cmd") for p in publish)
-    assert [p for p in publish if "CONSUMER" in p or "$JS.ACK" in p] == [
+    assert [p for p in publish if "TY_CMD" in p] == [
         "$JS.API.CONSUMER.INFO.TY_CMD.agent_gpu-7", "$JS.API.CONSUMER.MSG.NEXT.TY_CMD.agent_gpu-7",
         "$JS.ACK.TY_CMD.agent_gpu-7.>"]
-    assert perms["subscribe"]["allow"] == ["_INBOX_agent-gpu-7.>"]
+    # Consumers it may create: on the code archives' stream only.
+    assert {p.split(".")[4] for p in publish if ".CONSUMER.CREATE." in p} == {"OBJ_ty_workdirs"}
+    assert perms["subscribe"]["allow"] == ["_INBOX_agent-gpu-7.>", "ty.rpc.gpu-7.files"]
+    assert perms["allow_responses"] is True
 
 
 def test_unknown_roles_and_bad_host_names_are_refused(tmp_path: Path) -> None:

@@ -1,0 +1,146 @@
+"""The NATS users of an embedded nats-server (`trainyard up`), kept as files in its nats dir,
+and how a change reaches the running servers without a restart.
+
+- `credentials/<user>.json`: password users of the processes `up` starts on this machine
+  (gateway, viewer, the local agent); see auth.ensure_credentials.
+- `hosts/<host>.json`: hosts that joined (`trainyard host add`): the public half of an nkey
+  the host made itself. The seed never leaves the host; nats-server checks, on each connect,
+  a signature of its nonce with that key.
+- `auth.conf`: the `authorization` block made from both, included by every node's config.
+
+A change rewrites auth.conf and sends SIGHUP to every nats-server whose pid file lies in the nats
+dir (each node of a cluster), then waits until each has reloaded: a removed host's connection is
+closed by the server at the reload.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import nkeys
+
+from shared.ids import check_token
+from shared.nats import auth as natsauth
+
+AUTH_FILE = "auth.conf"
+RELOADED = "Reloaded server configuration"
+
+
+class HostIdentity(msgspec.Struct, kw_only=True):
+    host: str
+    nkey: str  # the public user nkey (U...)
+    joined_s: float
+
+
+def valid_user_nkey(public: str) -> bool:
+    """Whether `public` is a well-formed public user nkey (its prefix and checksum)."""
+    try:
+        nkeys.KeyPair(public_key=public.encode()).public_key  # noqa: B018 (decodes and checks)
+    except Exception:
+        return False
+    return public.startswith("U") and len(public) == 56
+
+
+def hosts_dir(nats_dir: Path) -> Path:
+    return nats_dir / "hosts"
+
+
+def joined_hosts(nats_dir: Path) -> list[HostIdentity]:
+    folder = hosts_dir(nats_dir)
+    if not folder.is_dir():
+        return []
+    return [msgspec.json.decode(p.read_bytes(), type=HostIdentity) for p in sorted(folder.glob("*.json"))]
+
+
+def joined_host(nats_dir: Path, host: str) -> HostIdentity | None:
+    path = hosts_dir(nats_dir) / f"{check_token(host, 'host')}.json"
+    return msgspec.json.decode(path.read_bytes(), type=HostIdentity) if path.exists() else None
+
+
+def write_host(nats_dir: Path, identity: HostIdentity) -> None:
+    folder = hosts_dir(nats_dir)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_private(folder / f"{check_token(identity.host, 'host')}.json", msgspec.json.encode(identity))
+
+
+def forget_host(nats_dir: Path, host: str) -> bool:
+    path = hosts_dir(nats_dir) / f"{check_token(host, 'host')}.json"
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def authorization_text(nats_dir: Path) -> str:
+    return natsauth.authorization_block(natsauth.all_credentials(nats_dir),
+                                        {h.host: h.nkey for h in joined_hosts(nats_dir)})
+
+
+def write_auth_file(nats_dir: Path) -> Path:
+    path = nats_dir / AUTH_FILE
+    write_private(path, authorization_text(nats_dir).encode())
+    return path
+
+
+@contextlib.contextmanager
+def changing(nats_dir: Path) -> Iterator[None]:
+    """One change to the users at a time (a join through a gateway, `trainyard host remove`,
+    `up` adding its local agent), across processes."""
+    nats_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(nats_dir / "users.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def apply(nats_dir: Path, timeout_s: float = 5.0) -> int:
+    """Rewrite auth.conf and have every running nats-server of this nats dir reload it; returns
+    how many servers reloaded. Call inside `changing`."""
+    write_auth_file(nats_dir)
+    return reload_servers(nats_dir, timeout_s)
+
+
+def reload_servers(nats_dir: Path, timeout_s: float = 5.0) -> int:
+    """SIGHUP each nats-server with a pid file here and wait until its log says it reloaded."""
+    reloaded = 0
+    for pid_file in sorted(nats_dir.glob("nats-server*.pid")):
+        suffix = pid_file.stem.removeprefix("nats-server")
+        try:
+            pid = int(pid_file.read_text())
+            log = nats_dir.parent / "logs" / f"nats{suffix}.log"
+            before = _count_reloads(log)
+            os.kill(pid, signal.SIGHUP)
+        except (OSError, ValueError):
+            continue  # not running (a stale pid file): it reads auth.conf when it starts
+        deadline = time.monotonic() + timeout_s
+        while _count_reloads(log) <= before:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nats-server {pid} did not reload its configuration within {timeout_s:.0f}s")
+            time.sleep(0.02)
+        reloaded += 1
+    return reloaded
+
+
+def _count_reloads(log: Path) -> int:
+    try:
+        return log.read_text(errors="replace").count(RELOADED)
+    except OSError:
+        return 0
+
+
+def write_private(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
