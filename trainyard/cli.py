@@ -84,7 +84,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from gateway.api.auth import ensure_admin_token
     from trainyard.hosts_cli import Endpoints, write_endpoints
     from trainyard.jetstream_watch import JetStreamWatch
-    from trainyard.stack import Stack, cluster_nodes, host_token, wait_for_host_online
+    from trainyard.stack import Stack, cluster_nodes, host_token, is_loopback, wait_for_host_online
 
     data_dir = private_dir(Path(args.data_dir).resolve())
     lock = hold_lock(data_dir / UP_LOCK)  # one `up` per data dir, as long as this process lives
@@ -96,13 +96,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     nodes = cluster_nodes(args.nats_port, args.cluster) if args.cluster > 1 else []
     stack = Stack()
     bind, advertise = args.bind, args.bind
-    if not _is_loopback(args.listen):
+    if not is_loopback(args.listen):
         # Other machines: nats-server and the API listen there, with TLS from up's own CA.
         advertise = args.advertise or _advertised_address(args.listen)
         stack.listen, bind = args.listen, args.listen
         stack.tls_folder = tls.ensure_certificates(data_dir, [advertise])
     scheme = stack.nats_scheme
-    nats_url = ",".join(f"{scheme}://127.0.0.1:{n.port}" for n in nodes) or f"{scheme}://127.0.0.1:{args.nats_port}"
+    here = stack.url_host()
+    nats_url = ",".join(f"{scheme}://{here}:{n.port}" for n in nodes) or f"{scheme}://{here}:{args.nats_port}"
     local_api = stack.local_api_url(args.port)
     api_url = f"{'https' if stack.tls_folder else 'http'}://{_url_host(advertise)}:{args.port}"
     endpoints = Endpoints(
@@ -186,13 +187,6 @@ def cmd_up(args: argparse.Namespace) -> int:
     stack.stop(timeout_s=20.0)
     print("trainyard: stopped", flush=True)
     return 0
-
-
-def _is_loopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return address == "localhost"
 
 
 def _advertised_address(listen: str) -> str:

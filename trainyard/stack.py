@@ -3,6 +3,7 @@ gateway and an agent. `trainyard up`, the tests and the benchmarks all use this.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -44,13 +45,14 @@ def host_token(name: str) -> str:
     return token[:64]
 
 
-def wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout_s: float = 20.0) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout_s: float = 20.0,
+                  address: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with code {proc.returncode} while starting")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            with socket.create_connection((address, port), timeout=0.2):
                 return
         except OSError:
             time.sleep(0.05)
@@ -149,6 +151,13 @@ def write_nats_config(nats_dir: Path, port: int, monitor_port: int = 0, node: Na
     return conf
 
 
+def is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
+
+
 def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -178,6 +187,15 @@ class Stack:
     # in tls_folder; the processes started here still reach them on loopback (through TLS).
     listen: str = "127.0.0.1"
     tls_folder: Path | None = None
+
+    @property
+    def local_address(self) -> str:
+        """Where processes on this machine reach nats-server and the gateway: loopback, unless
+        they listen on one other address only."""
+        return "127.0.0.1" if self.listen in ("0.0.0.0", "::") or is_loopback(self.listen) else self.listen
+
+    def url_host(self) -> str:
+        return f"[{self.local_address}]" if ":" in self.local_address else self.local_address
 
     @property
     def nats_scheme(self) -> str:
@@ -230,7 +248,7 @@ class Stack:
 
     def local_api_url(self, port: int) -> str:
         """The gateway's URL from this machine (https when it serves TLS)."""
-        return f"{'https' if self.tls_folder else 'http'}://127.0.0.1:{port}"
+        return f"{'https' if self.tls_folder else 'http'}://{self.url_host()}:{port}"
 
     def spawn(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -247,7 +265,7 @@ class Stack:
         conf = write_nats_config(self.nats_dir, port, self.nats_monitor_port, listen=self.listen,
                                  tls_folder=self.tls_folder)
         proc = self.spawn("nats", [nats_server_binary(), "-c", str(conf)], data_dir / "logs" / "nats.log")
-        wait_for_port(port, proc, "nats-server")
+        wait_for_port(port, proc, "nats-server", address=self.local_address)
         return proc
 
     def start_nats_cluster(self, data_dir: Path, nodes: list[NatsNode]) -> str:
@@ -257,9 +275,10 @@ class Stack:
         for node in nodes:
             self.start_nats_node(data_dir, node, wait=False)
         for node in nodes:
-            wait_for_port(node.port, dict(self.procs)[f"nats-{node.name}"], f"nats-server {node.name}")
+            wait_for_port(node.port, dict(self.procs)[f"nats-{node.name}"], f"nats-server {node.name}",
+                          address=self.local_address)
         self.nats_monitor_port = self.node_monitor_ports[nodes[0].name]
-        return ",".join(f"{self.nats_scheme}://127.0.0.1:{node.port}" for node in nodes)
+        return ",".join(f"{self.nats_scheme}://{self.url_host()}:{node.port}" for node in nodes)
 
     def start_nats_node(self, data_dir: Path, node: NatsNode, wait: bool = True) -> subprocess.Popen:
         """Start (or start again) one node of the cluster."""
@@ -269,7 +288,7 @@ class Stack:
         proc = self.spawn(f"nats-{node.name}", [nats_server_binary(), "-c", str(conf)],
                           data_dir / "logs" / f"nats-{node.name}.log")
         if wait:
-            wait_for_port(node.port, proc, f"nats-server {node.name}")
+            wait_for_port(node.port, proc, f"nats-server {node.name}", address=self.local_address)
         return proc
 
     def start_gateway(self, data_dir: Path, port: int, nats_url: str, *extra: str,

@@ -60,7 +60,7 @@ async def connect(url: str, name: str, *, credentials: str = "", nkey: NkeyIdent
             if refused is not None and refusals >= REFUSALS:
                 refused.set()
 
-    return await nats.connect(
+    connecting = asyncio.ensure_future(nats.connect(
         servers=[u.strip() for u in url.split(",") if u.strip()],
         name=name,
         connect_timeout=connect_timeout_s,
@@ -72,12 +72,27 @@ async def connect(url: str, name: str, *, credentials: str = "", nkey: NkeyIdent
         error_cb=on_error,
         pending_size=64 * 1024 * 1024,
         **auth,
-    )
+    ))
+    if refused is None:
+        return await connecting
+    # nats-py retries a first connect forever too (max_reconnect_attempts=-1): a refused
+    # identity must end that wait as well.
+    said_no = asyncio.ensure_future(refused.wait())
+    await asyncio.wait([connecting, said_no], return_when=asyncio.FIRST_COMPLETED)
+    said_no.cancel()
+    if not connecting.done():
+        connecting.cancel()
+        raise Refused(f"nats-server refused {name}'s credentials {REFUSALS} times")
+    return connecting.result()
+
+
+class Refused(Exception):
+    """nats-server refuses these credentials (see `connect`'s `refused`)."""
 
 
 def is_refusal(exc: BaseException) -> bool:
     """Whether nats-server refused the credentials (not a network fault)."""
-    return "authorization violation" in str(exc).lower()
+    return isinstance(exc, Refused) or "authorization violation" in str(exc).lower()
 
 
 async def close_quietly(nc: Client, timeout_s: float = 5.0) -> None:
