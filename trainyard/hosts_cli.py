@@ -14,6 +14,7 @@ from pathlib import Path
 
 import msgspec
 
+from shared import tls
 from shared.nats import join, users
 from shared.paths import private_dir
 
@@ -63,7 +64,7 @@ def cmd_host(args: argparse.Namespace) -> int:
             return 1
         print(f"removed {args.name}: its NATS identity is revoked and its connection closed")
         return 0
-    return _list(nats_dir)
+    return _list(data_dir, nats_dir)
 
 
 def _add(args: argparse.Namespace, data_dir: Path, nats_dir: Path) -> int:
@@ -87,17 +88,36 @@ def _add(args: argparse.Namespace, data_dir: Path, nats_dir: Path) -> int:
     return 0
 
 
-def _list(nats_dir: Path) -> int:
+def _list(data_dir: Path, nats_dir: Path) -> int:
     from shared.nats import auth as natsauth
 
     rows = [(h.host, "nkey", time.strftime("%Y-%m-%d %H:%M", time.localtime(h.joined_s)))
             for h in users.joined_hosts(nats_dir)]
     rows += [(c.user.removeprefix("agent-"), "password (local)", "")
              for c in natsauth.all_credentials(nats_dir) if c.user.startswith("agent-")]
-    print(f"{'host':24} {'identity':18} joined")
+    states = _host_states(data_dir)
+    print(f"{'host':24} {'state':10} {'identity':18} joined")
     for host, kind, joined in sorted(rows):
-        print(f"{host:24} {kind:18} {joined}")
+        print(f"{host:24} {states.get(host, 'never seen' if states else '?'):10} {kind:18} {joined}")
     return 0
+
+
+def _host_states(data_dir: Path) -> dict[str, str]:
+    """Each host's state as the gateway of this data dir shows it ({} if it does not answer)."""
+    import httpx
+
+    endpoints = read_endpoints(data_dir)
+    token_file = data_dir / "api-token"
+    if endpoints is None or not token_file.exists():
+        return {}
+    ca = tls.tls_dir(data_dir) / tls.CA_FILE
+    try:
+        r = httpx.get(f"{endpoints.api_url}/api/v1/training/hosts", timeout=5.0,
+                      headers={"Authorization": f"Bearer {token_file.read_text().strip()}"},
+                      verify=tls.client_context(ca) if ca.exists() else True)
+        return {h["host"]: h["status"] for h in r.json()} if r.status_code == 200 else {}
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def add_host_commands(sub: argparse._SubParsersAction) -> None:

@@ -111,7 +111,8 @@ def _project(tmp: Path) -> Path:
 
 def test_a_joined_host_runs_shipped_code_and_its_files_come_back(site: Site, joined: subprocess.Popen) -> None:
     listed = site.run("host", "list", "--data-dir", str(site.data_dir))
-    assert "gpu01" in listed.stdout and "nkey" in listed.stdout, listed.stdout
+    row = next(line.split() for line in listed.stdout.splitlines() if line.startswith("gpu01 "))
+    assert row[1:3] == ["online", "nkey"], listed.stdout  # its state, as the gateway shows it
     project = _project(site.tmp)
     made = site.client("submit", "--json", "--host", "gpu01", "--gpus", "0", "--workdir", ".", "--",
                        "python", "train.py", cwd=project)
