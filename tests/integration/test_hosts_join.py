@@ -141,6 +141,20 @@ def test_a_joined_host_runs_shipped_code_and_its_files_come_back(site: Site, joi
     assert r.headers["content-range"] == "bytes 4999990-4999999/5000000"
 
 
+def test_a_retry_runs_the_same_shipped_code_again(site: Site, joined: subprocess.Popen) -> None:
+    project = site.tmp / "flaky"
+    project.mkdir()
+    (project / "flaky.py").write_text("import os, sys\nattempt = os.path.basename(os.getcwd())\n"
+                                      "print('attempt', attempt)\nsys.exit(0 if attempt == '2' else 3)\n")
+    made = site.client("submit", "--json", "--host", "gpu01", "--gpus", "0", "--max-retries", "1", "--workdir", ".",
+                       "--", "python", "flaky.py", cwd=project)
+    assert made.returncode == 0, made.stderr
+    job = json.loads(made.stdout)["job_id"]
+    final = site.api.wait(job, timeout_s=60)
+    assert final["status"] == "succeeded" and final["attempt"] == 2, final
+    assert [ln["text"] for ln in site.api.logs(job, type="train")] == ["attempt 1", "attempt 2"]
+
+
 def test_a_jobs_files_are_confined_to_its_dir(site: Site, joined: subprocess.Popen) -> None:
     job = site.api.submit(["sh", "-c", "ln -s /etc/hostname leak && echo ok > mine.txt"], host="gpu01", gpus=0)
     assert site.api.wait(job)["status"] == "succeeded"
