@@ -13,6 +13,7 @@ import duckdb
 import msgspec
 
 from gateway import schemas as views
+from gateway.read.columns import series_columns
 from gateway.read.metric_query import LeftOut, MetricQuery
 from shared import events as ev
 from shared.ids import job_key
@@ -237,23 +238,21 @@ class Reader:
                         if totals[name] > len(points)}
 
     async def metric_columns(self, job_id: str, query: MetricQuery) -> tuple[dict[str, views.MetricColumns], LeftOut]:
-        """The same as columns: one JSON array per field, built by DuckDB, with no Python object
-        per point. JSON has no nan or inf: such a value is null."""
+        """The same as columns: one JSON array per field (gateway/read/columns.py), no Python
+        object per point."""
         sql, params = query.points(job_id)
-        # One sort per series (of structs, keyed by attempt then order), then a JSON array per
-        # field: a sort inside each field's list() would sort the points five times.
-        point = ("{'a': attempt, 'k': k, 's': step, 'e': epoch, 'v': CASE WHEN isfinite(value) THEN value END, "
-                 "'t': ts_s}")
         wanted = [f for f in views.METRIC_FIELDS if f in query.fields]
-        fields = ", ".join(f"to_json(list_transform(p, lambda x: x.{f[0]}))" for f in wanted)
-        rows = await self.run(lambda c: c.execute(
-            f"SELECT name, total, len(p), {fields} FROM ("
-            f"SELECT name, total, list_slice(l, greatest(total - ?, 0) + 1, total) AS p FROM ("
-            f"SELECT name, count(*) AS total, list_sort(list({point})) AS l FROM ({sql}) GROUP BY name)) ORDER BY name",
-            [query.limit, *params]).fetchall())
-        series = {r[0]: views.MetricColumns(**{f: msgspec.Raw(v.encode()) for f, v in zip(wanted, r[3:], strict=True)})
-                  for r in rows}
-        return series, {r[0]: r[1] - r[2] for r in rows if r[1] > r[2]}
+
+        def fetch(c: duckdb.DuckDBPyConnection) -> list[tuple[str, int, dict[str, bytes]]]:
+            # sql(), not execute(): its Arrow result is not copied once more
+            table = c.sql(f"SELECT name, {', '.join(wanted)} FROM ({sql}) ORDER BY name, attempt, k",
+                          params=params).to_arrow_table()
+            return series_columns(table, wanted, query.limit)
+
+        rows = await self.run(fetch)
+        series = {name: views.MetricColumns(**{f: msgspec.Raw(v) for f, v in arrays.items()})
+                  for name, _total, arrays in rows}
+        return series, {name: total - query.limit for name, total, _ in rows if total > query.limit}
 
     async def job_gpus(self, job_id: str, *, attempt: int | None, points: int) -> list[views.JobGpuSeries]:
         """The job's GPUs over time (view job_gpu_samples), at most `points` per GPU and attempt."""

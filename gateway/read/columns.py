@@ -1,0 +1,47 @@
+"""A metrics answer as columns, encoded straight from DuckDB's Arrow result: the points come
+sorted once (series, attempt, order), each series is a slice, and each field a JSON array that
+orjson writes from the numpy buffer in C. No Python object per point: 100k points in ~35 ms here
+where building the arrays in SQL (to_json over sorted lists of structs) took ~50.
+
+JSON has no nan or inf: orjson writes them as null, as the API documents."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+INTEGER_FIELDS = ("attempt", "step")
+
+
+def encode_field(column: pa.ChunkedArray | pa.Array, integer: bool) -> bytes:
+    values = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    count = len(values)
+    if values.null_count == count:
+        return b"[" + b",".join([b"null"] * count) + b"]"
+    if values.null_count:
+        if integer:  # an int column with gaps: rare (a report without a step); as Python values
+            return orjson.dumps(values.to_pylist())
+        values = pc.fill_null(values, float("nan"))  # written as null
+    return orjson.dumps(values.to_numpy(zero_copy_only=False), option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def series_columns(table: pa.Table, fields: list[str], limit: int) -> list[tuple[str, int, dict[str, bytes]]]:
+    """(name, its points before the limit, field -> JSON array of its latest `limit` points) per
+    series of `table` (columns name + `fields`, sorted by name first)."""
+    if table.num_rows == 0:
+        return []
+    names = table.column("name").combine_chunks().dictionary_encode()
+    codes = names.indices.to_numpy(zero_copy_only=False)
+    bounds = [0, *(np.flatnonzero(np.diff(codes)) + 1).tolist(), len(codes)]
+    found: list[tuple[str, int, dict[str, bytes]]] = []
+    for lo, hi in itertools.pairwise(bounds):
+        start = max(lo, hi - limit)
+        part = table.slice(start, hi - start)
+        name: Any = names.dictionary[codes[lo]].as_py()
+        found.append((str(name), hi - lo, {f: encode_field(part.column(f), f in INTEGER_FIELDS) for f in fields}))
+    return found
