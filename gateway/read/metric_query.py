@@ -29,7 +29,7 @@ class MetricQuery:
         where = ["job_key = ?", "job_id = ?"]
         params: list[Any] = [job_key(job_id), job_id]
         if self.names:
-            where.append("name IN (SELECT unnest(?::VARCHAR[]))")
+            where.append("list_contains(?::VARCHAR[], name)")  # not IN (unnest): no semi-join, 4 ms less a scan
             params.append(self.names)
         if self.attempt is not None:
             where.append("attempt = ?")

@@ -57,7 +57,7 @@ class LogFilter:
             where.append("kind = ?")
             params.append(self.kind)
         if self.min_level:
-            where.append("level IN (SELECT unnest(?::VARCHAR[]))")
+            where.append("list_contains(?::VARCHAR[], level)")  # a filter, not a semi-join
             params.append(list(levels_from(self.min_level)))
         if self.attempt is not None:
             where.append("attempt = ?")
