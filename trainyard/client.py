@@ -13,105 +13,21 @@ import json
 import logging
 import os
 import re
-import ssl
 import sys
 import time
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 from rich.console import Console
 from rich.markup import escape as rich_escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from shared import tls
+from trainyard.gateway_client import ClientError, Gateway, is_local, token_for, url_and_ca
 from trainyard.transfer import cmd_download, cmd_files, upload_workdir
 
 API = "/api/v1/training"
-
-
-class ClientError(Exception):
-    """A failed call, already phrased for the user."""
-
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field  # the request field the gateway named, if any
-
-
-class Gateway:
-    def __init__(self, url: str, token: str | None, token_from: str = "", ca_file: str = "") -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        verify: ssl.SSLContext | bool = tls.client_context(ca_file) if ca_file else True
-        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=60, verify=verify)
-        self.token_from = token_from  # where the token was found, for the hint on a 401
-
-    def _failed(self, r: httpx.Response) -> ClientError:
-        try:
-            body = r.json()
-            detail = body.get("detail") or body.get("message") or r.text
-            field = body.get("field")
-        except ValueError:
-            detail, field = r.text, None
-        message = f"{r.status_code}: {detail}" + (f" (field {field})" if field and field not in detail else "")
-        if r.status_code == 401:
-            message += f"; {self.token_from}"
-        return ClientError(message, field)
-
-    def call(self, method: str, path: str, **kw: Any) -> Any:
-        try:
-            r = self.http.request(method, path, **kw)
-        except httpx.HTTPError as exc:
-            raise ClientError(f"cannot reach the gateway at {self.http.base_url}: {exc}") from None
-        if r.status_code >= 400:
-            raise self._failed(r)
-        return r.json() if r.content else None
-
-    def text(self, path: str, **params: Any) -> Iterator[bytes]:
-        """A streamed text body, chunk by chunk (a whole log: constant memory)."""
-        try:
-            with self.http.stream("GET", path, params=params, timeout=None) as r:
-                if r.status_code >= 400:
-                    r.read()
-                    raise self._failed(r)
-                yield from r.iter_bytes()
-        except httpx.HTTPError as exc:
-            raise ClientError(f"stream broken: {exc}") from None
-
-    def stream(self, path: str, **params: Any):
-        """(event, data) of an SSE stream."""
-        event, data = "message", list[str]()
-        try:
-            with self.http.stream("GET", path, params=params, timeout=None) as r:
-                if r.status_code >= 400:
-                    r.read()
-                    raise self._failed(r)
-                for line in r.iter_lines():
-                    if line == "":
-                        if data:
-                            yield event, "\n".join(data)
-                        event, data = "message", []
-                    elif line.startswith("event:"):
-                        event = line[6:].strip()
-                    elif line.startswith("data:"):
-                        data.append(line[5:].lstrip())
-        except httpx.HTTPError as exc:
-            raise ClientError(f"stream broken: {exc}") from None
-
-
-def _token(args: argparse.Namespace) -> tuple[str | None, str]:
-    """The token, and where it came from (said on a 401)."""
-    if args.token:
-        return args.token, "the token given with --token was refused"
-    if os.environ.get("TRAINYARD_TOKEN"):
-        return os.environ["TRAINYARD_TOKEN"], "the token in TRAINYARD_TOKEN was refused"
-    path = Path(args.data_dir) / "api-token"
-    if path.is_file():
-        return path.read_text().strip(), f"the token in {path.resolve()} was refused"
-    return None, (f"no token: none given with --token or TRAINYARD_TOKEN, and no {path.resolve()} "
-                  "(give --data-dir where `trainyard up` wrote api-token)")
 
 
 def _console() -> Console:
@@ -196,7 +112,7 @@ def cmd_submit(gw: Gateway, args: argparse.Namespace) -> None:
     elif body.get("trainer", "command") in ("command", "hf") and "cwd" not in body:
         if args.cwd:
             body["cwd"] = str(Path(args.cwd).resolve())
-        elif _is_local(args.url):
+        elif is_local(args.url):
             # Where the user stands, as `python train.py` means it; a remote gateway's hosts do
             # not share this directory.
             body["cwd"], here = os.getcwd(), True
@@ -231,15 +147,6 @@ def _key_value(item: str) -> tuple[str, str]:
     if not sep or not key:
         raise ValueError(f"--env {item!r}: give KEY=VALUE")
     return key, value
-
-
-def _is_local(url: str) -> bool:
-    """Whether the gateway runs on this machine (then so does `up`'s agent, in its cwd terms)."""
-    host = httpx.URL(url).host
-    if host in ("127.0.0.1", "localhost", "::1"):
-        return True
-    names, addresses = tls.local_names()  # `trainyard up --listen` advertises one of these
-    return host in names or host in addresses
 
 
 def cmd_list(gw: Gateway, args: argparse.Namespace) -> None:
@@ -408,26 +315,11 @@ COMMANDS = {
 }
 
 
-def _url_and_ca(args: argparse.Namespace) -> tuple[str, str]:
-    """The gateway's URL (--url, TRAINYARD_URL, else where `trainyard up` in --data-dir said it
-    listens) and the CA to trust for https (TRAINYARD_CA, else up's own CA in --data-dir)."""
-    data_dir = Path(args.data_dir)
-    url = args.url or os.environ.get("TRAINYARD_URL", "")
-    if not url:
-        try:
-            url = json.loads((data_dir / "endpoints.json").read_text())["api_url"]
-        except (OSError, ValueError, KeyError):
-            url = "http://127.0.0.1:8000"
-    ca = os.environ.get("TRAINYARD_CA") or (str(data_dir / "tls" / tls.CA_FILE)
-                                            if (data_dir / "tls" / tls.CA_FILE).exists() else "")
-    return url, ca
-
-
 def run_client(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
-    url, ca_file = _url_and_ca(args)
+    url, ca_file = url_and_ca(args)
     args.url = url
-    gw = Gateway(url, *_token(args), ca_file=ca_file)
+    gw = Gateway(url, *token_for(args), ca_file=ca_file)
     try:
         COMMANDS[args.client_command](gw, args)
     except ClientError as exc:

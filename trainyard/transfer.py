@@ -8,15 +8,13 @@ import argparse
 import datetime
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from shared.workdir import pack
-
-if TYPE_CHECKING:
-    from trainyard.client import Gateway
+from trainyard.gateway_client import ClientError, Gateway
 
 API = "/api/v1/training"
 # The gateway's cap (workdir_max_bytes, 100 MiB by default) decides; this only keeps the CLI
@@ -55,8 +53,6 @@ def cmd_files(gw: Gateway, args: argparse.Namespace) -> None:
 
 def cmd_download(gw: Gateway, args: argparse.Namespace) -> None:
     """Into OUT.part, then renamed to OUT: an interrupted download resumes from the part."""
-    from trainyard.client import ClientError
-
     out = Path(args.output or Path(args.path).name)
     part = out.with_name(out.name + ".part")
     have = part.stat().st_size if part.exists() else 0
@@ -71,7 +67,7 @@ def cmd_download(gw: Gateway, args: argparse.Namespace) -> None:
                 return
             if r.status_code >= 400:
                 r.read()
-                raise gw._failed(r)
+                raise gw.failure(r)
             if r.status_code == 200:
                 have = 0  # no range served: start over
             total = have + int(r.headers.get("content-length", 0))
