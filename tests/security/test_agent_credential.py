@@ -90,3 +90,42 @@ def test_log_lines_already_stored_are_not_stored_again(cluster: Cluster, ran_her
     cluster.api.wait(probe)
     time.sleep(0.5)
     assert [(ln["seq"], ln["text"]) for ln in cluster.api.logs(ran_here)] == before
+
+
+def test_only_the_gateway_asks_a_host_about_its_files_and_only_that_host_answers(cluster: Cluster,
+                                                                                 ran_here: str) -> None:
+    """ty.rpc.<host>.files (GET /jobs/{id}/files): another host's credentials can neither ask
+    the question nor hear it (and so cannot answer for the host); a viewer cannot ask."""
+    from shared.files_rpc import FilesRequest, reply_decoder, request_encoder
+
+    cluster.nats.stack._ensure_agent_user("other")  # a second host's user, as up adds one
+    question = request_encoder.encode(FilesRequest(op="list", job_id=ran_here))
+    subject = subjects.host_files("test-host")
+
+    async def ask(user: str) -> list[str] | None:
+        nc = await nats_py.connect(cluster.nats.url, **cluster.nats.stack.connect_options(user))
+        try:
+            reply = await nc.request(subject, question, timeout=2)
+            return [f.path for f in reply_decoder.decode(reply.data).files]
+        except nats_py.errors.Error:  # a denied publish gets no answer
+            return None
+        finally:
+            await nc.close()
+
+    async def overhear() -> int:
+        heard: list[object] = []
+        impostor = await nats_py.connect(cluster.nats.url, **cluster.nats.stack.connect_options("agent-other"))
+        async def hear(msg: object) -> None:
+            heard.append(msg)
+
+        await impostor.subscribe(subject, cb=hear)  # denied by the server
+        await asyncio.sleep(0.3)
+        await ask(natsauth.GATEWAY_USER)
+        await asyncio.sleep(0.3)
+        await impostor.close()
+        return len(heard)
+
+    assert "1/stdout.log" in (asyncio.run(ask(natsauth.GATEWAY_USER)) or [])
+    assert asyncio.run(ask("agent-other")) is None
+    assert asyncio.run(ask(natsauth.VIEWER_USER)) is None
+    assert asyncio.run(overhear()) == 0
