@@ -44,9 +44,14 @@ def test_an_expired_token_another_hosts_token_and_a_bad_key_are_refused(tmp_path
     token = join.issue(tmp_path, "gpu01")
     with pytest.raises(join.JoinRefused, match="for host 'gpu01', not 'gpu02'"):
         join.redeem(tmp_path, token, "gpu02", _public_nkey())
-    with pytest.raises(join.JoinRefused, match="not a public user nkey") as bad:
-        join.redeem(tmp_path, token, "gpu01", "SUAAAA" + "A" * 50)  # a seed, never accepted
-    assert bad.value.status == 422
+    good = _public_nkey()
+    for bad_key in ("SUAAAA" + "A" * 50,  # a seed, never accepted
+                    "U" + "A" * 55,  # the right shape, no valid checksum
+                    good[:-2] + ("AA" if good[-2:] != "AA" else "AB"),  # a key whose checksum is off
+                    "N" + good[1:]):  # a server key
+        with pytest.raises(join.JoinRefused, match="not a public user nkey") as bad:
+            join.redeem(tmp_path, token, "gpu01", bad_key)
+        assert bad.value.status == 422
     assert _state(tmp_path)[0] == []
     join.redeem(tmp_path, token, "gpu01", _public_nkey())  # still good after those refusals
 
