@@ -51,7 +51,8 @@ def valid_user_nkey(public: str) -> bool:
         raw = base64.b32decode(public)
     except (binascii.Error, ValueError):
         return False
-    return raw[0] == nkeys.PREFIX_BYTE_USER and nkeys.crc16(raw[:33]) == int.from_bytes(raw[33:], "little")
+    checksum: int = nkeys.crc16(raw[:33])
+    return raw[0] == nkeys.PREFIX_BYTE_USER and checksum == int.from_bytes(raw[33:], "little")
 
 
 def hosts_dir(nats_dir: Path) -> Path:
