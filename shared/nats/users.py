@@ -27,6 +27,7 @@ from pathlib import Path
 
 import msgspec
 import nkeys
+import psutil
 
 from shared.ids import check_token
 from shared.nats import auth as natsauth
@@ -124,10 +125,12 @@ def reload_servers(nats_dir: Path, timeout_s: float = 5.0) -> int:
         suffix = pid_file.stem.removeprefix("nats-server")
         try:
             pid = int(pid_file.read_text())
+            if "nats-server" not in psutil.Process(pid).name():
+                continue  # a stale pid file whose number another process has now: not ours to signal
             log = nats_dir.parent / "logs" / f"nats{suffix}.log"
             before = _count_reloads(log)
             os.kill(pid, signal.SIGHUP)
-        except (OSError, ValueError):
+        except (OSError, ValueError, psutil.Error):
             continue  # not running (a stale pid file): it reads auth.conf when it starts
         deadline = time.monotonic() + timeout_s
         while _count_reloads(log) <= before:
