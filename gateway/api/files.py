@@ -54,6 +54,8 @@ def files_routes(runtime: GatewayRuntime, prefix: str, *, viewer: list[Guard],
                 raise BadRequest(f"Range {wanted!r}: only one range of bytes, as bytes=START- or bytes=START-END")
             offset = int(found.group(1))
             end = int(found.group(2)) + 1 if found.group(2) else None
+            if end is not None and end <= offset:
+                raise RangeNotSatisfiable(f"Range {wanted!r}: its end comes before its start")
         size, body = await runtime.host_files.open(host, job_id, path.lstrip("/"), offset, end)
         stop = size if end is None else min(end, size)
         if wanted is not None and offset >= size:

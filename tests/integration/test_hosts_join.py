@@ -139,6 +139,13 @@ def test_a_joined_host_runs_shipped_code_and_its_files_come_back(site: Site, joi
     r = site.api.client.get(f"/jobs/{job}/files/1/out/model.bin", headers={"Range": "bytes=4999990-"})
     assert r.status_code == 206 and r.content == expected[4_999_990:], r.status_code
     assert r.headers["content-range"] == "bytes 4999990-4999999/5000000"
+    r = site.api.client.get(f"/jobs/{job}/files/1/out/model.bin", headers={"Range": "bytes=10-19"})
+    assert r.status_code == 206 and r.content == expected[10:20]
+    for bad in ("bytes=5000000-", "bytes=20-10"):
+        r = site.api.client.get(f"/jobs/{job}/files/1/out/model.bin", headers={"Range": bad})
+        assert r.status_code == 416, (bad, r.status_code, r.text)
+    r = site.api.client.get(f"/jobs/{job}/files/1/out/model.bin", headers={"Range": "lines=1-2"})
+    assert r.status_code == 400 and "bytes=START-" in r.json()["detail"], r.text
 
 
 def test_a_retry_runs_the_same_shipped_code_again(site: Site, joined: subprocess.Popen) -> None:
