@@ -60,7 +60,10 @@ def cmd_host(args: argparse.Namespace) -> int:
         return _add(args, data_dir, nats_dir)
     if args.host_command == "remove":
         if not join.remove(nats_dir, args.name):
-            print(f"trainyard host remove: host {args.name!r} has no identity here", file=sys.stderr)
+            local = (nats_dir / "credentials" / f"agent-{args.name}.json").exists()
+            print(f"trainyard host remove: host {args.name!r} " + (
+                "is the agent trainyard up runs on this machine (it would start it again): stop trainyard up "
+                "instead" if local else "has not joined (trainyard host list shows who has)"), file=sys.stderr)
             return 1
         print(f"removed {args.name}: its NATS identity is revoked and its connection closed")
         return 0

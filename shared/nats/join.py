@@ -16,7 +16,6 @@ from pathlib import Path
 import msgspec
 
 from shared.ids import check_token
-from shared.nats import auth as natsauth
 from shared.nats import users
 
 DEFAULT_TTL_S = 3600.0
@@ -101,11 +100,6 @@ def remove(nats_dir: Path, host: str) -> bool:
             except (OSError, msgspec.DecodeError):
                 continue
         removed = users.forget_host(nats_dir, host)
-        # The local agent of `trainyard up` has a password user instead.
-        local = natsauth.credentials_dir(nats_dir) / f"{natsauth.agent_user(host)}.json"
-        if local.exists():
-            local.unlink()
-            removed = True
         if removed:
             users.apply(nats_dir)
     return removed

@@ -239,6 +239,10 @@ def test_a_used_token_is_refused_on_the_agents_terminal_and_nothing_is_created(s
 
 
 def test_removing_a_host_drops_its_connection_at_once(site: Site, joined: subprocess.Popen) -> None:
+    own = site.run("host", "remove", "head", "--data-dir", str(site.data_dir))  # up's own agent: up would restart it
+    assert own.returncode == 1 and "stop trainyard up instead" in own.stderr, own.stderr
+    nobody = site.run("host", "remove", "nobody", "--data-dir", str(site.data_dir))
+    assert nobody.returncode == 1 and "has not joined" in nobody.stderr, nobody.stderr
     removed = site.run("host", "remove", "gpu01", "--data-dir", str(site.data_dir))
     assert removed.returncode == 0, removed.stderr
     started = time.monotonic()
