@@ -190,6 +190,9 @@ def test_an_upload_over_the_cap_is_413_before_any_job_exists(site: Site, joined:
     assert r.status_code == 422 and "not a gzipped tar" in r.json()["detail"], r.text
     r = site.api.client.post("/jobs", json={"trainer": "command", "command": ["true"], "workdir": "sha256:" + "0" * 64})
     assert r.status_code == 422 and r.json()["field"] == "workdir", r.text
+    r = site.api.client.post("/jobs", json={"trainer": "command", "command": ["true"], "cwd": str(site.tmp),
+                                            "workdir": "sha256:" + "0" * 64})
+    assert r.status_code == 422 and "not both" in r.json()["detail"], r.text
 
 
 def test_a_job_whose_archive_is_gone_fails_saying_so(site: Site, joined: subprocess.Popen) -> None:
