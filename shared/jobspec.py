@@ -173,7 +173,9 @@ class HfJob(JobRequestBase, tag="hf"):
     cwd: Annotated[str, Meta(max_length=4096)] | None = None
 
     def local_paths(self) -> list[tuple[str, str]]:
-        found = [("script", self.script), *([("cwd", self.cwd)] if self.cwd else [])]
+        # A relative script is one in the shipped code (workdir), inside the run dir.
+        found = [*([("script", self.script)] if self.script.startswith("/") else []),
+                 *([("cwd", self.cwd)] if self.cwd else [])]
         return found + [(f"args[{i}]", value) for i, _, value in path_args(self.args) if value.startswith("/")]
 
 

@@ -204,8 +204,12 @@ class PathChecks:
                 changes["script"] = self._confined(spec.script, "script")
             elif base is not None:
                 changes["script"] = self._confined(os.path.join(base, spec.script), "script")
+            elif spec.workdir:  # in the shipped code, unpacked into the run dir
+                if _climbs(spec.script):
+                    raise InvalidField("a script in the workdir may not contain '..'", field="script")
             else:
-                raise InvalidField("script must be an absolute path, or relative to cwd", field="script")
+                raise InvalidField("script must be an absolute path, or relative to cwd or the workdir",
+                                   field="script")
         if isinstance(spec, SwiftJob):
             for field in ("model_path", "data_path", "resume_from_checkpoint"):
                 value = getattr(spec, field)

@@ -23,7 +23,7 @@ import pytest
 
 from shared import subjects
 from shared.nats.auth import load_credentials
-from shared.workdir import object_name
+from shared.workdir import object_name, pack
 from tests.harness import Api, trainyard_up
 from trainyard.stack import free_port
 
@@ -160,6 +160,26 @@ def test_a_retry_runs_the_same_shipped_code_again(site: Site, joined: subprocess
     final = site.api.wait(job, timeout_s=60)
     assert final["status"] == "succeeded" and final["attempt"] == 2, final
     assert [ln["text"] for ln in site.api.logs(job, type="train")] == ["attempt 1", "attempt 2"]
+
+
+def test_an_hf_script_in_the_shipped_code_runs_from_the_run_dir(site: Site, joined: subprocess.Popen) -> None:
+    project = site.tmp / "hf-project"
+    (project / "scripts").mkdir(parents=True)
+    (project / "scripts" / "train.py").write_text(
+        "import os\nprint('hf script ran in', os.path.basename(os.getcwd()))\n")
+    archive = pack(project)
+    try:
+        ref = site.api.client.post("/workdirs", content=archive.read_bytes()).json()["workdir"]
+    finally:
+        archive.unlink()
+    r = site.api.client.post("/jobs", json={"trainer": "hf", "script": "scripts/train.py", "workdir": ref,
+                                            "host": "gpu01", "gpus": 0})
+    assert r.status_code == 201, r.text
+    job = r.json()["job_id"]
+    assert site.api.wait(job)["status"] == "succeeded", site.api.logs(job)
+    assert [ln["text"] for ln in site.api.logs(job, type="train")] == ["hf script ran in 1"]
+    r = site.api.client.post("/jobs", json={"trainer": "hf", "script": "../x.py", "workdir": ref, "gpus": 0})
+    assert r.status_code == 422 and r.json()["field"] == "script", r.text
 
 
 def test_a_jobs_files_are_confined_to_its_dir(site: Site, joined: subprocess.Popen) -> None:
