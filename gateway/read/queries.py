@@ -13,7 +13,7 @@ import duckdb
 import msgspec
 
 from gateway import schemas as views
-from gateway.read.columns import series_columns
+from gateway.read.columns import series_columns, single_series_columns
 from gateway.read.metric_query import LeftOut, MetricQuery
 from shared import events as ev
 from shared.ids import job_key
@@ -245,6 +245,12 @@ class Reader:
 
         def fetch(c: duckdb.DuckDBPyConnection) -> list[tuple[str, int, dict[str, bytes]]]:
             # sql(), not execute(): its Arrow result is not copied once more
+            if len(query.names) == 1:
+                # One series (a chart's request): no name per row, and no sort when the points
+                # come in order, as they are stored (the fetch takes half the time).
+                table = c.sql(f"SELECT attempt AS _a, k AS _k, {', '.join(wanted)} FROM ({sql})",
+                              params=params).to_arrow_table()
+                return single_series_columns(query.names[0], table, wanted, query.limit)
             table = c.sql(f"SELECT name, {', '.join(wanted)} FROM ({sql}) ORDER BY name, attempt, k",
                           params=params).to_arrow_table()
             return series_columns(table, wanted, query.limit)
