@@ -65,7 +65,7 @@ def pack(root: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Path:
     """A temporary .tar.gz of `root` (the caller deletes it); TooLarge past `max_bytes`."""
     root = root.resolve()
     if not root.is_dir():
-        raise ValueError(f"--workdir {root}: not a directory")
+        raise ValueError(f"{root}: not a directory")
     fd, name = tempfile.mkstemp(suffix=".tar.gz", prefix="trainyard-workdir-")
     os.close(fd)
     out = Path(name)
@@ -78,10 +78,10 @@ def pack(root: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Path:
                 with open(root / rel, "rb") as f:
                     tar.addfile(info, f)
                 if out.stat().st_size > max_bytes:
-                    raise TooLarge(f"--workdir {root}: the archive passes {max_bytes / 1024**2:.0f} MiB "
-                                   "(leave big files out with .gitignore)")
+                    raise TooLarge(f"{root}: its archive passes {max_bytes / 1024**2:.0f} MiB (leave big files "
+                                   "out with .gitignore, or give --cwd a directory under the allowed roots)")
         if out.stat().st_size > max_bytes:
-            raise TooLarge(f"--workdir {root}: the archive is {out.stat().st_size / 1024**2:.1f} MiB, over "
+            raise TooLarge(f"{root}: its archive is {out.stat().st_size / 1024**2:.1f} MiB, over "
                            f"{max_bytes / 1024**2:.0f} MiB (leave big files out with .gitignore)")
     except BaseException:
         out.unlink(missing_ok=True)

@@ -24,6 +24,7 @@ from rich.markup import escape as rich_escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from shared.workdir import DEFAULT_MAX_BYTES
 from trainyard.gateway_client import ClientError, Gateway, is_local, token_for, url_and_ca
 from trainyard.transfer import cmd_download, cmd_files, upload_workdir
 
@@ -121,9 +122,13 @@ def cmd_submit(gw: Gateway, args: argparse.Namespace) -> None:
     except ClientError as exc:
         if not (here and exc.field == "cwd"):
             raise
-        # This directory is outside the allowed roots: the job runs in its run dir instead.
-        print(f"trainyard submit: note: {body.pop('cwd')} is outside the allowed roots; the job runs in "
-              "its run dir (give --cwd, or submit from under an allowed root)", file=sys.stderr)
+        # This directory is outside the allowed roots: its code travels with the job instead
+        # (an empty run dir would not hold the `train.py` the user meant).
+        here_dir = body.pop("cwd")
+        print(f"trainyard submit: note: {here_dir} is outside the gateway's allowed roots, so it is shipped with "
+              f"the job (as --workdir {here_dir}) and the job runs in a copy of it; its outputs: trainyard files JOB",
+              file=sys.stderr)
+        body["workdir"] = upload_workdir(gw, here_dir, limit_bytes=DEFAULT_MAX_BYTES)
         made = gw.call("POST", f"{API}/jobs", json=body)
     _print(made, args.json, lambda m: print(f"{m['job_id']}  {m['status']}  {m['message']}"
                                             + "".join(f"\n  {j}" for j in m.get("jobs") or [])))

@@ -22,9 +22,9 @@ API = "/api/v1/training"
 PACK_LIMIT_BYTES = 4 * 1024**3
 
 
-def upload_workdir(gw: Gateway, directory: str) -> str:
+def upload_workdir(gw: Gateway, directory: str, limit_bytes: int = PACK_LIMIT_BYTES) -> str:
     """Pack `directory` (its .gitignore honoured) and upload it; the `workdir` to submit with."""
-    archive = pack(Path(directory), PACK_LIMIT_BYTES)
+    archive = pack(Path(directory), limit_bytes)
     try:
         with open(archive, "rb") as f:
             stored = gw.call("POST", f"{API}/workdirs", content=f,

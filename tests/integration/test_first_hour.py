@@ -158,6 +158,22 @@ def test_the_readmes_cli_submit_runs_the_script_where_the_user_stands(cluster: C
     assert cluster.api.client.get(f"/jobs/{job}").json()["priority"] == 7
 
 
+def test_cli_submit_from_outside_the_allowed_roots_ships_the_directory(cluster: Cluster, tmp_path: Path) -> None:
+    """The README's `trainyard submit -- python train.py` from a directory the gateway may not
+    point a job at (a fresh `up` allows only DATA/workspace): the code travels with the job
+    instead of the job starting in an empty run dir and failing to open train.py."""
+    project = tmp_path / "my-project"
+    project.mkdir()
+    (project / "train.py").write_text("import os\nprint('ran', open('data.txt').read().strip())\n")
+    (project / "data.txt").write_text("42\n")
+    made = cli(cluster, "submit", "--json", "--gpus", "0", "--", "python", "train.py", cwd=project)
+    assert made.returncode == 0, made.stderr
+    assert "is outside the gateway's allowed roots, so it is shipped with the job" in made.stderr, made.stderr
+    job = json.loads(made.stdout)["job_id"]
+    assert cluster.api.wait(job)["status"] == "succeeded", cluster.api.logs(job)
+    assert [ln["text"] for ln in cluster.api.logs(job, type="train")] == ["ran 42"]
+
+
 def test_cli_logs_prints_the_whole_log_and_tail_is_not_capped(cluster: Cluster) -> None:
     job = cluster.api.submit([sys.executable, "-c", "for i in range(25000): print('line', i)"])
     assert cluster.api.wait(job, timeout_s=60)["status"] == "succeeded"
