@@ -12,67 +12,20 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
 import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.markup import escape as rich_escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from shared.workdir import DEFAULT_MAX_BYTES
 from trainyard.gateway_client import ClientError, Gateway, is_local, token_for, url_and_ca
+from trainyard.render import CONTROL, console, output, print_table
 from trainyard.transfer import cmd_download, cmd_files, upload_workdir
 
 API = "/api/v1/training"
-
-
-def _console() -> Console:
-    # Piped output (scripts, `| grep`) gets whole cells, not a table cut to 80 columns.
-    return Console() if sys.stdout.isatty() else Console(width=400)
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def _shown(text: str) -> str:
-    """A value as plain text in a terminal: Rich markup escaped, control characters (escape
-    sequences a terminal would act on) shown as `?` (security review L4)."""
-    return rich_escape(_CONTROL.sub("?", text))
-
-
-# Columns that hold a time (seconds since the epoch): shown as a local date and time.
-TIME_COLUMNS = frozenset({"ts_s", "submitted_s", "started_s", "finished_s", "last_seen_s"})
-
-
-def _cell(key: str, value: object) -> str:
-    if value is None:
-        return ""
-    if key in TIME_COLUMNS and isinstance(value, int | float):
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
-    if isinstance(value, list):
-        return _shown(", ".join(map(str, value)))
-    return _shown(str(value))
-
-
-def _table(rows: list[dict], columns: list[tuple[str, str]], title: str | None = None) -> None:
-    table = Table(title=title, header_style="bold")
-    for _, header in columns:
-        table.add_column(header, overflow="fold")
-    for row in rows:
-        table.add_row(*(_cell(k, row.get(k)) for k, _ in columns))
-    _console().print(table)
-
-
-def _print(value: Any, as_json: bool, render) -> None:
-    if as_json:
-        print(json.dumps(value, indent=1, default=str))
-    else:
-        render(value)
 
 
 # ---- commands -------------------------------------------------------------------------------------
@@ -130,7 +83,7 @@ def cmd_submit(gw: Gateway, args: argparse.Namespace) -> None:
               file=sys.stderr)
         body["workdir"] = upload_workdir(gw, here_dir, limit_bytes=DEFAULT_MAX_BYTES)
         made = gw.call("POST", f"{API}/jobs", json=body)
-    _print(made, args.json, lambda m: print(f"{m['job_id']}  {m['status']}  {m['message']}"
+    output(made, args.json, lambda m: print(f"{m['job_id']}  {m['status']}  {m['message']}"
                                             + "".join(f"\n  {j}" for j in m.get("jobs") or [])))
 
 
@@ -158,7 +111,7 @@ def cmd_list(gw: Gateway, args: argparse.Namespace) -> None:
     params = {k: v for k, v in (("status", args.status), ("limit", args.limit), ("trainer", args.trainer),
                                 ("submitted_by", "me" if args.mine else args.user), ("array", args.array)) if v}
     page = gw.call("GET", f"{API}/jobs", params=params)
-    _print(page, args.json, lambda p: _table(p["jobs"], [
+    output(page, args.json, lambda p: print_table(p["jobs"], [
         ("job_id", "job"), ("name", "name"), ("trainer", "trainer"), ("status", "status"),
         ("priority", "prio"), ("host", "host"), ("gpu_ids", "gpus"), ("attempt", "attempt"),
         ("submitted_by", "by"), ("submitted_s", "submitted"), ("anomaly_kinds", "anomalies"), ("reason", "reason")],
@@ -167,11 +120,11 @@ def cmd_list(gw: Gateway, args: argparse.Namespace) -> None:
 
 def cmd_show(gw: Gateway, args: argparse.Namespace) -> None:
     detail = gw.call("GET", f"{API}/jobs/{args.job}")
-    _print(detail, args.json, _show)
+    output(detail, args.json, _show)
 
 
 def _show(detail: dict[str, Any]) -> None:
-    _console().print_json(data=detail)
+    console().print_json(data=detail)
     for a in detail.get("anomalies") or []:  # last, where the eye lands
         print(f"anomaly (attempt {a['attempt']}, {a['action']}): {a['detail']}")
 
@@ -189,13 +142,13 @@ def cmd_logs(gw: Gateway, args: argparse.Namespace) -> None:
         params["attempt"] = args.attempt
     if args.json:
         page = gw.call("GET", f"{API}/jobs/{args.job}/logs", params={**params, "tail": args.tail or 1000})
-        _print(page, True, print)
+        output(page, True, print)
         return
     out = sys.stdout.buffer
     tty = sys.stdout.isatty()
     for chunk in gw.text(f"{API}/jobs/{args.job}/logs.txt", **params, **({"tail": args.tail} if args.tail else {})):
         # Shown on a terminal, a trainer's escape sequences would act on it (security review L4).
-        out.write(_CONTROL.sub("?", chunk.decode(errors="replace")).encode() if tty else chunk)
+        out.write(CONTROL.sub("?", chunk.decode(errors="replace")).encode() if tty else chunk)
     out.flush()
 
 
@@ -223,13 +176,13 @@ def cmd_progress(gw: Gateway, args: argparse.Namespace) -> None:
 def cmd_stop(gw: Gateway, args: argparse.Namespace) -> None:
     body = {"force": args.force, **({"grace_s": args.grace} if args.grace is not None else {})}
     done = gw.call("POST", f"{API}/jobs/{args.job}/stop", json=body)
-    _print(done, args.json, lambda d: print(f"{d['job_id']}  {d['status']}  {d['message']}"))
+    output(done, args.json, lambda d: print(f"{d['job_id']}  {d['status']}  {d['message']}"))
 
 
 def cmd_resume(gw: Gateway, args: argparse.Namespace) -> None:
     body = {"checkpoint": args.checkpoint} if args.checkpoint else {}
     done = gw.call("POST", f"{API}/jobs/{args.job}/resume", json=body)
-    _print(done, args.json, lambda d: print(f"{d['job_id']}  {d['status']}  {d['message']}"))
+    output(done, args.json, lambda d: print(f"{d['job_id']}  {d['status']}  {d['message']}"))
 
 
 def cmd_export(gw: Gateway, args: argparse.Namespace) -> None:
@@ -242,7 +195,7 @@ def cmd_export(gw: Gateway, args: argparse.Namespace) -> None:
         time.sleep(0.5)
         exports = gw.call("GET", f"{API}/jobs/{args.job}")["exports"]
         export = next((e for e in exports if e["export_id"] == started["export_id"]), export)
-    _print(export, args.json, lambda e: print(
+    output(export, args.json, lambda e: print(
         f"{e['export_id']}  {e['status']}  {e.get('message') or e.get('path') or ''}"))
     if export.get("status") == "failed":
         raise ClientError(f"export {export['export_id']} failed: {export.get('reason') or 'see the job events'}")
@@ -254,9 +207,9 @@ def cmd_quota(gw: Gateway, args: argparse.Namespace) -> None:
             raise ClientError("quota set KIND NAME: KIND is user or project, NAME a token name or project")
         body = {"max_gpus": args.max_gpus, "max_running_jobs": args.max_running_jobs}
         made = gw.call("PUT", f"{API}/quotas/{args.kind}/{args.name}", json=body)
-        _print(made, args.json, lambda q: _table([q], QUOTA_COLUMNS))
+        output(made, args.json, lambda q: print_table([q], QUOTA_COLUMNS))
         return
-    _print(gw.call("GET", f"{API}/quotas"), args.json, lambda qs: _table(qs, QUOTA_COLUMNS, title="quotas"))
+    output(gw.call("GET", f"{API}/quotas"), args.json, lambda qs: print_table(qs, QUOTA_COLUMNS, title="quotas"))
 
 
 QUOTA_COLUMNS = [("kind", "kind"), ("name", "name"), ("max_gpus", "max GPUs"), ("gpus_in_use", "GPUs in use"),
@@ -265,7 +218,7 @@ QUOTA_COLUMNS = [("kind", "kind"), ("name", "name"), ("max_gpus", "max GPUs"), (
 
 def cmd_queue(gw: Gateway, args: argparse.Namespace) -> None:
     q = gw.call("GET", f"{API}/queue")
-    _print(q, args.json, lambda q: _table(q["jobs"], [
+    output(q, args.json, lambda q: print_table(q["jobs"], [
         ("position", "#"), ("job_id", "job"), ("priority", "prio"), ("gpus", "gpus"),
         ("waiting_reason", "why it waits"), ("estimated_wait_s", "eta s")],
         title=f"queue: {q['length']} jobs, processor {'running' if q['processor_running'] else 'stopped'}"))
@@ -279,17 +232,17 @@ def cmd_gpus(gw: Gateway, args: argparse.Namespace) -> None:
                  "util": f"{x['utilization_pct']:.0f}%" if x["utilization_pct"] is not None else "",
                  "temp": f"{x['temperature_c']:.0f}C" if x["temperature_c"] is not None else ""}
                 for x in g["gpus"]]
-        _table(rows, [("host", "host"), ("index", "gpu"), ("name", "name"), ("state", "state"),
-                      ("job_id", "job"), ("memory", "memory"), ("util", "util"), ("temp", "temp")],
-               title=f"{g['free']} free / {g['busy']} busy / {g['offline']} offline"
-                     + (" (simulated)" if g["simulated"] else ""))
+        print_table(rows, [("host", "host"), ("index", "gpu"), ("name", "name"), ("state", "state"),
+                           ("job_id", "job"), ("memory", "memory"), ("util", "util"), ("temp", "temp")],
+                    title=f"{g['free']} free / {g['busy']} busy / {g['offline']} offline"
+                          + (" (simulated)" if g["simulated"] else ""))
 
-    _print(g, args.json, render)
+    output(g, args.json, render)
 
 
 def cmd_hosts(gw: Gateway, args: argparse.Namespace) -> None:
     hosts = gw.call("GET", f"{API}/hosts")
-    _print(hosts, args.json, lambda h: _table(h, [
+    output(hosts, args.json, lambda h: print_table(h, [
         ("host", "host"), ("status", "status"), ("seconds_since_heartbeat", "last beat s"),
         ("gpus", "gpus"), ("gpus_free", "free"), ("cpu_percent", "cpu %"), ("running_jobs", "jobs"),
         ("note", "note")]))
@@ -297,7 +250,7 @@ def cmd_hosts(gw: Gateway, args: argparse.Namespace) -> None:
 
 def cmd_events(gw: Gateway, args: argparse.Namespace) -> None:
     events = gw.call("GET", f"{API}/jobs/{args.job}/events")
-    _print(events, args.json, lambda e: _table(e, [
+    output(events, args.json, lambda e: print_table(e, [
         ("stream_seq", "seq"), ("type", "type"), ("attempt", "attempt"), ("ts_s", "time"),
         ("applied", "applied"), ("note", "note")]))
 
@@ -306,10 +259,10 @@ def cmd_sql(gw: Gateway, args: argparse.Namespace) -> None:
     result = gw.call("POST", "/api/v1/sql", json={"sql": args.query, "limit": args.limit})
 
     def render(r: dict) -> None:
-        _table([dict(zip(r["columns"], row, strict=False)) for row in r["rows"]], [(c, c) for c in r["columns"]],
-               title=f"{r['row_count']} rows{' (cut at the limit)' if r['truncated'] else ''}")
+        print_table([dict(zip(r["columns"], row, strict=False)) for row in r["rows"]], [(c, c) for c in r["columns"]],
+                    title=f"{r['row_count']} rows{' (cut at the limit)' if r['truncated'] else ''}")
 
-    _print(result, args.json, render)
+    output(result, args.json, render)
 
 
 COMMANDS = {

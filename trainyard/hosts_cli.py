@@ -12,9 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import msgspec
 
 from shared import tls
+from shared.nats import auth as natsauth
 from shared.nats import join, users
 from shared.paths import private_dir
 
@@ -92,8 +94,6 @@ def _add(args: argparse.Namespace, data_dir: Path, nats_dir: Path) -> int:
 
 
 def _list(data_dir: Path, nats_dir: Path) -> int:
-    from shared.nats import auth as natsauth
-
     rows = [(h.host, "nkey", time.strftime("%Y-%m-%d %H:%M", time.localtime(h.joined_s)))
             for h in users.joined_hosts(nats_dir)]
     rows += [(c.user.removeprefix("agent-"), "password (local)", "")
@@ -107,8 +107,6 @@ def _list(data_dir: Path, nats_dir: Path) -> int:
 
 def _host_states(data_dir: Path) -> dict[str, str]:
     """Each host's state as the gateway of this data dir shows it ({} if it does not answer)."""
-    import httpx
-
     endpoints = read_endpoints(data_dir)
     token_file = data_dir / "api-token"
     if endpoints is None or not token_file.exists():

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 from shared.workdir import pack
 from trainyard.gateway_client import ClientError, Gateway
+from trainyard.render import output, print_table
 
 API = "/api/v1/training"
 # The gateway's cap (workdir_max_bytes, 100 MiB by default) decides; this only keeps the CLI
@@ -36,19 +37,17 @@ def upload_workdir(gw: Gateway, directory: str, limit_bytes: int = PACK_LIMIT_BY
 
 
 def cmd_files(gw: Gateway, args: argparse.Namespace) -> None:
-    from trainyard.client import _print, _table
-
     listing = gw.call("GET", f"{API}/jobs/{args.job}/files")
 
     def render(found: dict[str, Any]) -> None:
         rows = [{"path": f["path"], "size": f["size"],
                  "modified": datetime.datetime.fromtimestamp(f["mtime_s"]).strftime("%Y-%m-%d %H:%M:%S")}
                 for f in found["files"]]
-        _table(rows, [("path", "path"), ("size", "bytes"), ("modified", "modified")],
+        print_table(rows, [("path", "path"), ("size", "bytes"), ("modified", "modified")],
                title=f"{len(rows)} files of {found['job_id']} on {found['host']}"
                      + (" (the first 10,000)" if found["truncated"] else ""))
 
-    _print(listing, args.json, render)
+    output(listing, args.json, render)
 
 
 def cmd_download(gw: Gateway, args: argparse.Namespace) -> None:
