@@ -18,8 +18,7 @@ from shared.config import AgentSettings
 from shared.nats.auth import agent_user
 from shared.nats.connect import NkeyIdentity
 from shared.nats.join import token_hash
-from shared.nats.users import write_private
-from shared.paths import private_dir
+from shared.paths import private_dir, write_private
 
 JOIN_PATH = "/api/v1/training/hosts/join"
 CA_PATH = "/api/v1/training/join/ca.pem"

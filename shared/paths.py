@@ -32,6 +32,16 @@ def private_dir(path: Path) -> Path:
     return path
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """Write `data` to `path` readable by the owner alone (0600), atomically (a temporary file
+    beside it, then renamed): a reader never sees half a token, key or config."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 def hold_lock(path: Path) -> int | str:
     """An exclusive lock on `path`, held as long as this process lives (by the returned
     descriptor, which records our pid), or the pid of the process that holds it."""

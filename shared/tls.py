@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import ipaddress
-import os
 import socket
 import ssl
 from pathlib import Path
@@ -17,6 +16,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from shared.paths import write_private
 
 CA_FILE = "ca.pem"
 CERT_FILE = "server.pem"
@@ -61,8 +62,8 @@ def ensure_certificates(data_dir: Path, extra_names: list[str] | None = None) ->
                                              data_encipherment=False, key_agreement=False,
                                              encipher_only=False, decipher_only=False), critical=True)
                 .sign(key, hashes.SHA256()))
-        _write(ca_key_path, _key_pem(key))
-        _write(ca_path, cert.public_bytes(serialization.Encoding.PEM))
+        write_private(ca_key_path, _key_pem(key))
+        write_private(ca_path, cert.public_bytes(serialization.Encoding.PEM))
     dns, ips = local_names()
     for name in extra_names or []:
         try:
@@ -90,8 +91,8 @@ def _server_certificate(folder: Path, dns: list[str], ips: list[str]) -> None:
             .add_extension(x509.SubjectAlternativeName(sorted(wanted, key=str)), critical=False)
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256()))
-    _write(folder / KEY_FILE, _key_pem(key))
-    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    write_private(folder / KEY_FILE, _key_pem(key))
+    write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
 
 
 def _builder(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey,
@@ -106,12 +107,6 @@ def _builder(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurve
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
-
-
-def _write(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
 
 
 def client_context(ca_file: str | Path) -> ssl.SSLContext:

@@ -82,9 +82,9 @@ UP_LOCK = "up.lock"
 
 def cmd_up(args: argparse.Namespace) -> int:
     from gateway.api.auth import ensure_admin_token
-    from trainyard.hosts_cli import Endpoints, write_endpoints
+    from trainyard.endpoints import Endpoints, write_endpoints
     from trainyard.jetstream_watch import JetStreamWatch
-    from trainyard.stack import Stack, cluster_nodes, host_token, is_loopback, wait_for_host_online
+    from trainyard.stack import Stack, cluster_nodes, host_token, is_loopback, url_host, wait_for_host_online
 
     data_dir = private_dir(Path(args.data_dir).resolve())
     lock = hold_lock(data_dir / UP_LOCK)  # one `up` per data dir, as long as this process lives
@@ -102,14 +102,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         stack.listen, bind = args.listen, args.listen
         stack.tls_folder = tls.ensure_certificates(data_dir, [advertise])
     scheme = stack.nats_scheme
-    here = stack.url_host()
+    here = url_host(stack.local_address)
     nats_url = ",".join(f"{scheme}://{here}:{n.port}" for n in nodes) or f"{scheme}://{here}:{args.nats_port}"
     local_api = stack.local_api_url(args.port)
-    api_url = f"{'https' if stack.tls_folder else 'http'}://{_url_host(advertise)}:{args.port}"
+    api_url = f"{'https' if stack.tls_folder else 'http'}://{url_host(advertise)}:{args.port}"
     endpoints = Endpoints(
         api_url=api_url, ca_pin=tls.ca_pin((stack.tls_folder / tls.CA_FILE).read_bytes()) if stack.tls_folder else "",
-        nats_url=",".join(f"{scheme}://{_url_host(advertise)}:{n.port}" for n in nodes)
-        or f"{scheme}://{_url_host(advertise)}:{args.nats_port}")
+        nats_url=",".join(f"{scheme}://{url_host(advertise)}:{n.port}" for n in nodes)
+        or f"{scheme}://{url_host(advertise)}:{args.nats_port}")
     write_endpoints(data_dir, endpoints)
     stopping = False
 
@@ -197,10 +197,6 @@ def _advertised_address(listen: str) -> str:
     _names, addresses = tls.local_names()
     usable = [a for a in addresses if not ipaddress.ip_address(a).is_loopback and ":" not in a]
     return usable[0] if usable else socket.gethostname()
-
-
-def _url_host(address: str) -> str:
-    return f"[{address}]" if ":" in address else address
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:

@@ -4,7 +4,6 @@ the environment, or what `trainyard up` left in --data-dir), and the HTTP calls 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import ssl
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from typing import Any
 import httpx
 
 from shared import tls
+from trainyard.endpoints import local_ca, read_endpoints
 
 
 class ClientError(Exception):
@@ -25,10 +25,11 @@ class ClientError(Exception):
 
 
 class Gateway:
-    def __init__(self, url: str, token: str | None, token_from: str = "", ca_file: str = "") -> None:
+    def __init__(self, url: str, token: str | None, token_from: str = "", ca_file: str = "",
+                 timeout_s: float = 60.0) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         verify: ssl.SSLContext | bool = tls.client_context(ca_file) if ca_file else True
-        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=60, verify=verify)
+        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s, verify=verify)
         self.token_from = token_from  # where the token was found, for the hint on a 401
 
     def failure(self, r: httpx.Response) -> ClientError:
@@ -110,12 +111,7 @@ def url_and_ca(args: argparse.Namespace) -> tuple[str, str]:
     """The gateway's URL (--url, TRAINYARD_URL, else where `trainyard up` in --data-dir said it
     listens) and the CA to trust for https (TRAINYARD_CA, else up's own CA in --data-dir)."""
     data_dir = Path(args.data_dir)
-    url = args.url or os.environ.get("TRAINYARD_URL", "")
-    if not url:
-        try:
-            url = json.loads((data_dir / "endpoints.json").read_text())["api_url"]
-        except (OSError, ValueError, KeyError):
-            url = "http://127.0.0.1:8000"
-    ca = os.environ.get("TRAINYARD_CA") or (str(data_dir / "tls" / tls.CA_FILE)
-                                            if (data_dir / "tls" / tls.CA_FILE).exists() else "")
-    return url, ca
+    endpoints = read_endpoints(data_dir)
+    url = (args.url or os.environ.get("TRAINYARD_URL", "")
+           or (endpoints.api_url if endpoints else "http://127.0.0.1:8000"))
+    return url, os.environ.get("TRAINYARD_CA") or local_ca(data_dir)

@@ -12,34 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-import msgspec
-
-from shared import tls
 from shared.nats import auth as natsauth
 from shared.nats import join, users
 from shared.paths import private_dir
-
-ENDPOINTS_FILE = "endpoints.json"
-
-
-class Endpoints(msgspec.Struct, kw_only=True):
-    """Where hosts reach this trainyard (written by `trainyard up`)."""
-
-    api_url: str
-    nats_url: str
-    ca_pin: str = ""  # empty: loopback only, no TLS
-
-
-def write_endpoints(data_dir: Path, endpoints: Endpoints) -> None:
-    users.write_private(data_dir / ENDPOINTS_FILE, msgspec.json.encode(endpoints))
-
-
-def read_endpoints(data_dir: Path) -> Endpoints | None:
-    try:
-        return msgspec.json.decode((data_dir / ENDPOINTS_FILE).read_bytes(), type=Endpoints)
-    except (OSError, msgspec.DecodeError):
-        return None
+from trainyard.endpoints import Endpoints, local_ca, read_endpoints
+from trainyard.gateway_client import ClientError, Gateway
 
 
 def join_command(endpoints: Endpoints, host: str, token: str) -> str:
@@ -111,13 +88,10 @@ def _host_states(data_dir: Path) -> dict[str, str]:
     token_file = data_dir / "api-token"
     if endpoints is None or not token_file.exists():
         return {}
-    ca = tls.tls_dir(data_dir) / tls.CA_FILE
+    gateway = Gateway(endpoints.api_url, token_file.read_text().strip(), ca_file=local_ca(data_dir), timeout_s=5.0)
     try:
-        r = httpx.get(f"{endpoints.api_url}/api/v1/training/hosts", timeout=5.0,
-                      headers={"Authorization": f"Bearer {token_file.read_text().strip()}"},
-                      verify=tls.client_context(ca) if ca.exists() else True)
-        return {h["host"]: h["status"] for h in r.json()} if r.status_code == 200 else {}
-    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return {h["host"]: h["status"] for h in gateway.call("GET", "/api/v1/training/hosts")}
+    except (ClientError, ValueError, KeyError, TypeError):
         return {}
 
 

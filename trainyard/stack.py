@@ -21,6 +21,7 @@ from pathlib import Path
 from shared import tls
 from shared.nats import auth as natsauth
 from shared.nats import users
+from shared.paths import write_private
 
 
 def nats_server_binary() -> str:
@@ -125,29 +126,25 @@ def write_nats_config(nats_dir: Path, port: int, monitor_port: int = 0, node: Na
     # A Stack that did not start the server (it adds an agent user) keeps the monitoring port:
     # nats-server cannot change it on a reload.
     monitor_port = monitor_port or _configured_monitor_port(conf)
-    tmp = conf.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds passwords
-    with os.fdopen(fd, "w") as f:
-        f.write(
-            "# Written by trainyard up; the deployment template is nats.conf in the repository.\n"
-            f"listen: {_host_port(listen, port)}\n"
-            + (f'tls {{\n  cert_file: "{tls_folder / tls.CERT_FILE}"\n  key_file: "{tls_folder / tls.KEY_FILE}"\n'
-               "  timeout: 5\n}\n" if tls_folder else "")
-            # Monitoring on loopback: /healthz names a stream that hit a write error (a full
-            # disk), which the gateway's /health and up's restart of nats-server read.
-            + (f"http: 127.0.0.1:{monitor_port}\n" if monitor_port else "")
-            + f'pid_file: "{nats_dir / f"nats-server{suffix}.pid"}"\n'
-            "max_payload: 8MB\n"
-            "jetstream {\n"
-            f'  store_dir: "{nats_dir / f"jetstream{suffix}"}"\n'
-            "  max_file_store: 50GB\n"
-            "}\n"
-            + (f"server_name: {node.name}\ncluster {{\n  name: trainyard\n  listen: 127.0.0.1:{node.route_port}\n"
-               f"  routes: [{', '.join(f'nats-route://127.0.0.1:{r}' for r in node.peers if r != node.route_port)}]\n"
-               "}\n" if node else "")
-            + f'include "{auth_file.name}"\n'
-        )
-    os.replace(tmp, conf)
+    write_private(conf, (  # it names the auth file, not passwords, but keep it private
+        "# Written by trainyard up; the deployment template is nats.conf in the repository.\n"
+        f"listen: {url_host(listen)}:{port}\n"
+        + (f'tls {{\n  cert_file: "{tls_folder / tls.CERT_FILE}"\n  key_file: "{tls_folder / tls.KEY_FILE}"\n'
+           "  timeout: 5\n}\n" if tls_folder else "")
+        # Monitoring on loopback: /healthz names a stream that hit a write error (a full
+        # disk), which the gateway's /health and up's restart of nats-server read.
+        + (f"http: 127.0.0.1:{monitor_port}\n" if monitor_port else "")
+        + f'pid_file: "{nats_dir / f"nats-server{suffix}.pid"}"\n'
+        "max_payload: 8MB\n"
+        "jetstream {\n"
+        f'  store_dir: "{nats_dir / f"jetstream{suffix}"}"\n'
+        "  max_file_store: 50GB\n"
+        "}\n"
+        + (f"server_name: {node.name}\ncluster {{\n  name: trainyard\n  listen: 127.0.0.1:{node.route_port}\n"
+           f"  routes: [{', '.join(f'nats-route://127.0.0.1:{r}' for r in node.peers if r != node.route_port)}]\n"
+           "}\n" if node else "")
+        + f'include "{auth_file.name}"\n'
+    ).encode())
     return conf
 
 
@@ -158,8 +155,9 @@ def is_loopback(address: str) -> bool:
         return address == "localhost"
 
 
-def _host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+def url_host(address: str) -> str:
+    """An address as the host part of a URL or `host:port` (an IPv6 address in brackets)."""
+    return f"[{address}]" if ":" in address else address
 
 
 def _configured_monitor_port(conf: Path) -> int:
@@ -193,9 +191,6 @@ class Stack:
         """Where processes on this machine reach nats-server and the gateway: loopback, unless
         they listen on one other address only."""
         return "127.0.0.1" if self.listen in ("0.0.0.0", "::") or is_loopback(self.listen) else self.listen
-
-    def url_host(self) -> str:
-        return f"[{self.local_address}]" if ":" in self.local_address else self.local_address
 
     @property
     def nats_scheme(self) -> str:
@@ -248,7 +243,7 @@ class Stack:
 
     def local_api_url(self, port: int) -> str:
         """The gateway's URL from this machine (https when it serves TLS)."""
-        return f"{'https' if self.tls_folder else 'http'}://{self.url_host()}:{port}"
+        return f"{'https' if self.tls_folder else 'http'}://{url_host(self.local_address)}:{port}"
 
     def spawn(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -278,7 +273,7 @@ class Stack:
             wait_for_port(node.port, dict(self.procs)[f"nats-{node.name}"], f"nats-server {node.name}",
                           address=self.local_address)
         self.nats_monitor_port = self.node_monitor_ports[nodes[0].name]
-        return ",".join(f"{self.nats_scheme}://{self.url_host()}:{node.port}" for node in nodes)
+        return ",".join(f"{self.nats_scheme}://{url_host(self.local_address)}:{node.port}" for node in nodes)
 
     def start_nats_node(self, data_dir: Path, node: NatsNode, wait: bool = True) -> subprocess.Popen:
         """Start (or start again) one node of the cluster."""

@@ -17,6 +17,8 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 
+from shared.paths import write_private
+
 ROLES = ("viewer", "operator", "admin")
 TOKENS_FILE = "tokens.json"
 ADMIN_TOKEN_FILE = "api-token"
@@ -127,11 +129,8 @@ class TokenStore:
         return len(gone)
 
     def _write(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({d: {"role": r, "name": self._names[d]} for d, r in self._roles.items()}, f, indent=1)
-        tmp.replace(self.path)
+        entries = {d: {"role": r, "name": self._names[d]} for d, r in self._roles.items()}
+        write_private(self.path, json.dumps(entries, indent=1).encode())
 
 
 def ensure_admin_token(data_dir: Path) -> str:

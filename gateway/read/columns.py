@@ -45,7 +45,7 @@ def series_columns(table: pa.Table, fields: list[str], limit: int) -> list[tuple
         start = max(lo, hi - limit)
         part = table.slice(start, hi - start)
         name: Any = names.dictionary[codes[lo]].as_py()
-        found.append((str(name), hi - lo, {f: encode_field(part.column(f), f in INTEGER_FIELDS) for f in fields}))
+        found.append((str(name), hi - lo, _encoded(part, fields)))
     return found
 
 
@@ -60,4 +60,8 @@ def single_series_columns(name: str, table: pa.Table, fields: list[str],
         table = table.take(pa.array(np.argsort(key, kind="stable")))
     total = table.num_rows
     part = table.slice(max(0, total - limit))
-    return [(name, total, {f: encode_field(part.column(f), f in INTEGER_FIELDS) for f in fields})]
+    return [(name, total, _encoded(part, fields))]
+
+
+def _encoded(part: pa.Table, fields: list[str]) -> dict[str, bytes]:
+    return {f: encode_field(part.column(f), f in INTEGER_FIELDS) for f in fields}

@@ -121,9 +121,6 @@ class JobService(ArrayJobs):
         if spec.webhook_url:
             await self._check_webhook(spec.webhook_url)
         self._check_dependencies(spec)
-        if spec.workdir and getattr(spec, "cwd", None):
-            raise InvalidField("give workdir (the code travels; it runs in the run dir) or cwd (a directory on the "
-                               "host), not both", field="workdir")
         if spec.workdir and self.workdirs is not None:
             await self.workdirs.require(spec.workdir)
         if spec.array is not None or spec.sweep:

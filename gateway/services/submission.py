@@ -101,6 +101,9 @@ def check_request(spec: JobRequest, role: str) -> None:
         raise InvalidField("webhook_progress needs a webhook_url to post to", field="webhook_progress")
     if len(set(spec.webhook_progress)) != len(spec.webhook_progress):
         raise InvalidField("webhook_progress names a percentage twice", field="webhook_progress")
+    if spec.workdir and getattr(spec, "cwd", None):
+        raise InvalidField("give workdir (the code travels; it runs in the run dir) or cwd (a directory on the "
+                           "host), not both", field="workdir")
     _check_env(spec, role)
     _check_gpus(spec)
     _check_text(spec)

@@ -17,6 +17,7 @@ import msgspec
 
 from shared.ids import check_token
 from shared.nats import users
+from shared.paths import write_private
 
 DEFAULT_TTL_S = 3600.0
 
@@ -58,7 +59,7 @@ def issue(nats_dir: Path, host: str, ttl_s: float = DEFAULT_TTL_S, replace: bool
     folder = tokens_dir(nats_dir)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     ticket = JoinTicket(host=host, expires_s=time.time() + ttl_s, replace=replace)
-    users.write_private(folder / f"{token_hash(token)}.json", msgspec.json.encode(ticket))
+    write_private(folder / f"{token_hash(token)}.json", msgspec.json.encode(ticket))
     return token
 
 

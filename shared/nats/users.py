@@ -31,6 +31,7 @@ import psutil
 
 from shared.ids import check_token
 from shared.nats import auth as natsauth
+from shared.paths import write_private
 
 AUTH_FILE = "auth.conf"
 RELOADED = "Reloaded server configuration"
@@ -128,12 +129,12 @@ def reload_servers(nats_dir: Path, timeout_s: float = 5.0) -> int:
             if "nats-server" not in psutil.Process(pid).name():
                 continue  # a stale pid file whose number another process has now: not ours to signal
             log = nats_dir.parent / "logs" / f"nats{suffix}.log"
-            before = _count_reloads(log)
+            start = log.stat().st_size if log.exists() else 0  # the reload's line comes after this
             os.kill(pid, signal.SIGHUP)
         except (OSError, ValueError, psutil.Error):
             continue  # not running (a stale pid file): it reads auth.conf when it starts
         deadline = time.monotonic() + timeout_s
-        while _count_reloads(log) <= before:
+        while not _reloaded_since(log, start):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nats-server {pid} did not reload its configuration within {timeout_s:.0f}s")
             time.sleep(0.02)
@@ -141,16 +142,12 @@ def reload_servers(nats_dir: Path, timeout_s: float = 5.0) -> int:
     return reloaded
 
 
-def _count_reloads(log: Path) -> int:
+def _reloaded_since(log: Path, start: int) -> bool:
+    """Whether the log says, past byte `start`, that the server reloaded (read from there only:
+    a server's log grows for as long as it runs)."""
     try:
-        return log.read_text(errors="replace").count(RELOADED)
+        with open(log, "rb") as f:
+            f.seek(start)
+            return RELOADED.encode() in f.read()
     except OSError:
-        return 0
-
-
-def write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+        return False
