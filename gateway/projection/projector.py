@@ -73,6 +73,8 @@ class Projector(JobView):
         # Streams whose last write failed (a full disk, a DuckDB fault), with the error: they are
         # retried with back-off until the write goes through (see _write_until_done).
         self.write_errors: dict[str, str] = {}
+        # Streams whose consumer could not be made again yet (_refeed), with the error.
+        self.read_errors: dict[str, str] = {}
         # Per stream, its last sequence when this process started: until the projection has it,
         # a job it does not show yet may exist (a fresh or set-aside file is being replayed).
         self.catch_up_to: dict[str, int] = {}
@@ -102,11 +104,13 @@ class Projector(JobView):
             return f"stopped: {self.last_error}"
         if self.write_errors:
             return "writes failing, retrying: " + "; ".join(f"{s}: {e}" for s, e in self.write_errors.items())
+        if self.read_errors:
+            return "reading again failing, retrying: " + "; ".join(f"{s}: {e}" for s, e in self.read_errors.items())
         return self.catching_up() or "ok"
 
     @property
     def ok(self) -> bool:
-        return self.healthy and not self.write_errors and self.catching_up() is None
+        return self.healthy and not self.write_errors and not self.read_errors and self.catching_up() is None
 
     def catching_up(self) -> str | None:
         """What the projection has yet to replay of what the streams held when it started."""
@@ -162,12 +166,29 @@ class Projector(JobView):
 
     # ---- the loop ----------------------------------------------------------------------------
     async def _refeed(self, nc: Client, js: JetStreamContext, stream: str, consumer: str) -> PullFeed:
-        """A fresh consumer from the first sequence not yet applied, and a feed on it."""
-        await self._reset_consumer(js, stream, consumer)
-        feed = PullFeed(nc, stream, consumer, batch=self.batch)
-        await feed.start()
-        self._feeds.append(feed)
-        return feed
+        """A fresh consumer from the first sequence not yet applied, and a feed on it. A refeed
+        comes after a reconnect or a leader change, when the cluster may not answer for a while
+        yet (timeouts, "JetStream system temporarily unavailable"): it is tried again with
+        back-off until it works. Giving up here stopped the stream's projection for good (a
+        3-node cluster with a node restarting showed it)."""
+        delay_s = WRITE_RETRY_FIRST_S
+        while True:
+            try:
+                await self._reset_consumer(js, stream, consumer)
+                feed = PullFeed(nc, stream, consumer, batch=self.batch)
+                await feed.start()
+            except Exception as exc:  # not CancelledError: a stop still stops
+                if stream not in self.read_errors:
+                    log.warning("projector: reading %s again failed (%r); retrying with back-off", stream, exc)
+                self.read_errors[stream] = repr(exc)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, WRITE_RETRY_MAX_S)
+                continue
+            if self.read_errors.pop(stream, None) is not None:
+                log.warning("projector: reading %s works again", stream)
+            self._feeds = [f for f in self._feeds if f.started]
+            self._feeds.append(feed)
+            return feed
 
     async def _follow(self, stream: str, feed: PullFeed, refeed: Callable[[], Awaitable[PullFeed]]) -> None:
         # Heartbeats are written at most every HOST_BATCH_GAP_S, many at a time: one per host

@@ -62,6 +62,10 @@ class PullFeed:
             self._inbox, cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1
         )
 
+    @property
+    def started(self) -> bool:
+        return self._sub is not None
+
     async def stop(self) -> None:
         if self._sub is not None:
             try:

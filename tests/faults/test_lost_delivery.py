@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,3 +63,39 @@ def test_a_skipped_delivery_is_read_again(rig: Rig, stream: str, tmp_path: Path)
         time.sleep(0.5)
     assert rig.api.client.get("/health").json()["projector"] == "ok"
     assert "reading again" in (rig.data_dir / "logs" / "gateway.log").read_text()
+
+
+async def delete_consumer(rig: Rig, stream: str) -> None:
+    nc = await nats.connect(rig.nats_url, **rig.stack.connect_options())
+    try:
+        await nc.jetstream().delete_consumer(stream, subjects.projector_consumer("g1", stream))
+    finally:
+        await nc.close()
+
+
+def test_reading_again_waits_for_a_cluster_that_does_not_answer_yet(rig: Rig) -> None:
+    """The projector must make its consumer again after a reconnect or a leader change, when the
+    cluster may not answer for seconds (a 3-node cluster with a node restarting showed it: the
+    projector gave up on the first timeout and its projection froze for good). Here its consumer
+    goes away while the gateway is paused, and NATS is paused before the gateway goes on: its
+    first tries to make the consumer again time out."""
+    job = rig.api.submit(paced(3000, 8.0))
+    rig.api.wait(job, statuses={"running"})
+    time.sleep(1)
+    gateway, server = rig.procs["gateway"], rig.procs["nats"]
+    gateway.send_signal(signal.SIGSTOP)
+    try:
+        asyncio.run(delete_consumer(rig, subjects.LOG_STREAM))  # it learns it as soon as it runs again
+        server.send_signal(signal.SIGSTOP)
+        gateway.send_signal(signal.SIGCONT)
+        time.sleep(8)  # longer than a JetStream API request waits (5 s): at least one try fails
+    finally:
+        server.send_signal(signal.SIGCONT)
+        gateway.send_signal(signal.SIGCONT)
+    assert rig.api.wait(job, timeout_s=60)["status"] == "succeeded"
+    deadline = time.monotonic() + 20
+    while not (lines := check_lines(rig.api, job, 3000)).exact:
+        assert time.monotonic() < deadline, (lines, rig.api.client.get("/health").json())
+        time.sleep(0.5)
+    rig.wait_healthy()
+    assert "reading TY_LOG again failed" in (rig.data_dir / "logs" / "gateway.log").read_text()
