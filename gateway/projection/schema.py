@@ -20,7 +20,7 @@ log = logging.getLogger("trainyard.schema")
 
 # Bump when the DDL changes. The projection is disposable: a file of another version is moved
 # aside and a fresh one replays the streams from the start.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 DDL = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -57,6 +57,12 @@ CREATE TABLE IF NOT EXISTS logs (
 CREATE TABLE IF NOT EXISTS metrics (
     job_id VARCHAR NOT NULL, job_key BIGINT NOT NULL, attempt INTEGER NOT NULL, seq BIGINT NOT NULL,
     step BIGINT, epoch DOUBLE, name VARCHAR NOT NULL, value DOUBLE NOT NULL, ts_s DOUBLE NOT NULL
+);
+-- Whole blocks of 8 consecutive points of a series, rolled up at ingest (projection/blocks.py).
+CREATE TABLE IF NOT EXISTS metric_blocks (
+    job_id VARCHAR NOT NULL, job_key BIGINT NOT NULL, attempt INTEGER NOT NULL, name VARCHAR NOT NULL,
+    block BIGINT NOT NULL, n INTEGER NOT NULL, value_sum DOUBLE NOT NULL, step BIGINT, epoch DOUBLE,
+    ts_s DOUBLE NOT NULL, first_seq BIGINT NOT NULL, last_seq BIGINT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS progress (
     job_id VARCHAR NOT NULL, attempt INTEGER NOT NULL,
@@ -108,7 +114,7 @@ CHECKPOINT_THRESHOLD = "64MB"
 
 # Tables a rebuild must reproduce exactly (hosts/gpus hold "latest" rows and compare too).
 PROJECTED_TABLES = (
-    "jobs", "job_events", "logs", "metrics", "progress", "checkpoints",
+    "jobs", "job_events", "logs", "metrics", "metric_blocks", "progress", "checkpoints",
     "hosts", "gpus", "gpu_samples", "exports", "scheduler_events",
 )
 

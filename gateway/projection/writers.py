@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 from gateway.projection.admission import decode_checked
 from gateway.projection.arrow import LOG_COLUMNS, METRIC_COLUMNS, SMALL_BATCH_ROWS, Tables
 from gateway.projection.batch import PreparedBatch
+from gateway.projection.blocks import MetricBlocks
 from gateway.projection.view import JobView
 from shared import events as ev
 from shared import subjects
@@ -25,7 +26,7 @@ _spec_encoder = msgspec.json.Encoder()
 
 # What a deleted job leaves behind: nothing but its rows in job_events.
 _JOB_TABLES = ("jobs", "progress", "checkpoints", "exports")
-_JOB_KEYED_TABLES = ("logs", "metrics")
+_JOB_KEYED_TABLES = ("logs", "metrics", "metric_blocks")
 # Up to this many moved jobs, each is an UPDATE of the columns that changed (_update_job_rows).
 FEW_ROWS = 3
 
@@ -51,6 +52,7 @@ class BatchWriter:
         self.view = view
         self._cursors = cursors
         self.tables = Tables(view.con)
+        self.blocks = MetricBlocks(self.tables)  # used on the job stream's writer thread only
 
     def write(self, batch: PreparedBatch) -> None:
         if not batch.msgs:
@@ -69,11 +71,15 @@ class BatchWriter:
             )
             con.execute("COMMIT")
         except BaseException:
+            if batch.stream == subjects.JOB_STREAM:
+                self.blocks.abandoned()
             # A failed COMMIT has already rolled back (DuckDB ends the transaction): a second
             # rollback would fail and hide the error that matters, e.g. "No space left on device".
             with contextlib.suppress(duckdb.Error):
                 con.execute("ROLLBACK")
             raise
+        if batch.stream == subjects.JOB_STREAM:
+            self.blocks.committed()
 
     def _apply_logs(self, con: duckdb.DuckDBPyConnection, batches: list[ev.LogBatch]) -> None:
         """Columns built in Arrow from the batches as they travel (ev.LogBatch): the texts
@@ -96,7 +102,11 @@ class BatchWriter:
         )
 
     def _write_metrics(self, con: duckdb.DuckDBPyConnection, batches: list[ev.MetricsRecorded]) -> None:
-        """A few points (a job reporting now and then) bound as parameters; more through Arrow."""
+        """A few points (a job reporting now and then) bound as parameters; more through Arrow.
+        Then the blocks they complete (projection/blocks.py)."""
+        if not batches:
+            return
+        self.blocks.write(con, batches)
         if sum(len(b.name) for b in batches) > SMALL_BATCH_ROWS:
             self.tables.run_with(con, self.tables.metric_rows(batches),
                                  f"INSERT INTO metrics ({', '.join(METRIC_COLUMNS)}) SELECT * FROM arrow_rows")
@@ -194,6 +204,7 @@ class BatchWriter:
                 con.execute(f"DELETE FROM {table} WHERE job_id = ?", [job_id])
             for table in _JOB_KEYED_TABLES:
                 con.execute(f"DELETE FROM {table} WHERE job_key = ? AND job_id = ?", [job_key(job_id), job_id])
+            self.blocks.forget(job_id)
         if progress:
             self.view.latest_progress.update(progress)
             p = list(progress.values())

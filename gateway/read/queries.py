@@ -13,8 +13,7 @@ import duckdb
 import msgspec
 
 from gateway import schemas as views
-from gateway.read.columns import series_columns, single_series_columns
-from gateway.read.metric_query import LeftOut, MetricQuery
+from gateway.read.metric_reads import MetricReads
 from shared import events as ev
 from shared.ids import job_key
 
@@ -74,7 +73,7 @@ class LogFilter:
         return " AND ".join(where), params
 
 
-class Reader:
+class Reader(MetricReads):
     def __init__(self, con: duckdb.DuckDBPyConnection, threads: int = 2) -> None:
         self._con = con
         self._local = threading.local()
@@ -219,46 +218,6 @@ class Reader:
         for trainer, seconds in rows:
             out.setdefault(trainer, []).append(float(seconds))
         return out
-
-    # ---- metrics ---------------------------------------------------------------------------
-    async def metrics(self, job_id: str, query: MetricQuery) -> tuple[dict[str, list[views.MetricPoint]], LeftOut]:
-        """Each series' latest `query.limit` points, as points; and per series how many points
-        the limit left out (only those it cut)."""
-        sql, params = query.sql(job_id)
-        rows = await self.run(lambda c: c.execute(
-            f"SELECT name, attempt, step, epoch, value, ts_s, total FROM ({sql}) ORDER BY name, attempt, k",
-            params).fetchall())
-        series: dict[str, list[views.MetricPoint]] = {}
-        totals: dict[str, int] = {}
-        for name, at, step, epoch, value, ts, total in rows:
-            series.setdefault(name, []).append(
-                views.MetricPoint(attempt=at, step=step, epoch=epoch, value=value, ts_s=ts))
-            totals[name] = total
-        return series, {name: totals[name] - len(points) for name, points in series.items()
-                        if totals[name] > len(points)}
-
-    async def metric_columns(self, job_id: str, query: MetricQuery) -> tuple[dict[str, views.MetricColumns], LeftOut]:
-        """The same as columns: one JSON array per field (gateway/read/columns.py), no Python
-        object per point."""
-        sql, params = query.points(job_id)
-        wanted = [f for f in views.METRIC_FIELDS if f in query.fields]
-
-        def fetch(c: duckdb.DuckDBPyConnection) -> list[tuple[str, int, dict[str, bytes]]]:
-            # sql(), not execute(): its Arrow result is not copied once more
-            if len(query.names) == 1:
-                # One series (a chart's request): no name per row, and no sort when the points
-                # come in order, as they are stored (the fetch takes half the time).
-                table = c.sql(f"SELECT attempt AS _a, k AS _k, {', '.join(wanted)} FROM ({sql})",
-                              params=params).to_arrow_table()
-                return single_series_columns(query.names[0], table, wanted, query.limit)
-            table = c.sql(f"SELECT name, {', '.join(wanted)} FROM ({sql}) ORDER BY name, attempt, k",
-                          params=params).to_arrow_table()
-            return series_columns(table, wanted, query.limit)
-
-        rows = await self.run(fetch)
-        series = {name: views.MetricColumns(**{f: msgspec.Raw(v) for f, v in arrays.items()})
-                  for name, _total, arrays in rows}
-        return series, {name: total - query.limit for name, total, _ in rows if total > query.limit}
 
     async def job_gpus(self, job_id: str, *, attempt: int | None, points: int) -> list[views.JobGpuSeries]:
         """The job's GPUs over time (view job_gpu_samples), at most `points` per GPU and attempt."""

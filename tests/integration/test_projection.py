@@ -21,7 +21,7 @@ from shared.nats.connect import close_quietly, connect
 from tests.conftest import Api, Cluster, python_job
 from trainyard.stack import Stack, free_port, wait_for_health
 
-JOB_TABLES = ("jobs", "job_events", "logs", "metrics", "progress", "checkpoints")
+JOB_TABLES = ("jobs", "job_events", "logs", "metrics", "metric_blocks", "progress", "checkpoints")
 
 
 def start_replica(stack: Stack, data_dir: Path, port: int, nats_url: str) -> subprocess.Popen:
