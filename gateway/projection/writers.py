@@ -52,7 +52,7 @@ class BatchWriter:
         self.view = view
         self._cursors = cursors
         self.tables = Tables(view.con)
-        self.blocks = MetricBlocks(self.tables)  # used on the job stream's writer thread only
+        self.blocks = MetricBlocks()  # used on the job stream's writer thread only
 
     def write(self, batch: PreparedBatch) -> None:
         if not batch.msgs:
@@ -106,11 +106,13 @@ class BatchWriter:
         Then the blocks they complete (projection/blocks.py)."""
         if not batches:
             return
-        self.blocks.write(con, batches)
         if sum(len(b.name) for b in batches) > SMALL_BATCH_ROWS:
-            self.tables.run_with(con, self.tables.metric_rows(batches),
+            rows = self.tables.metric_rows(batches)
+            self.blocks.write(con, rows)
+            self.tables.run_with(con, rows,
                                  f"INSERT INTO metrics ({', '.join(METRIC_COLUMNS)}) SELECT * FROM arrow_rows")
             return
+        self.blocks.write(con, self.tables.metric_rows(batches))
         cols: dict[str, list] = {k: [] for k in METRIC_COLUMNS}
         for b in batches:
             n = len(b.name)

@@ -70,11 +70,6 @@ class MetricQuery:
         range may cut a block)."""
         return bool(self.downsample) and self.by == "step" and self.step_min is None and self.step_max is None
 
-    def series_blocks(self, job_id: str) -> tuple[str, list[Any]]:
-        """For `from_blocks`: (attempt, name, blocks) of each series asked for."""
-        cond, params = self._where(job_id)
-        return f"SELECT attempt, name, count(*) FROM metric_blocks WHERE {cond} GROUP BY ALL", params
-
     def block_rows(self, job_id: str, series: list[tuple[int, str]] | None, blocks: bool) -> tuple[str, list[Any]]:
         """For `from_blocks`: the blocks of `series` (None: of every series asked for) if
         `blocks`, else their points as blocks of one; as (name, attempt, k: the order, n, v:

@@ -9,6 +9,7 @@ import duckdb
 import msgspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from gateway import schemas as views
 from gateway.read.columns import series_columns, single_series_columns
@@ -25,27 +26,34 @@ class MetricReads:
     async def _from_blocks(self, job_id: str, query: MetricQuery) -> pa.Table:
         """The downsampled points of `query.from_blocks`, sorted by name, attempt, k. A series
         with enough blocks for every bucket is read from them (projection/blocks.py), another
-        from its points; each series whole in one statement."""
+        from its points: the blocks of every series asked for come first, and only those too
+        short are read again, from their points (each series whole from one statement)."""
         buckets = query.downsample or 1
 
         def fetch(c: duckdb.DuckDBPyConnection) -> pa.Table:
-            sql, params = query.series_blocks(job_id)
-            long: list[tuple[int, str]] = []
-            short: list[tuple[int, str]] = []
-            for attempt, name, blocks in c.execute(sql, params).fetchall():
-                (long if blocks >= BLOCKS_PER_BUCKET * buckets else short).append((attempt, name))
-            parts = []
-            for series, blocks in ((long, True), (short, False)):
-                if series:  # named only when some series are read the other way
-                    sql, params = query.block_rows(job_id, series if long and short else None, blocks)
-                    part = c.sql(sql, params=params).to_arrow_table()
-                    if len(query.names) == 1:
-                        part = part.append_column("name", pa.DictionaryArray.from_arrays(
-                            pa.array(np.zeros(part.num_rows, np.int32)), pa.array(query.names)))
-                    parts.append(part)
-            return pa.concat_tables(parts) if len(parts) > 1 else parts[0] if parts else pa.table({})
+            blocks = self._rows(c, query, *query.block_rows(job_id, None, True))
+            counts = blocks.group_by(["attempt", "name"]).aggregate([("k", "count")])
+            found = zip(*(counts.column(f).to_pylist() for f in ("attempt", "name", "k_count")), strict=True)
+            short = [(a, n) for a, n, count in found if count < BLOCKS_PER_BUCKET * buckets]
+            if not short:
+                return blocks
+            points = self._rows(c, query, *query.block_rows(job_id, short, False))
+            if len(short) == counts.num_rows:
+                return points
+            key = pc.binary_join_element_wise(pc.cast(blocks.column("attempt"), pa.string()),
+                                              pc.cast(blocks.column("name"), pa.string()), "/")
+            long = blocks.filter(pc.invert(pc.is_in(key, value_set=pa.array([f"{a}/{n}" for a, n in short]))))
+            return pa.concat_tables([long, points.cast(long.schema)])
 
         return bucket_means(await self.run(fetch), buckets)
+
+    @staticmethod
+    def _rows(c: duckdb.DuckDBPyConnection, query: MetricQuery, sql: str, params: list[Any]) -> pa.Table:
+        rows = c.sql(sql, params=params).to_arrow_table()
+        if len(query.names) == 1:  # fetched without it: add the one name back
+            rows = rows.append_column("name", pa.DictionaryArray.from_arrays(
+                pa.array(np.zeros(rows.num_rows, np.int32)), pa.array(query.names)))
+        return rows
 
     async def metrics(self, job_id: str, query: MetricQuery) -> tuple[dict[str, list[views.MetricPoint]], LeftOut]:
         """Each series' latest `query.limit` points, as points; and per series how many points

@@ -35,10 +35,10 @@ def put(con: duckdb.DuckDBPyConnection, blocks: MetricBlocks, batches: list[ev.M
         commit: bool = True) -> None:
     """As the projector's writer does (writers.py, _write_metrics), in one transaction."""
     con.execute("BEGIN TRANSACTION")
-    blocks.write(con, batches)
     tables = Tables(con)
-    tables.run_with(con, tables.metric_rows(batches),
-                    f"INSERT INTO metrics ({', '.join(METRIC_COLUMNS)}) SELECT * FROM arrow_rows")
+    rows = tables.metric_rows(batches)
+    blocks.write(con, rows)
+    tables.run_with(con, rows, f"INSERT INTO metrics ({', '.join(METRIC_COLUMNS)}) SELECT * FROM arrow_rows")
     if commit:
         con.execute("COMMIT")
         blocks.committed()
@@ -60,13 +60,13 @@ def test_blocks_are_the_points_in_eights_however_they_came(tmp_path: Path) -> No
     rng = random.Random(7)
     path = str(tmp_path / "p.duckdb")
     con = open_db(path)
-    blocks = MetricBlocks(Tables(con))
+    blocks = MetricBlocks()
     seq = {1: 0, 2: 0}
     for i in range(60):
         if i == 30:  # a restart: a fresh writer learns the series from the file
             con.close()
             con = open_db(path)
-            blocks = MetricBlocks(Tables(con))
+            blocks = MetricBlocks()
         attempt = 1 if i < 45 else 2
         size = rng.choice([1, 2, 3, 7, 8, 9, 17, 40, 200])
         names = [rng.choice(["loss", "loss", "lr", "eval_loss"]) for _ in range(size)]
@@ -82,7 +82,7 @@ def test_blocks_are_the_points_in_eights_however_they_came(tmp_path: Path) -> No
 
 def test_a_long_series_downsampled_from_blocks_answers_as_from_its_points(tmp_path: Path) -> None:
     con = open_db(str(tmp_path / "p.duckdb"))
-    blocks = MetricBlocks(Tables(con))
+    blocks = MetricBlocks()
     points = BLOCK_POINTS * BLOCKS_PER_BUCKET * 50 + 5  # 50 buckets' worth of blocks, 5 loose points
     for first in range(0, points, 997):
         put(con, blocks, [batch(first, ["loss"] * min(997, points - first))])
@@ -102,3 +102,25 @@ def test_a_long_series_downsampled_from_blocks_answers_as_from_its_points(tmp_pa
         assert abs(a.step - b.step) <= BLOCK_POINTS, (a, b)
     assert got["loss"][-1].step == plain["loss"][-1].step == (points - 1) // 2
     assert sum(p.value for p in got["loss"]) != sum(p.value for p in plain["loss"])  # read from the blocks
+
+
+def test_long_and_short_series_downsampled_together(tmp_path: Path) -> None:
+    """A chart of every series of a job: `loss` long enough for its blocks, `eval_loss` (a
+    point in 50) read from its points, each as the SQL path answers it."""
+    con = open_db(str(tmp_path / "p.duckdb"))
+    blocks = MetricBlocks()
+    names = ["eval_loss" if i % 50 == 0 else "loss" for i in range(BLOCK_POINTS * BLOCKS_PER_BUCKET * 20 * 2)]
+    for first in range(0, len(names), 1000):
+        put(con, blocks, [batch(first, names[first:first + 1000])])
+    reader = Reader(con)
+    query = MetricQuery(names=[], downsample=20, limit=100_000)
+    got, _ = asyncio.run(reader.metrics(JOB, query))
+    plain, _ = asyncio.run(reader.metrics(JOB, dataclasses.replace(query, step_min=0)))
+    columns, _ = asyncio.run(reader.metric_columns(JOB, query))
+    reader.close()
+    assert sorted(got) == sorted(columns) == ["eval_loss", "loss"]
+    assert got["eval_loss"] == plain["eval_loss"]  # from its points: the same buckets
+    assert len(got["loss"]) == len(plain["loss"]) == 20
+    assert got["loss"][-1].step == plain["loss"][-1].step
+    for name in got:
+        assert json.loads(bytes(columns[name].step)) == [p.step for p in got[name]]
