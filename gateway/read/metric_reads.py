@@ -20,8 +20,11 @@ T = TypeVar("T")
 
 
 class MetricReads:
+    """Part of the Reader (queries.py), which provides `run`."""
+
     async def run(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
-        raise NotImplementedError  # the Reader's
+        """Call `fn` with a cursor on a reader thread."""
+        raise NotImplementedError
 
     async def _from_blocks(self, job_id: str, query: MetricQuery) -> pa.Table:
         """The downsampled points of `query.from_blocks`, sorted by name, attempt, k. A series
@@ -45,7 +48,7 @@ class MetricReads:
             long = blocks.filter(pc.invert(pc.is_in(key, value_set=pa.array([f"{a}/{n}" for a, n in short]))))
             return pa.concat_tables([long, points.cast(long.schema)])
 
-        return bucket_means(await self.run(fetch), buckets)
+        return await self.run(lambda c: bucket_means(fetch(c), buckets))  # on the reader's thread too
 
     @staticmethod
     def _rows(c: duckdb.DuckDBPyConnection, query: MetricQuery, sql: str, params: list[Any]) -> pa.Table:
