@@ -1,7 +1,7 @@
 """Metric points rolled up at ingest into blocks of BLOCK_POINTS consecutive points of a series
 (`metric_blocks`), so that a downsampled chart of a long series groups N/8 rows instead of N:
 100k points to 1,000 took ~25 ms from the points, most of it DuckDB grouping 100k rows
-(gateway/read/metric_query.py reads the blocks).
+(gateway/read/metric_reads.py reads the blocks).
 
 Every point is in a block: the whole ones are written once, in the same transaction as the
 points that complete them; a series' last, partial block (its loose points, fewer than
@@ -87,8 +87,9 @@ class MetricBlocks:
                         f"AND n < {BLOCK_POINTS} AND list_contains(?::VARCHAR[], name)",
                         [job_key(job_id), job_id, attempt, some])
         if made.count:
-            Tables.run_with(con, made.table(), f"INSERT INTO metric_blocks ({', '.join(BLOCK_COLUMNS)}) "
-                                                          f"SELECT {', '.join(BLOCK_COLUMNS)} FROM arrow_rows")
+            columns = ", ".join(BLOCK_COLUMNS)
+            Tables.run_with(con, made.table(),
+                            f"INSERT INTO metric_blocks ({columns}) SELECT {columns} FROM arrow_rows")
 
     def _load(self, con: duckdb.DuckDBPyConnection, job_id: str) -> None:
         """The job's series as the file holds them: their blocks, and their loose points."""
