@@ -180,7 +180,7 @@ class MetricsRecorded(JobEvent, tag="metrics"):
     def of_points(cls, *, job_id: str, attempt: int, ts_s: float, first_seq: int, step: list[int | None],
                   epoch: list[float | None], name: list[str], value: list[float],
                   point_ts_s: list[float]) -> MetricsRecorded:
-        odd = [(i, v) for i, v in enumerate(value) if not math.isfinite(v)]
+        odd = [] if all(map(math.isfinite, value)) else [(i, v) for i, v in enumerate(value) if not math.isfinite(v)]
         if odd:
             value = list(value)
             for i, _ in odd:
