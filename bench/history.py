@@ -1,11 +1,11 @@
 """Metrics and logs at the trainer's speed (issue 17), in one run on this machine:
 
   (a) metric points printed by a trainer -> all queryable: the 100k case (trainer start
-      included) beside MLflow's `log_batch`, and sustained over 2M points
+      included; three times) beside MLflow's `log_batch`, and sustained over 2M points
   (b) a whole series of 100k points through the API in one request (columns and points), and
       downsampled to 1,000, beside MLflow's `get_metric_history`
   (c) 100k printed lines -> the last one queryable, beside the same trainer writing them to a
-      file (taken in turn)
+      file (taken in turn, three times)
   (d) `tail=100` with a level filter on a 10M-line `logs` table (the query behind GET /logs,
       on a DuckDB file of that size built for it)
 
@@ -140,7 +140,10 @@ def main() -> None:
         b.stack.start_agent("bench", b.tmp / "work", b.nats_url, b.tmp / "agent.log")
         api = b.start_gateway()
         wait_status(api, submit(api, [sys.executable, "-c", "print(1)"]), {"succeeded"}, 30)
-        hundred_k = points_per_s(api, 20_000, FIVE, 5)
+        # Three in a row, the median shown: one such job takes ~0.4 s, where a stray second of
+        # the other core's work moves a single figure by a third.
+        tries = sorted(points_per_s(api, 20_000, FIVE, 5) for _ in range(3))
+        hundred_k = tries[1]
         sustained = points_per_s(api, args.sustained_lines, FIVE, 5)
         job = one_series(api, 100_000)
         path = f"/jobs/{job}/metrics"
@@ -154,11 +157,15 @@ def main() -> None:
         points = request_ms(api, path, {"name": "loss", "limit": 100_000}, args.runs, whole)
         down = request_ms(api, path, {"name": "loss", "limit": 100_000, "downsample": 1000, "format": "columns"},
                           args.runs, whole)
-        lines_s, bare_s = lines_vs_bare(api, 100_000, b.tmp)
+        # Three pairs, the median pair by overhead: the bare trainer alone varies by half
+        # from one run to the next on this machine.
+        pairs = sorted((lines_vs_bare(api, 100_000, b.tmp) for _ in range(3)), key=lambda p: p[0] / p[1])
+        lines_s, bare_s = pairs[1]
     tail_level, tail_plain, tail_text = big_log_tail(args.log_rows, args.runs)
     rows = [
         ("(a) 100k metric points printed -> queryable", f"{hundred_k:,.0f} points/s",
-         f"{hundred_k / MLFLOW_LOG_BATCH_POINTS_S:.1f}x MLflow log_batch; goal >= 25x"),
+         f"{hundred_k / MLFLOW_LOG_BATCH_POINTS_S:.1f}x MLflow log_batch (median of 3; "
+         f"{tries[0]:,.0f}-{tries[2]:,.0f}); goal >= 25x"),
         (f"(a) sustained, {args.sustained_lines * 5:,} points", f"{sustained:,.0f} points/s", "goal >= 250,000"),
         ("(b) 100k points, one request, columns (5 fields)", f"{columns:.1f} ms",
          f"{MLFLOW_HISTORY_S * 1e3 / columns:.0f}x MLflow get_metric_history; goal <= 50 ms (>= 100x)"),
@@ -167,7 +174,8 @@ def main() -> None:
         ("(b) 100k points, one request, points", f"{points:.1f} ms", ""),
         ("(b) 100k points downsampled to 1,000", f"{down:.1f} ms", "goal <= 10 ms"),
         ("(c) 100k lines: submit -> last line queryable", f"{lines_s * 1e3:.0f} ms",
-         f"bare trainer to a file {bare_s * 1e3:.0f} ms: overhead {100 * (lines_s / bare_s - 1):.0f} %; goal <= 20 %"),
+         f"bare trainer to a file {bare_s * 1e3:.0f} ms: overhead {100 * (lines_s / bare_s - 1):.0f} % (median of 3: "
+         f"{', '.join(f'{100 * (a / b - 1):.0f}' for a, b in pairs)} %); goal <= 20 %"),
         (f"(d) tail=100 level>=WARNING, {args.log_rows:,}-line table", f"{tail_level:.1f} ms", "goal <= 20 ms"),
         (f"(d) tail=100, {args.log_rows:,}-line table", f"{tail_plain:.1f} ms", ""),
         (f"(d) logs.txt tail=100, {args.log_rows:,}-line table", f"{tail_text:.1f} ms", "trainyard logs --tail 100"),
