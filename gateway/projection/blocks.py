@@ -23,9 +23,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gateway.projection.arrow import Tables
+from gateway.projection.schema import METRIC_BLOCK_POINTS
 from shared.ids import job_key
 
-BLOCK_POINTS = 8
+BLOCK_POINTS = METRIC_BLOCK_POINTS
 BLOCK_COLUMNS = ("job_id", "job_key", "attempt", "name", "block", "n", "value_sum", "step", "epoch", "ts_s",
                  "first_seq", "last_seq")
 # A point's fields as the loose points keep them: None (no step, no epoch) as nan.

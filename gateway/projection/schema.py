@@ -19,8 +19,11 @@ import duckdb
 log = logging.getLogger("trainyard.schema")
 
 # Bump when the DDL changes. The projection is disposable: a file of another version is moved
-# aside and a fresh one replays the streams from the start.
+# aside and a fresh one replays the streams from the start, unless MIGRATIONS can bring it up
+# to date in place (the streams may no longer hold all it shows: their limits trim them).
 SCHEMA_VERSION = 5
+# Consecutive points of a series per row of `metric_blocks` (projection/blocks.py).
+METRIC_BLOCK_POINTS = 8
 
 DDL = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -58,7 +61,7 @@ CREATE TABLE IF NOT EXISTS metrics (
     job_id VARCHAR NOT NULL, job_key BIGINT NOT NULL, attempt INTEGER NOT NULL, seq BIGINT NOT NULL,
     step BIGINT, epoch DOUBLE, name VARCHAR NOT NULL, value DOUBLE NOT NULL, ts_s DOUBLE NOT NULL
 );
--- Whole blocks of 8 consecutive points of a series, rolled up at ingest (projection/blocks.py).
+-- Blocks of 8 consecutive points of a series, rolled up at ingest (projection/blocks.py).
 CREATE TABLE IF NOT EXISTS metric_blocks (
     job_id VARCHAR NOT NULL, job_key BIGINT NOT NULL, attempt INTEGER NOT NULL, name VARCHAR NOT NULL,
     block BIGINT NOT NULL, n INTEGER NOT NULL, value_sum DOUBLE NOT NULL, step BIGINT, epoch DOUBLE,
@@ -104,6 +107,17 @@ CREATE TABLE IF NOT EXISTS exports (
     requested_s DOUBLE NOT NULL, finished_s DOUBLE
 );
 """
+
+# In-place upgrades: version -> the statements that bring a file of that version to the next,
+# run after the DDL has made the new tables, in one transaction with the version's update.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    4: (  # metric_blocks, from the points stored
+        f"INSERT INTO metric_blocks SELECT job_id, any_value(job_key), attempt, name, o // {METRIC_BLOCK_POINTS}, "
+        f"count(*), sum(value), max(step), max(epoch), max(ts_s), min(seq), max(seq) "
+        f"FROM (SELECT *, row_number() OVER (PARTITION BY job_id, attempt, name ORDER BY seq) - 1 AS o FROM metrics) "
+        f"GROUP BY job_id, attempt, name, o // {METRIC_BLOCK_POINTS}",
+    ),
+}
 
 # DuckDB folds its write-ahead log into the file once the log is this big. Its default (16 MB)
 # checkpoints every few hundred thousand log lines, and a checkpoint stalls the commit that runs
@@ -157,12 +171,33 @@ def _offsets_disagree(path: str) -> str | None:
     return None
 
 
+def _migrate(path: str, found: int) -> bool:
+    """Bring a file of version `found` up to SCHEMA_VERSION in place, if MIGRATIONS can."""
+    if any(version not in MIGRATIONS for version in range(found, SCHEMA_VERSION)):
+        return False
+    con = duckdb.connect(path)
+    try:
+        con.execute(DDL)
+        con.execute("BEGIN TRANSACTION")
+        for version in range(found, SCHEMA_VERSION):
+            for statement in MIGRATIONS[version]:
+                con.execute(statement)
+        con.execute("UPDATE schema_version SET version = ?", [SCHEMA_VERSION])
+        con.execute("COMMIT")
+    finally:
+        con.close()
+    log.info("projection %s upgraded in place from schema version %s to %s", path, found, SCHEMA_VERSION)
+    return True
+
+
 def open_db(path: str) -> duckdb.DuckDBPyConnection:
     if path != ":memory:" and Path(path).exists():
         try:
             found = _version_of(path)
+            if found is not None and found < SCHEMA_VERSION and _migrate(path, found):
+                found = SCHEMA_VERSION
             disagreement = _offsets_disagree(path) if found == SCHEMA_VERSION else None
-        except duckdb.Error as exc:  # a damaged header or WAL, a truncated or empty file
+        except duckdb.Error as exc:  # a damaged header or WAL, a truncated or empty file, a failed upgrade
             _set_aside(path, f"damaged-{int(time.time())}", f"cannot be opened ({str(exc).splitlines()[0]})")
         else:
             if found != SCHEMA_VERSION:

@@ -15,7 +15,7 @@ import duckdb
 
 from gateway.projection.arrow import METRIC_COLUMNS, Tables
 from gateway.projection.blocks import BLOCK_POINTS, MetricBlocks
-from gateway.projection.schema import open_db
+from gateway.projection.schema import SCHEMA_VERSION, open_db
 from gateway.read.metric_query import BLOCKS_PER_BUCKET, MetricQuery
 from gateway.read.queries import Reader
 from shared import events as ev
@@ -124,3 +124,22 @@ def test_long_and_short_series_downsampled_together(tmp_path: Path) -> None:
     assert got["loss"][-1].step == plain["loss"][-1].step
     for name in got:
         assert json.loads(bytes(columns[name].step)) == [p.step for p in got[name]]
+
+
+def test_a_projection_of_version_4_gets_its_blocks_in_place(tmp_path: Path) -> None:
+    """Upgrading keeps every stored point (the streams, trimmed by their limits, may no longer
+    hold them all) and makes the blocks of them, as ingest would have."""
+    path = str(tmp_path / "p.duckdb")
+    con = open_db(path)
+    blocks = MetricBlocks()
+    for first, size in ((0, 37), (37, 100), (137, 5)):
+        put(con, blocks, [batch(first, ["loss", "lr"] * (size // 2) + ["loss"] * (size % 2))])
+    written = con.execute(WRITTEN).fetchall()
+    con.execute("DROP TABLE metric_blocks")  # as version 4 had it
+    con.execute("UPDATE schema_version SET version = 4")
+    con.close()
+    con = open_db(path)
+    assert con.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+    assert con.execute("SELECT count(*) FROM metrics").fetchall() == [(142,)]
+    assert con.execute(WRITTEN).fetchall() == written
+    assert not list(tmp_path.glob("*.old"))
