@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -66,7 +67,7 @@ class MetricReads:
             table = await self._from_blocks(job_id, query)
             cols = [table.column(f).to_pylist() for f in ("name", "attempt", "step", "epoch", "value", "ts_s")]
             names = cols[0]
-            totals_of = {name: names.count(name) for name in set(names)}
+            totals_of = collections.Counter(names)
             rows = []
             seen: dict[str, int] = {}
             for i in range(len(names) - 1, -1, -1):  # the latest `limit` of each name
