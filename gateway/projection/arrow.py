@@ -6,7 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from gateway.projection.schema import PROJECTED_TABLES
 from shared import events as ev
@@ -103,3 +105,8 @@ class Tables:
         self.run_with(con, self.arrow(table, columns),
                       f"DELETE FROM {table} WHERE EXISTS (SELECT 1 FROM arrow_rows WHERE {match})",
                       f"INSERT INTO {table} ({names}) SELECT {names} FROM arrow_rows")
+
+
+def floats(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A numeric column as float64 numpy, a null as nan (the blocks, and their buckets)."""
+    return pc.fill_null(pc.cast(column, pa.float64()), np.nan).to_numpy()

@@ -28,11 +28,10 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import APIError, NotFoundError
 
 from gateway.projection.admission import LIFECYCLE_KINDS, refusal, report_accepted
 from gateway.projection.batch import JobItem, PreparedBatch, decoded, log_batches
+from gateway.projection.feeds import open_feed, until_done
 from gateway.projection.retention import GpuSampleRetention
 from gateway.projection.view import REFUSALS_KEPT, JobView
 from gateway.projection.writers import BatchWriter
@@ -45,12 +44,9 @@ from shared.nats.pullfeed import ConsumerGone, PullFeed, skipped_after
 
 log = logging.getLogger("trainyard.projector")
 
-# A failed batch write is tried again after this long, doubling up to the cap.
 # Heartbeats are projected in batches at most this often (_follow says why).
 HOST_BATCH_GAP_S = 0.25
 LEAVING = b'"leaving":true'  # in a goodbye heartbeat (msgspec writes JSON without spaces)
-WRITE_RETRY_FIRST_S = 0.2
-WRITE_RETRY_MAX_S = 5.0
 
 
 class Projector(JobView):
@@ -70,10 +66,10 @@ class Projector(JobView):
         self._feeds: list[PullFeed] = []
         self.healthy = False
         self.last_error = ""
-        # Streams whose last write failed (a full disk, a DuckDB fault), with the error: they are
-        # retried with back-off until the write goes through (see _write_until_done).
+        # Streams whose last write failed (a full disk, a DuckDB fault), or whose consumer could
+        # not be made again yet (a cluster not answering after a reconnect), with the error:
+        # retried with back-off until it goes through (feeds.until_done).
         self.write_errors: dict[str, str] = {}
-        # Streams whose consumer could not be made again yet (_refeed), with the error.
         self.read_errors: dict[str, str] = {}
         # Per stream, its last sequence when this process started: until the projection has it,
         # a job it does not show yet may exist (a fresh or set-aside file is being replayed).
@@ -88,9 +84,7 @@ class Projector(JobView):
         for stream in subjects.EVENT_STREAMS:
             self.catch_up_to[stream] = (await js.stream_info(stream)).state.last_seq
             consumer = subjects.projector_consumer(self.replica, stream)
-            await self._reset_consumer(js, stream, consumer)
-            feed = PullFeed(nc, stream, consumer, batch=self.batch)
-            await feed.start()
+            feed = await open_feed(nc, js, stream, consumer, self.applied[stream] + 1, self.batch)
             self._feeds.append(feed)
             refeed = functools.partial(self._refeed, nc, js, stream, consumer)
             task = asyncio.create_task(self._follow(stream, feed, refeed), name=f"projector-{stream}")
@@ -131,29 +125,6 @@ class Projector(JobView):
         self.last_error = f"{task.get_name()} ended: {error}"
         log.error("projector stopped: %s", self.last_error, exc_info=None if task.cancelled() else task.exception())
 
-    async def _reset_consumer(self, js: JetStreamContext, stream: str, consumer: str) -> None:
-        """Point this replica's consumer right after the sequence DuckDB holds. The DuckDB file
-        is the checkpoint, so a fresh file (rebuild) replays from the start."""
-        config = ConsumerConfig(
-            durable_name=consumer,
-            ack_policy=AckPolicy.NONE,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=self.applied[stream] + 1,
-            max_waiting=16,
-        )
-        for attempt in range(5):
-            try:
-                await js.delete_consumer(stream, consumer)
-            except NotFoundError:
-                pass
-            try:
-                await js.add_consumer(stream, config)
-                return
-            except APIError:  # made again meanwhile, from another start: delete that one too
-                if attempt == 4:
-                    raise
-                await asyncio.sleep(0.1)
-
     async def stop(self) -> None:
         self._stopping = True
         await cancel_and_wait(self._tasks)
@@ -168,27 +139,14 @@ class Projector(JobView):
     async def _refeed(self, nc: Client, js: JetStreamContext, stream: str, consumer: str) -> PullFeed:
         """A fresh consumer from the first sequence not yet applied, and a feed on it. A refeed
         comes after a reconnect or a leader change, when the cluster may not answer for a while
-        yet (timeouts, "JetStream system temporarily unavailable"): it is tried again with
-        back-off until it works. Giving up here stopped the stream's projection for good (a
-        3-node cluster with a node restarting showed it)."""
-        delay_s = WRITE_RETRY_FIRST_S
-        while True:
-            try:
-                await self._reset_consumer(js, stream, consumer)
-                feed = PullFeed(nc, stream, consumer, batch=self.batch)
-                await feed.start()
-            except Exception as exc:  # not CancelledError: a stop still stops
-                if stream not in self.read_errors:
-                    log.warning("projector: reading %s again failed (%r); retrying with back-off", stream, exc)
-                self.read_errors[stream] = repr(exc)
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, WRITE_RETRY_MAX_S)
-                continue
-            if self.read_errors.pop(stream, None) is not None:
-                log.warning("projector: reading %s works again", stream)
-            self._feeds = [f for f in self._feeds if f.started]
-            self._feeds.append(feed)
-            return feed
+        yet (timeouts, "JetStream system temporarily unavailable"): it is tried until it works.
+        Giving up here stopped the stream's projection for good (a 3-node cluster with a node
+        restarting showed it)."""
+        feed = await until_done(lambda: open_feed(nc, js, stream, consumer, self.applied[stream] + 1, self.batch),
+                                "reading %s again", self.read_errors, stream)
+        self._feeds = [f for f in self._feeds if f.started]
+        self._feeds.append(feed)
+        return feed
 
     async def _follow(self, stream: str, feed: PullFeed, refeed: Callable[[], Awaitable[PullFeed]]) -> None:
         # Heartbeats are written at most every HOST_BATCH_GAP_S, many at a time: one per host
@@ -233,26 +191,13 @@ class Projector(JobView):
             self._merge(batch)
 
     async def _write_until_done(self, stream: str, batch: PreparedBatch) -> None:
-        """Write `batch`, retrying with back-off while it fails: nothing of a failed batch was
-        committed, and skipping it would lose events, so the stream waits here (the API serves
-        what is committed, /health says why it is behind) and goes on by itself once the write
+        """Write `batch`, trying again while it fails: nothing of a failed batch was committed,
+        and skipping it would lose events, so the stream waits here (the API serves what is
+        committed, /health says why it is behind) and goes on by itself once the write
         succeeds, e.g. when a full disk has room again."""
         loop = asyncio.get_running_loop()
-        delay_s = WRITE_RETRY_FIRST_S
-        while True:
-            try:
-                await loop.run_in_executor(self._writers[stream], self.write, batch)
-            except Exception as exc:
-                first = stream not in self.write_errors
-                self.write_errors[stream] = str(exc)
-                if first:
-                    log.exception("projector: writing %s failed; retrying with back-off", stream)
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, WRITE_RETRY_MAX_S)
-                continue
-            if self.write_errors.pop(stream, None) is not None:
-                log.warning("projector: writing %s works again", stream)
-            return
+        await until_done(lambda: loop.run_in_executor(self._writers[stream], self.write, batch),
+                         "writing %s", self.write_errors, stream)
 
     async def _wait_for_logs_of_exits(self, msgs: list[Msg]) -> None:
         needed = 0

@@ -11,10 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-
-def _floats(column: pa.ChunkedArray) -> np.ndarray:
-    """As float64, a null as nan."""
-    return pc.fill_null(pc.cast(column, pa.float64()), np.nan).to_numpy()
+from gateway.projection.arrow import floats
 
 
 def bucket_means(rows: pa.Table, buckets: int) -> pa.Table:
@@ -51,9 +48,9 @@ def bucket_means(rows: pa.Table, buckets: int) -> pa.Table:
     sums = np.add.reduceat(rows.column("v").to_numpy().astype(np.float64), first)
     points = np.add.reduceat(rows.column("n").to_numpy().astype(np.float64), first)
     with np.errstate(invalid="ignore"):  # a bucket without steps or epochs: nan, then null
-        step = np.fmax.reduceat(_floats(rows.column("step")), first)
-        epoch = np.fmax.reduceat(_floats(rows.column("epoch")), first)
-    ts = np.fmax.reduceat(_floats(rows.column("ts_s")), first)
+        step = np.fmax.reduceat(floats(rows.column("step")), first)
+        epoch = np.fmax.reduceat(floats(rows.column("epoch")), first)
+    ts = np.fmax.reduceat(floats(rows.column("ts_s")), first)
     return pa.table({
         "name": names.dictionary.take(pa.array(codes[first])),
         "attempt": pa.array(attempts[first].astype(np.int32)),
