@@ -182,7 +182,10 @@ class BatchWriter:
                         self.view.latest_loss[event.job_id] = (event.attempt, event.values()[last])
                     continue
                 if isinstance(event, ev.JobSubmitted):
-                    self._new_job_row(new_jobs, seq, event, batch.states[event.job_id])
+                    # No state: the job was deleted later in this batch (a replay reads a whole
+                    # life at once), so it gets no row; its events are recorded below.
+                    if (state := batch.states.get(event.job_id)) is not None:
+                        self._new_job_row(new_jobs, seq, event, state)
                 elif isinstance(event, ev.JobProgress):
                     progress[event.job_id] = event
                 elif isinstance(event, ev.CheckpointSaved):
@@ -207,6 +210,8 @@ class BatchWriter:
             for table in _JOB_KEYED_TABLES:
                 con.execute(f"DELETE FROM {table} WHERE job_key = ? AND job_id = ?", [job_key(job_id), job_id])
             self.blocks.forget(job_id)
+        for job_id in batch.deleted:
+            progress.pop(job_id, None)
         if progress:
             self.view.latest_progress.update(progress)
             p = list(progress.values())
