@@ -14,7 +14,7 @@ from nats.aio.client import Client
 
 from gateway import schemas as views
 from gateway.projection.projector import Projector
-from gateway.projection.schema import open_db
+from gateway.projection.schema import open_db, query_threads
 from gateway.read.queries import Reader
 from gateway.read.sql import SqlRunner
 from gateway.scheduling.scheduler import Scheduler
@@ -73,7 +73,7 @@ class GatewayRuntime:
         await provision.when_jetstream_ready(lambda: provision.ensure_all(
             self.js, log_max_age_s=s.log_max_age_s, log_max_bytes=s.log_max_bytes, replicas=s.stream_replicas,
             workdir_keep_s=s.workdir_keep_s))
-        self.con = open_db(str(data_dir / DB_FILE))
+        self.con = open_db(str(data_dir / DB_FILE), threads=query_threads(s.duckdb_threads))
         self.projector = Projector(self.con, s.replica, batch=s.projector_batch,
                                    gpu_samples_keep_s=s.gpu_samples_keep_s)
         await self.projector.start(self.nc, self.js)

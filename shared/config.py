@@ -41,6 +41,11 @@ class GatewaySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=False)
     log_max_age_s: float = 30 * 86400.0
     log_max_bytes: int = 20 * 1024**3
     projector_batch: int = 2048
+    # Threads DuckDB may use for a query (users' SQL, big reads); 0: half the cores, at least
+    # one. The rest is left to the event loop, NATS and, on an all-in-one host, the trainers:
+    # the projection's many small writes hand each statement to a worker thread, which on two
+    # cores cost ~10 % more CPU per log line than one thread doing it (bench.history (c)).
+    duckdb_threads: int = 0
     scheduler_interval_s: float = 1.0
     # A host whose last heartbeat is older than this is offline; its jobs are declared lost
     # (or retried) once it has been offline for `host_lost_grace_s` more.

@@ -190,7 +190,13 @@ def _migrate(path: str, found: int) -> bool:
     return True
 
 
-def open_db(path: str) -> duckdb.DuckDBPyConnection:
+def query_threads(setting: int) -> int:
+    """The DuckDB thread count for the gateway setting `duckdb_threads` (0 or less: half the
+    cores, at least one)."""
+    return setting if setting > 0 else max(1, (os.cpu_count() or 2) // 2)
+
+
+def open_db(path: str, threads: int | None = None) -> duckdb.DuckDBPyConnection:
     if path != ":memory:" and Path(path).exists():
         try:
             found = _version_of(path)
@@ -212,6 +218,8 @@ def open_db(path: str) -> duckdb.DuckDBPyConnection:
     # users run SQL against this database (POST /api/v1/sql). It cannot be turned back on.
     con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
     con.execute("SET enable_external_access = false")
+    if threads is not None:
+        con.execute(f"SET threads = {int(threads)}")
     # Nothing may change a setting from here on (a user query could otherwise starve the
     # projector with `SET memory_limit`); settings are made above, once, at open.
     con.execute("SET lock_configuration = true")

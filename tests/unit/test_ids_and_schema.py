@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -5,7 +6,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from gateway.projection.schema import SCHEMA_VERSION, open_db
+from gateway.projection.schema import SCHEMA_VERSION, open_db, query_threads
+from shared.config import GatewaySettings, load_settings
 from shared.ids import job_key, new_job_id
 
 
@@ -91,3 +93,19 @@ def test_a_job_the_replaying_projection_does_not_show_yet_is_503_not_404() -> No
     assert projector.health() == "ok" and projector.ok
     projector.applied[subjects.JOB_STREAM] = 80  # later lag is ordinary lag, not a restart's replay
     assert projector.catching_up() is None
+
+
+def test_duckdb_threads_are_half_the_cores_unless_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway's DuckDB leaves cores to the event loop, NATS and trainers (shared/config.py
+    says why); `duckdb_threads` sets the count, from the TOML file or the environment."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert query_threads(0) == 8
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert query_threads(0) == 1
+    assert query_threads(3) == 3
+    settings = load_settings(GatewaySettings, env={"TRAINYARD_DUCKDB_THREADS": "3"})
+    assert query_threads(settings.duckdb_threads) == 3
+    con = open_db(str(tmp_path / "projection.duckdb"), threads=query_threads(0))
+    assert con.execute("SELECT current_setting('threads')").fetchall() == [(1,)]
+    with pytest.raises(duckdb.Error):  # fixed at open, like every setting (users run SQL here)
+        con.execute("SET threads = 2")
