@@ -26,7 +26,8 @@ METRIC_COLUMNS = ("job_id", "job_key", "attempt", "seq", "step", "epoch", "name"
 
 class Tables:
     """Bulk writes through Arrow, typed from the DuckDB schema. Typing the arrays up front
-    matters for small batches: inferring the types of eight 1-row columns costs ~1 ms."""
+    matters for small batches: inferring the types of eight 1-row columns costs ~1 ms (each
+    untyped `pa.array` of a Python list tries to import dateutil, absent here: 0.15 ms)."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self._types = {
@@ -61,8 +62,9 @@ class Tables:
             n = len(b.name)
             for name, value in (("job_id", b.job_id), ("job_key", job_key(b.job_id)), ("attempt", b.attempt)):
                 chunks[name].append(pa.repeat(pa.scalar(value, types[name]), n))
-            for name, values in (("seq", range(b.first_seq, b.first_seq + n)), ("step", b.step), ("epoch", b.epoch),
-                                 ("name", b.name), ("value", b.values()), ("ts_s", b.point_ts_s)):
+            chunks["seq"].append(sequence(b.first_seq, n))
+            for name, values in (("step", b.step), ("epoch", b.epoch), ("name", b.name), ("value", b.values()),
+                                 ("ts_s", b.point_ts_s)):
                 chunks[name].append(pa.array(values, types[name]))
         return pa.Table.from_arrays([pa.chunked_array(chunks[name], types[name]) for name in METRIC_COLUMNS],
                                     names=list(METRIC_COLUMNS))
@@ -105,6 +107,12 @@ class Tables:
         self.run_with(con, self.arrow(table, columns),
                       f"DELETE FROM {table} WHERE EXISTS (SELECT 1 FROM arrow_rows WHERE {match})",
                       f"INSERT INTO {table} ({names}) SELECT {names} FROM arrow_rows")
+
+
+def sequence(first: int, n: int) -> pa.Array:
+    """first, first + 1, ... (n values) as BIGINT, made in numpy: from a Python range, Arrow
+    takes each number as an object (2 ms per 10k rows, half of building a batch's columns)."""
+    return pa.array(np.arange(first, first + n, dtype=np.int64))
 
 
 def floats(column: pa.ChunkedArray | pa.Array) -> np.ndarray:

@@ -157,11 +157,12 @@ class _Rows:
             ts.append(b[:, :, 4].max(axis=1))
         steps, epochs = np.concatenate(step), np.concatenate(epoch)
         keys = self._keys
+        indices = pa.array(which.astype(np.int32))
         return pa.table({
-            "job_id": pa.DictionaryArray.from_arrays(pa.array(which.astype(np.int32)), pa.array([k[0] for k in keys])),
+            "job_id": pa.DictionaryArray.from_arrays(indices, pa.array([k[0] for k in keys], pa.string())),
             "job_key": pa.array(np.array([job_key(k[0]) for k in keys], np.int64)[which]),
             "attempt": pa.array(np.array([k[1] for k in keys], np.int32)[which]),
-            "name": pa.DictionaryArray.from_arrays(pa.array(which.astype(np.int32)), pa.array([k[2] for k in keys])),
+            "name": pa.DictionaryArray.from_arrays(indices, pa.array([k[2] for k in keys], pa.string())),
             "block": pa.array(np.concatenate([np.arange(f, f + len(b)) for _, f, _, b in self._parts])),
             "n": pa.array(np.repeat([n for _, _, n, _ in self._parts], sizes).astype(np.int32)),
             "value_sum": pa.array(np.concatenate(value_sum)),

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gateway.projection.admission import decode_checked
-from gateway.projection.arrow import LOG_COLUMNS, METRIC_COLUMNS, SMALL_BATCH_ROWS, Tables
+from gateway.projection.arrow import LOG_COLUMNS, METRIC_COLUMNS, SMALL_BATCH_ROWS, Tables, sequence
 from gateway.projection.batch import PreparedBatch
 from gateway.projection.blocks import MetricBlocks
 from gateway.projection.view import JobView
@@ -135,7 +135,7 @@ class BatchWriter:
             runs("logs", "job_id", [(b.job_id, b.count)]),
             runs("logs", "job_key", [(job_key(b.job_id), b.count)]),
             runs("logs", "attempt", [(b.attempt, b.count)]),
-            pa.array(range(b.first_seq, b.end_seq), pa.int64()),
+            sequence(b.first_seq, b.count),
             runs("logs", "ts_s", b.line_ts_s),
             runs("logs", "stream", b.stream),
             runs("logs", "level", b.level),
