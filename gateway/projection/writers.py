@@ -210,8 +210,7 @@ class BatchWriter:
             for table in _JOB_KEYED_TABLES:
                 con.execute(f"DELETE FROM {table} WHERE job_key = ? AND job_id = ?", [job_key(job_id), job_id])
             self.blocks.forget(job_id)
-        for job_id in batch.deleted:
-            progress.pop(job_id, None)
+            progress.pop(job_id, None)  # written below: a job deleted in this batch keeps none
         if progress:
             self.view.latest_progress.update(progress)
             p = list(progress.values())
