@@ -204,13 +204,6 @@ class BatchWriter:
         self._write_metrics(con, metric_batches)
         self.tables.insert(con, "checkpoints", ckpt_cols)
         self._write_exports(con, exports)
-        for job_id in batch.deleted:
-            for table in _JOB_TABLES:
-                con.execute(f"DELETE FROM {table} WHERE job_id = ?", [job_id])
-            for table in _JOB_KEYED_TABLES:
-                con.execute(f"DELETE FROM {table} WHERE job_key = ? AND job_id = ?", [job_key(job_id), job_id])
-            self.blocks.forget(job_id)
-            progress.pop(job_id, None)  # written below: a job deleted in this batch keeps none
         if progress:
             self.view.latest_progress.update(progress)
             p = list(progress.values())
@@ -219,6 +212,14 @@ class BatchWriter:
                 **{name: [getattr(e, name) for e in p] for name in ev.PROGRESS_NAMES},
                 "ts_s": [e.ts_s for e in p],
             })
+        # Last, so that they remove whatever this batch wrote of a job it also deleted (a replay
+        # reads a whole life at once); the projector forgets it in memory on commit (_merge).
+        for job_id in batch.deleted:
+            for table in _JOB_TABLES:
+                con.execute(f"DELETE FROM {table} WHERE job_id = ?", [job_id])
+            for table in _JOB_KEYED_TABLES:
+                con.execute(f"DELETE FROM {table} WHERE job_key = ? AND job_id = ?", [job_key(job_id), job_id])
+            self.blocks.forget(job_id)
 
     @staticmethod
     def _write_exports(con: duckdb.DuckDBPyConnection, events: list[ev.ExportRequested | ev.ExportFinished]) -> None:

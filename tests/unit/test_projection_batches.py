@@ -23,7 +23,7 @@ def _msgs(events: list[ev.JobEvent]) -> list[Msg]:
 def test_a_job_submitted_and_deleted_in_one_batch_leaves_only_its_events(tmp_path: Path) -> None:
     """The writer made the job's row from the batch's states, where the deletion had already
     removed it: KeyError, and the replica retried that batch for ever (its job stream stuck);
-    and the job's progress, written after the deletions, outlived it."""
+    and the job's progress, written after the deletions, outlived them."""
     projector = Projector(open_db(str(tmp_path / "p.duckdb")), "r")
     spec = CommandJob(command=["true"])
     gone, kept = "job_20261201_104117_f9b39b", "job_20261201_104118_0a1b2c"
@@ -37,6 +37,7 @@ def test_a_job_submitted_and_deleted_in_one_batch_leaves_only_its_events(tmp_pat
     batch = projector.prepare(subjects.JOB_STREAM, _msgs(events))
     assert batch.deleted == [gone]
     projector.write(batch)
+    projector._merge(batch)  # committed, as the projector goes on after a write
     con = projector.con
     assert con.execute("SELECT job_id, status FROM jobs").fetchall() == [(kept, "queued")]
     assert con.execute("SELECT job_id, type FROM job_events ORDER BY stream_seq").fetchall() == [
