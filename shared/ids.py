@@ -48,10 +48,28 @@ def job_key(job_id: str) -> int:
     DuckDB keeps min/max statistics of strings on their first 8 bytes only, and every job id
     starts with `job_2026`, so a filter on `job_id` alone scans the whole table. A filter on
     this key lets it skip the row groups of other jobs (10x faster on 10M log lines).
-    Ids of another shape (tests, imports) get a CRC32 instead: still correct, less skipping.
+    Ids of another shape (tests) get a CRC32 instead: still correct, less skipping. So does an
+    id of this shape whose time does not read back as written (second 60, which strptime takes
+    as the next minute; a month 13) or lies in 1970's first 256 s: every key from 2**32 up is
+    then the key of one id only (job_rows).
     """
     m = _JOB_ID_RE.match(job_id)
-    if m is None:
+    try:
+        stamp = calendar.timegm(time.strptime(m.group(1), "%Y%m%d_%H%M%S")) if m else 0
+    except ValueError:
+        stamp = 0
+    if m is None or stamp < 256 or time.strftime("%Y%m%d_%H%M%S", time.gmtime(stamp)) != m.group(1):
         return zlib.crc32(job_id.encode())
-    stamp = calendar.timegm(time.strptime(m.group(1), "%Y%m%d_%H%M%S"))
     return (stamp << 24) | int(m.group(2), 16)
+
+
+@functools.lru_cache(maxsize=4096)
+def job_rows(job_id: str) -> tuple[str, tuple[int | str, ...]]:
+    """The SQL condition (and its parameters) that picks one job's rows out of a table that
+    stores `job_key` beside `job_id`: the key alone where it is the key of this id only (from
+    2**32 up, job_key), else the id as well. Comparing every row's id cost ~0.4 ms of a
+    12.5k-row read (a downsampled 100k-point series)."""
+    key = job_key(job_id)
+    if key >= 1 << 32:
+        return "job_key = ?", (key,)
+    return "job_key = ? AND job_id = ?", (key, job_id)

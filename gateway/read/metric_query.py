@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from shared.ids import job_key
+from shared.ids import job_rows
 
 LeftOut = dict[str, int]  # per series, how many points a limit left out
 # A series is downsampled from its blocks of 8 points when each bucket then spans this many
@@ -47,9 +47,13 @@ class MetricQuery:
         return sql, params
 
     def _where(self, job_id: str) -> tuple[str, list[Any]]:
-        where = ["job_key = ?", "job_id = ?"]
-        params: list[Any] = [job_key(job_id), job_id]
-        if self.names:
+        job, job_params = job_rows(job_id)
+        where = [job]
+        params: list[Any] = list(job_params)
+        if len(self.names) == 1:
+            where.append("name = ?")  # ~0.3 ms less a scan of 12.5k rows than list_contains
+            params.append(self.names[0])
+        elif self.names:
             where.append("list_contains(?::VARCHAR[], name)")  # not IN (unnest): no semi-join, 4 ms less a scan
             params.append(self.names)
         if self.attempt is not None:
@@ -72,14 +76,20 @@ class MetricQuery:
 
     def block_rows(self, job_id: str, series: list[tuple[int, str]] | None, blocks: bool) -> tuple[str, list[Any]]:
         """For `from_blocks`: the blocks of `series` (None: of every series asked for) if
-        `blocks`, else their points as blocks of one; as (name, attempt, k: the order, n, v:
-        the sum of values, step, epoch, ts_s: the latest), in no particular order."""
+        `blocks`, else their points as blocks of one; as (attempt, k: the order, n, v: the sum
+        of values, step, epoch, ts_s: the latest, and the name: none for one name asked for,
+        `s` its index among several, `name` for every series; downsample.BlockRows.fetch), in
+        no particular order."""
         cond, params = self._where(job_id)
         if series is not None:
             cond += " AND list_contains(?::VARCHAR[], attempt::VARCHAR || '/' || name)"
             params.append([f"{attempt}/{name}" for attempt, name in series])
-        # One series asked for by name: without its name per row (1.5 ms of 12.5k rows).
-        name = "" if len(self.names) == 1 else "name, "
+        name = "name, "  # as strings only for every series: a name per row costs ~1 ms per 10k
+        if len(self.names) == 1:
+            name = ""
+        elif self.names:
+            name = "list_position(?::VARCHAR[], name) - 1 AS s, "
+            params.insert(0, self.names)
         if blocks:
             return (f"SELECT {name}attempt, first_seq AS k, n, value_sum AS v, step, epoch, ts_s FROM metric_blocks "
                     f"WHERE {cond}", params)

@@ -10,11 +10,10 @@ import duckdb
 import msgspec
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from gateway import schemas as views
 from gateway.read.columns import series_columns, single_series_columns
-from gateway.read.downsample import bucket_means
+from gateway.read.downsample import BlockRows, bucket_means
 from gateway.read.metric_query import BLOCKS_PER_BUCKET, LeftOut, MetricQuery
 
 T = TypeVar("T")
@@ -34,30 +33,21 @@ class MetricReads:
         short are read again, from their points (each series whole from one statement)."""
         buckets = query.downsample or 1
 
+        def rows(c: duckdb.DuckDBPyConnection, series: list[tuple[int, str]] | None, blocks: bool) -> BlockRows:
+            return BlockRows.fetch(c, *query.block_rows(job_id, series, blocks), query.names).in_order()
+
         def fetch(c: duckdb.DuckDBPyConnection) -> pa.Table:
-            blocks = self._rows(c, query, *query.block_rows(job_id, None, True))
-            counts = blocks.group_by(["attempt", "name"]).aggregate([("k", "count")])
-            found = zip(*(counts.column(f).to_pylist() for f in ("attempt", "name", "k_count")), strict=True)
-            short = [(a, n) for a, n, count in found if count < BLOCKS_PER_BUCKET * buckets]
-            if not short:
-                return blocks
-            points = self._rows(c, query, *query.block_rows(job_id, short, False))
-            if len(short) == counts.num_rows:
-                return points
-            key = pc.binary_join_element_wise(pc.cast(blocks.column("attempt"), pa.string()),
-                                              pc.cast(blocks.column("name"), pa.string()), "/")
-            long = blocks.filter(pc.invert(pc.is_in(key, value_set=pa.array([f"{a}/{n}" for a, n in short]))))
-            return pa.concat_tables([long, points.cast(long.schema)])
+            blocks = rows(c, None, True)
+            starts, lengths = blocks.series()
+            short = lengths < BLOCKS_PER_BUCKET * buckets
+            if not short.any():
+                return bucket_means(blocks, buckets)
+            points = rows(c, [(int(blocks.attempt[i]), blocks.names[blocks.code[i]]) for i in starts[short]], False)
+            if short.all():
+                return bucket_means(points, buckets)
+            return bucket_means(blocks.take(~np.repeat(short, lengths)).plus(points).in_order(), buckets)
 
-        return await self.run(lambda c: bucket_means(fetch(c), buckets))  # on the reader's thread too
-
-    @staticmethod
-    def _rows(c: duckdb.DuckDBPyConnection, query: MetricQuery, sql: str, params: list[Any]) -> pa.Table:
-        rows = c.sql(sql, params=params).to_arrow_table()
-        if len(query.names) == 1:  # fetched without it: add the one name back
-            rows = rows.append_column("name", pa.DictionaryArray.from_arrays(
-                pa.array(np.zeros(rows.num_rows, np.int32)), pa.array(query.names)))
-        return rows
+        return await self.run(fetch)
 
     async def metrics(self, job_id: str, query: MetricQuery) -> tuple[dict[str, list[views.MetricPoint]], LeftOut]:
         """Each series' latest `query.limit` points, as points; and per series how many points

@@ -15,7 +15,7 @@ import msgspec
 from gateway import schemas as views
 from gateway.read.metric_reads import MetricReads
 from shared import events as ev
-from shared.ids import job_key
+from shared.ids import job_rows
 
 T = TypeVar("T")
 
@@ -50,8 +50,9 @@ class LogFilter:
     q: str | None = None
 
     def where(self, job_id: str) -> tuple[str, list[Any]]:
-        where = ["job_key = ?", "job_id = ?"]
-        params: list[Any] = [job_key(job_id), job_id]
+        job, job_params = job_rows(job_id)
+        where = [job]
+        params: list[Any] = list(job_params)
         if self.kind != "all":
             where.append("kind = ?")
             params.append(self.kind)
@@ -158,9 +159,9 @@ class Reader(MetricReads):
             job["history"] = [
                 {"status_event": t, "attempt": a, "ts_s": ts}
                 for t, a, ts in c.execute(
-                    "SELECT type, attempt, ts_s FROM job_events WHERE job_key = ? AND job_id = ? "
+                    f"SELECT type, attempt, ts_s FROM job_events WHERE {job_rows(job_id)[0]} "
                     "AND applied AND type NOT IN ('progress', 'checkpoint', 'metrics') ORDER BY stream_seq",
-                    [job_key(job_id), job_id],
+                    list(job_rows(job_id)[1]),
                 ).fetchall()
             ]
             job["exports"] = [
@@ -192,9 +193,9 @@ class Reader(MetricReads):
 
     async def latest_metrics(self, job_id: str, attempt: int) -> dict[str, float]:
         rows = await self.run(lambda c: c.execute(
-            "SELECT name, arg_max(value, seq) FROM metrics WHERE job_key = ? AND job_id = ? AND attempt = ? "
+            f"SELECT name, arg_max(value, seq) FROM metrics WHERE {job_rows(job_id)[0]} AND attempt = ? "
             "GROUP BY name",
-            [job_key(job_id), job_id, attempt]).fetchall())
+            [*job_rows(job_id)[1], attempt]).fetchall())
         return {name: value for name, value in rows}
 
     async def progress_etas(self, job_ids: list[str]) -> dict[str, float]:
@@ -322,8 +323,8 @@ class Reader(MetricReads):
 
     # ---- events ----------------------------------------------------------------------------
     async def events(self, job_id: str, limit: int, after_seq: int | None) -> list[views.EventView]:
-        params: list[Any] = [job_key(job_id), job_id]
-        cond = "job_key = ? AND job_id = ?"
+        cond, job_params = job_rows(job_id)
+        params: list[Any] = list(job_params)
         if after_seq is not None:
             cond += " AND stream_seq > ?"
             params.append(after_seq)

@@ -1,3 +1,4 @@
+import asyncio
 import os
 import subprocess
 import sys
@@ -7,8 +8,10 @@ import duckdb
 import pytest
 
 from gateway.projection.schema import SCHEMA_VERSION, open_db, query_threads
+from gateway.read.metric_query import MetricQuery
+from gateway.read.queries import LogFilter, Reader
 from shared.config import GatewaySettings, load_settings
-from shared.ids import job_key, new_job_id
+from shared.ids import job_key, job_rows, new_job_id
 
 
 def test_job_key_orders_like_submit_time_and_accepts_any_id() -> None:
@@ -17,6 +20,28 @@ def test_job_key_orders_like_submit_time_and_accepts_any_id() -> None:
     assert job_key(new_job_id()) > job_key(later)
     assert job_key("imported-job") == job_key("imported-job")  # stable for other shapes too
     assert 0 <= job_key("job_20991231_235959_ffffff") < 2**63
+
+
+def test_ids_that_share_a_key_keep_their_own_rows(tmp_path: Path) -> None:
+    """A job is found by its key alone (job_rows) where no other id has that key: the time of
+    `leap` reads as `midnight`'s (strptime takes second 60 as the next minute), so it is keyed
+    and found another way."""
+    leap, midnight = "job_20261201_235960_abcdef", "job_20261202_000000_abcdef"
+    assert job_rows(midnight) == ("job_key = ?", (job_key(midnight),))
+    assert job_key("job_20261301_000000_abcdef") < 2**32  # month 13: no time at all
+    con = open_db(str(tmp_path / "p.duckdb"))
+    for seq, job in enumerate((leap, midnight, "job_19700101_000001_000000", "imported-job")):
+        con.execute("INSERT INTO metrics (job_id, job_key, attempt, seq, step, epoch, name, value, ts_s) "
+                    "VALUES (?, ?, 1, ?, 1, NULL, 'loss', ?, 1.0)", [job, job_key(job), seq, float(seq)])
+        con.execute("INSERT INTO logs (job_id, job_key, attempt, seq, ts_s, stream, level, kind, text) "
+                    "VALUES (?, ?, 1, 0, 1.0, 'stdout', 'INFO', 'train', ?)", [job, job_key(job), job])
+    reader = Reader(con)
+    for seq, job in enumerate((leap, midnight)):
+        points, _ = asyncio.run(reader.metrics(job, MetricQuery(names=["loss"])))
+        assert [p.value for p in points["loss"]] == [float(seq)]
+        logs = asyncio.run(reader.logs(job, LogFilter(), tail=None, limit=10))
+        assert [line.text for line in logs] == [job]
+    reader.close()
 
 
 def test_a_projection_of_another_schema_version_is_moved_aside(tmp_path: Path) -> None:

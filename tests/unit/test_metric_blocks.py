@@ -126,6 +126,37 @@ def test_long_and_short_series_downsampled_together(tmp_path: Path) -> None:
         assert json.loads(bytes(columns[name].step)) == [p.step for p in got[name]]
 
 
+def test_several_names_or_none_downsampled_answer_alike(tmp_path: Path) -> None:
+    """Series asked for by name (one, several, one with no points) answer as when every series
+    is asked for, whichever order the names come in."""
+    con = open_db(str(tmp_path / "p.duckdb"))
+    blocks = MetricBlocks()
+    names = ["lr" if i % 3 == 0 else "loss" for i in range(BLOCK_POINTS * BLOCKS_PER_BUCKET * 10 * 3)]
+    names[::50] = ["eval_loss"] * len(names[::50])
+    for first in range(0, len(names), 700):
+        put(con, blocks, [batch(first, names[first:first + 700])])
+    put(con, blocks, [batch(len(names), ["loss"] * 40, attempt=2)])
+    reader = Reader(con)
+
+    def read(wanted: list[str], attempt: int | None = None) -> dict:
+        query = MetricQuery(names=wanted, downsample=10, limit=100_000, attempt=attempt)
+        got, _ = asyncio.run(reader.metrics(JOB, query))
+        columns, _ = asyncio.run(reader.metric_columns(JOB, query))
+        assert {name: json.loads(bytes(c.value)) for name, c in columns.items()} == {
+            name: [p.value for p in points] for name, points in got.items()}
+        return got
+
+    every = read([])
+    assert sorted(every) == ["eval_loss", "loss", "lr"]
+    assert {p.attempt for p in every["loss"]} == {1, 2}
+    assert read(["lr", "nope", "eval_loss"]) == {"lr": every["lr"], "eval_loss": every["eval_loss"]}
+    assert read(["loss"]) == {"loss": every["loss"]}
+    assert read(["loss"], attempt=2) == {"loss": [p for p in every["loss"] if p.attempt == 2]}
+    assert read(["nope"]) == {}
+    assert read(["nope", "none"]) == {}
+    reader.close()
+
+
 def test_a_projection_of_version_4_gets_its_blocks_in_place(tmp_path: Path) -> None:
     """Upgrading keeps every stored point (the streams, trimmed by their limits, may no longer
     hold them all) and makes the blocks of them, as ingest would have."""
