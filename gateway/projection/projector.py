@@ -31,6 +31,7 @@ from nats.js import JetStreamContext
 
 from gateway.projection.admission import LIFECYCLE_KINDS, refusal, report_accepted
 from gateway.projection.batch import JobItem, PreparedBatch, decoded, log_batches
+from gateway.projection.checkpoints import IdleCheckpoints
 from gateway.projection.feeds import open_feed, until_done
 from gateway.projection.retention import GpuSampleRetention
 from gateway.projection.view import REFUSALS_KEPT, JobView
@@ -62,6 +63,7 @@ class Projector(JobView):
         self._writers = {s: ThreadPoolExecutor(1, thread_name_prefix=f"projector-{s}") for s in subjects.EVENT_STREAMS}
         self._cursors = {s: con.cursor() for s in subjects.EVENT_STREAMS}
         self.writer = BatchWriter(self, self._cursors)
+        self.checkpoints = IdleCheckpoints(con)
         self._tasks: list[asyncio.Task[None]] = []
         self._feeds: list[PullFeed] = []
         self.healthy = False
@@ -79,6 +81,8 @@ class Projector(JobView):
     def write(self, batch: PreparedBatch) -> None:
         """Put a prepared batch into DuckDB (on the stream's writer thread)."""
         self.writer.write(batch)
+        if batch.msgs and batch.stream != subjects.HOST_STREAM:  # heartbeats wait for nothing
+            self.checkpoints.wrote()
 
     async def start(self, nc: Client, js: JetStreamContext) -> None:
         for stream in subjects.EVENT_STREAMS:
@@ -90,6 +94,7 @@ class Projector(JobView):
             task = asyncio.create_task(self._follow(stream, feed, refeed), name=f"projector-{stream}")
             task.add_done_callback(self._follow_ended)
             self._tasks.append(task)
+        self._tasks.append(asyncio.create_task(self.checkpoints.run(), name="projector-checkpoints"))
         self.healthy = True
 
     def health(self) -> str:
@@ -134,6 +139,7 @@ class Projector(JobView):
             writer.shutdown(wait=True)
         for cursor in self._cursors.values():
             cursor.close()
+        self.checkpoints.close()
 
     # ---- the loop ----------------------------------------------------------------------------
     async def _refeed(self, nc: Client, js: JetStreamContext, stream: str, consumer: str) -> PullFeed:
